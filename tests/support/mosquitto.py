@@ -1,0 +1,74 @@
+"""A real Mosquitto broker on a free loopback port, started and stopped by the tests."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Mosquitto:
+    """`with Mosquitto() as broker:` -> broker.host, broker.port; `stop()`/`start()` simulate
+    an outage on the same port. Extra config lines (ACL, password file...) via `extra_config`."""
+
+    def __init__(self, port: int | None = None, extra_config: str = "", listener_config: str = ""):
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="mosq-"))
+        self.extra_config = extra_config
+        self.listener_config = listener_config
+        self.proc: subprocess.Popen | None = None
+        self.binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+    def _write_config(self) -> Path:
+        conf = self.dir / "mosquitto.conf"
+        listener = self.listener_config or "allow_anonymous true\n"
+        conf.write_text(
+            f"per_listener_settings false\nlistener {self.port} {self.host}\n{listener}"
+            f"persistence false\nlog_dest file {self.dir / 'mosquitto.log'}\n"
+            f"max_packet_size 8388608\n{self.extra_config}\n")
+        return conf
+
+    def start(self, timeout: float = 10.0) -> "Mosquitto":
+        conf = self._write_config()
+        self.proc = subprocess.Popen([self.binary, "-c", str(conf)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited: {self.log()}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log()}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log(self) -> str:
+        p = self.dir / "mosquitto.log"
+        return p.read_text(errors="replace")[-4000:] if p.exists() else ""
+
+    def __enter__(self) -> "Mosquitto":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
