@@ -1,0 +1,44 @@
+"""The public parts of a protected model, as bytes: what a bundle carries to a gateway.
+
+Nothing in here is secret for the gateway's purposes: the plan (architecture, layouts), the CKKS
+context, the public/relinearization/rotation keys and the *encrypted* parameters. The secret key is
+never a member (see api.Protected.secret_key)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, fields
+
+MEMBERS = ("plan", "context", "public_key", "relin_key", "rotation_keys", "params", "model_card")
+
+
+@dataclass(frozen=True)
+class ModelArtifacts:
+    plan: bytes           # JSON: compiled plan (layouts, steps, shapes, parameter set)
+    context: bytes        # Pyfhel context bytes (CKKS parameters)
+    public_key: bytes
+    relin_key: bytes
+    rotation_keys: bytes  # Galois keys for exactly the plan's rotation steps
+    params: bytes         # encrypted trained parameters (serialized ciphertexts)
+    model_card: bytes     # JSON: what the outputs mean, input spec (size, channels, normalisation)
+
+    @property
+    def key_fingerprint(self) -> str:
+        """Identifies the key pair: sha256 of the public key, first 16 hex digits."""
+        return hashlib.sha256(self.public_key).hexdigest()[:16]
+
+    def as_members(self) -> dict[str, bytes]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_members(cls, members: dict[str, bytes]) -> "ModelArtifacts":
+        missing = [m for m in MEMBERS if m not in members]
+        if missing:
+            raise KeyError(f"missing members: {', '.join(missing)}")
+        return cls(**{m: members[m] for m in MEMBERS})
+
+    def plan_json(self) -> dict:
+        return json.loads(self.plan)
+
+    def card(self) -> dict:
+        return json.loads(self.model_card) if self.model_card else {}
