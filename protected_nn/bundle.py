@@ -1,0 +1,273 @@
+"""Signed, versioned deployment archive: what the owner ships to a gateway.
+
+A zip (ZIP_STORED: the ciphertexts are zstd-compressed already) holding, in this order:
+    manifest.json   {"format": "fhe-edge-bundle", "format_version": 1, "model_id", "key_fingerprint",
+                     "created" (UTC ISO 8601), "members": {name: {"sha256", "size"}}}
+    plan, context, public_key, relin_key, rotation_keys, params, model_card   (artifacts.MEMBERS)
+    signature       Ed25519 over the exact bytes of manifest.json
+
+The reader treats the file as hostile: sizes are bounded before anything is read, only stored
+members are accepted (no decompression, hence no zip bomb), the member set must be exactly the
+expected one, and the archive must be byte-for-byte the canonical encoding of its contents (the
+writer is deterministic), so even a flipped bit in zip metadata that zipfile would ignore is
+refused. Never contains a secret key.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import re
+import zipfile
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from protected_nn.artifacts import MEMBERS, ModelArtifacts
+from protected_nn.errors import BundleError
+
+FORMAT = "fhe-edge-bundle"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "signature"
+MAX_TOTAL_SIZE = 512 * 1024 * 1024     # whole archive and sum of members
+MAX_MANIFEST_SIZE = 64 * 1024
+_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+_HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
+_FORBIDDEN_NAME_RE = re.compile(r"secret|private", re.IGNORECASE)
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)       # fixed so that the archive is reproducible
+_ORDER = (MANIFEST, *MEMBERS, SIGNATURE)
+
+
+# ---------------------------------------------------------------- writing
+
+def _archive_bytes(manifest_bytes: bytes, members: dict[str, bytes], signature: bytes) -> bytes:
+    """The canonical archive for these contents; used by both writer and reader."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for name in _ORDER:
+            data = manifest_bytes if name == MANIFEST else signature if name == SIGNATURE else members[name]
+            info = zipfile.ZipInfo(name, date_time=_ZIP_DATE)
+            info.compress_type = zipfile.ZIP_STORED
+            info.create_system = 3
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, data)
+    return out.getvalue()
+
+
+def _manifest_bytes(manifest: dict) -> bytes:
+    return json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
+
+
+def build_bundle(model_id: str, artifacts: ModelArtifacts, signing_key: Ed25519PrivateKey,
+                 forbidden: bytes | None = None, created: datetime | None = None) -> bytes:
+    """The bundle as bytes. `forbidden` = the secret key: refused if it occurs in any member."""
+    if not isinstance(model_id, str) or not _ID_RE.match(model_id):
+        raise BundleError(f"model id {model_id!r}: expected 1..64 chars of [A-Za-z0-9._-]")
+    members = artifacts.as_members()
+    if set(members) != set(MEMBERS):
+        raise BundleError(f"artifacts have members {sorted(members)}, expected {list(MEMBERS)}")
+    for name, data in members.items():
+        # Defence in depth: the secret key must never reach a gateway, whatever a caller does.
+        if _FORBIDDEN_NAME_RE.search(name):
+            raise BundleError(f"refusing to bundle a member named {name!r}")
+        if forbidden and forbidden in data:
+            raise BundleError(f"refusing to bundle: member {name!r} contains the secret key")
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_id": model_id,
+        "key_fingerprint": artifacts.key_fingerprint,
+        "created": (created or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        "members": {name: {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
+                    for name in MEMBERS},
+    }
+    manifest_bytes = _manifest_bytes(manifest)
+    signature = signing_key.sign(manifest_bytes)
+    data = _archive_bytes(manifest_bytes, members, signature)
+    if len(data) > MAX_TOTAL_SIZE:
+        raise BundleError(f"bundle of {len(data)} bytes exceeds the limit of {MAX_TOTAL_SIZE}")
+    return data
+
+
+def write_bundle(path, model_id: str, artifacts: ModelArtifacts, signing_key: Ed25519PrivateKey,
+                 forbidden: bytes | None = None) -> dict:
+    """Write the signed bundle to `path` atomically (temp file + rename); returns the manifest."""
+    data = build_bundle(model_id, artifacts, signing_key, forbidden)
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return read_bundle(data, signing_key.public_key())[0]
+
+
+# ---------------------------------------------------------------- reading
+
+def _read_source(path_or_bytes) -> bytes:
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        data = bytes(path_or_bytes)
+    else:
+        path = Path(path_or_bytes)
+        try:
+            size = path.stat().st_size
+            if size > MAX_TOTAL_SIZE:
+                raise BundleError(f"bundle {path}: {size} bytes exceeds the limit of {MAX_TOTAL_SIZE}")
+            data = path.read_bytes()
+        except OSError as e:
+            raise BundleError(f"cannot read bundle {path}: {e.strerror or e}") from e
+    if len(data) > MAX_TOTAL_SIZE:
+        raise BundleError(f"bundle of {len(data)} bytes exceeds the limit of {MAX_TOTAL_SIZE}")
+    return data
+
+
+def _check_entries(infos: list[zipfile.ZipInfo], archive_size: int) -> None:
+    names = [i.filename for i in infos]
+    dupes = sorted(n for n, count in Counter(names).items() if count > 1)
+    if dupes:
+        raise BundleError(f"bundle has duplicate members: {', '.join(dupes)}")
+    unknown = sorted(set(names) - set(_ORDER))
+    if unknown:
+        raise BundleError(f"bundle has unknown members: {', '.join(repr(n) for n in unknown)}")
+    missing = [n for n in _ORDER if n not in names]
+    if missing:
+        raise BundleError(f"bundle is missing members: {', '.join(missing)}")
+    total = 0
+    for info in infos:
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise BundleError(f"bundle member {info.filename!r} is compressed; only stored members are accepted")
+        if info.flag_bits & 0x1:
+            raise BundleError(f"bundle member {info.filename!r} is encrypted")
+        total += info.file_size
+    # Stored members cannot declare more than the archive holds; a lie here is a crafted file.
+    if total > archive_size or total > MAX_TOTAL_SIZE:
+        raise BundleError(f"bundle members declare {total} bytes, more than the archive's {archive_size}")
+    if next(i for i in infos if i.filename == MANIFEST).file_size > MAX_MANIFEST_SIZE:
+        raise BundleError("bundle manifest is larger than 64 KB")
+
+
+def _parse_manifest(manifest_bytes: bytes) -> dict:
+    try:
+        manifest = json.loads(manifest_bytes.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"bundle manifest is not valid JSON: {e}") from e
+    if not isinstance(manifest, dict):
+        raise BundleError("bundle manifest is not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"not an {FORMAT} bundle (format={manifest.get('format')!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise BundleError(f"bundle format version {manifest.get('format_version')!r} is not supported "
+                          f"(this software reads version {FORMAT_VERSION})")
+    for key in ("model_id", "key_fingerprint"):
+        if not isinstance(manifest.get(key), str) or not _ID_RE.match(manifest[key]):
+            raise BundleError(f"bundle manifest field {key} is missing or malformed")
+    if not isinstance(manifest.get("created"), str):
+        raise BundleError("bundle manifest field created is missing")
+    members = manifest.get("members")
+    if not isinstance(members, dict) or set(members) != set(MEMBERS):
+        raise BundleError(f"bundle manifest must list exactly the members {list(MEMBERS)}")
+    for name, entry in members.items():
+        if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
+                or not _HEX64_RE.match(entry["sha256"]) or type(entry.get("size")) is not int
+                or entry["size"] < 0):
+            raise BundleError(f"bundle manifest entry for {name!r} is malformed")
+    return manifest
+
+
+def read_bundle(path_or_bytes, owner_public_key: Ed25519PublicKey | None) -> tuple[dict, ModelArtifacts]:
+    """Open and check a bundle -> (manifest, artifacts). BundleError on anything wrong.
+
+    With `owner_public_key`, the manifest signature must verify; with None the signature is not
+    checked (the caller must say so to the user) but every other check still runs."""
+    data = _read_source(path_or_bytes)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            infos = zf.infolist()
+            _check_entries(infos, len(data))
+            contents = {info.filename: zf.read(info) for info in infos}
+    except BundleError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, NotImplementedError, EOFError,
+            OverflowError, RuntimeError, KeyError, UnicodeError, OSError) as e:
+        # zipfile reports damage through many exception types; to callers it is one thing.
+        raise BundleError(f"bundle is not a readable archive: {e}") from e
+    manifest_bytes, signature = contents[MANIFEST], contents[SIGNATURE]
+    if owner_public_key is not None:
+        try:
+            owner_public_key.verify(signature, manifest_bytes)
+        except InvalidSignature:
+            raise BundleError("bundle signature does not verify against the owner key "
+                              "(tampered with, or signed by another owner)") from None
+    manifest = _parse_manifest(manifest_bytes)
+    for name in MEMBERS:
+        entry, member = manifest["members"][name], contents[name]
+        if len(member) != entry["size"] or hashlib.sha256(member).hexdigest() != entry["sha256"]:
+            raise BundleError(f"bundle member {name!r} does not match the manifest (altered)")
+    artifacts = ModelArtifacts.from_members({n: contents[n] for n in MEMBERS})
+    if artifacts.key_fingerprint != manifest["key_fingerprint"]:
+        raise BundleError("bundle public key does not match the manifest's key fingerprint")
+    if _archive_bytes(manifest_bytes, artifacts.as_members(), signature) != data:
+        raise BundleError("bundle archive is not in canonical form (altered zip metadata)")
+    return manifest, artifacts
+
+
+# ---------------------------------------------------------------- owner keys (PEM)
+
+def generate_owner_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def private_key_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def public_key_pem(key: Ed25519PublicKey | Ed25519PrivateKey) -> bytes:
+    if isinstance(key, Ed25519PrivateKey):
+        key = key.public_key()
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def save_private_key(key: Ed25519PrivateKey, path) -> None:
+    """Write a PEM private key readable by the owner only (created 0600, never widened)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(private_key_pem(key))
+
+
+def save_public_key(key, path) -> None:
+    Path(path).write_bytes(public_key_pem(key))
+
+
+def load_owner_private_key(path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except OSError as e:
+        raise BundleError(f"cannot read owner signing key {path}: {e.strerror or e}") from e
+    except (ValueError, TypeError) as e:
+        raise BundleError(f"owner signing key {path} is not a PEM private key: {e}") from e
+    if not isinstance(key, Ed25519PrivateKey):
+        raise BundleError(f"owner signing key {path} is not an Ed25519 key")
+    return key
+
+
+def load_owner_public_key(path) -> Ed25519PublicKey:
+    """Load the owner's Ed25519 public key (PEM) that bundles must be signed with."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise BundleError(f"cannot read owner public key {path}: {e.strerror or e}") from e
+    try:
+        key = serialization.load_pem_public_key(data)
+    except (ValueError, TypeError) as e:
+        raise BundleError(f"owner public key {path} is not a PEM public key: {e}") from e
+    if not isinstance(key, Ed25519PublicKey):
+        raise BundleError(f"owner public key {path} is not an Ed25519 key")
+    return key
