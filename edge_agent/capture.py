@@ -1,0 +1,127 @@
+"""One reader thread per camera: RTSP over TCP through OpenCV's FFmpeg backend.
+
+The thread reads the stream at its full rate, so FFmpeg's buffer never fills and latency never
+grows; of those frames only the newest is handed on, at most `max_fps` times a second. A stream
+that fails to open, errors, or stays silent for the read timeout marks the camera offline; the
+thread then reconnects with exponential backoff, forever, until stopped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from typing import Callable
+
+# FFmpeg reads this when a stream is opened: RTSP over TCP (UDP loses packets across NATs and
+# busy links, which shows up as smeared frames). Set before cv2 opens anything.
+os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+
+import cv2  # noqa: E402  (after the environment above)
+import numpy as np  # noqa: E402
+
+from edge_agent.config import CameraConfig, CaptureConfig  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+ONLINE, OFFLINE = "online", "offline"
+
+FrameCallback = Callable[[str, np.ndarray, float], None]     # camera id, BGR frame, unix time
+StatusCallback = Callable[[str, str], None]                  # camera id, ONLINE | OFFLINE
+
+
+def redact(url: str) -> str:
+    """The URL without user:password, for logs."""
+    return re.sub(r"//[^@/]*@", "//***@", url)
+
+
+class CameraCapture:
+    """`start()` / `stop()`; calls on_frame for sampled frames and on_status on every change."""
+
+    def __init__(self, camera: CameraConfig, settings: CaptureConfig,
+                 on_frame: FrameCallback, on_status: StatusCallback,
+                 on_read: Callable[[str], None] | None = None):
+        self.camera = camera
+        self.settings = settings
+        self.on_frame = on_frame
+        self.on_status = on_status
+        self.on_read = on_read or (lambda cam_id: None)
+        self.status: str | None = None
+        self.reconnects = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"capture-{camera.id}", daemon=True)
+
+    def start(self) -> "CameraCapture":
+        self._thread.start()
+        return self
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Ask the thread to end; a read blocked inside FFmpeg ends at its read timeout at the
+        latest, so we wait only briefly (the thread is a daemon and cannot hold up exit)."""
+        self._stop.set()
+        self._thread.join(timeout)
+
+    def _set_status(self, status: str) -> None:
+        if status != self.status:
+            self.status = status
+            log.info("camera %s %s", self.camera.id, status)
+            try:
+                self.on_status(self.camera.id, status)
+            except Exception:  # a status consumer must not kill the capture thread
+                log.exception("status callback failed for camera %s", self.camera.id)
+
+    def _open(self) -> cv2.VideoCapture | None:
+        s = self.settings
+        cap = cv2.VideoCapture(self.camera.url, cv2.CAP_FFMPEG, [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(s.open_timeout_s * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(s.read_timeout_s * 1000)])
+        if cap.isOpened():
+            return cap
+        cap.release()
+        return None
+
+    def _run(self) -> None:
+        delay = self.settings.reconnect_min_s
+        while not self._stop.is_set():
+            cap = self._open()
+            got_frames = False
+            if cap is None:
+                log.warning("camera %s: cannot open %s", self.camera.id, redact(self.camera.url))
+            else:
+                try:
+                    got_frames = self._read_until_failure(cap)
+                finally:
+                    cap.release()
+            if self._stop.is_set():
+                break
+            self._set_status(OFFLINE)
+            if got_frames:
+                delay = self.settings.reconnect_min_s
+            self.reconnects += 1
+            self._stop.wait(delay)
+            delay = min(delay * 2, self.settings.reconnect_max_s)
+
+    def _read_until_failure(self, cap: cv2.VideoCapture) -> bool:
+        interval = 1.0 / self.camera.max_fps
+        last_sample = 0.0
+        got_frames = False
+        while not self._stop.is_set():
+            ok, frame = cap.read()
+            if not ok or frame is None or frame.size == 0:
+                log.warning("camera %s: stream ended or timed out", self.camera.id)
+                return got_frames
+            now = time.time()
+            got_frames = True
+            self._set_status(ONLINE)
+            self.on_read(self.camera.id)
+            if now - last_sample >= interval:
+                last_sample = now
+                try:
+                    self.on_frame(self.camera.id, frame, now)
+                except Exception:
+                    log.exception("frame handler failed for camera %s", self.camera.id)
+        return got_frames
