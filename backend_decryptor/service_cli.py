@@ -1,5 +1,122 @@
 """`backend-decryptor run`, `check-config`, `alerts` (the backend service). Registered by cli.py."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+DEFAULT_CONFIG = "/etc/backend-decryptor/backend.yaml"
 
 
 def register(subparsers) -> None:
-    """Add the service's sub-commands to the backend-decryptor parser (filled in by the service work)."""
+    """Add the service's sub-commands to the backend-decryptor parser."""
+    default = os.environ.get("BACKEND_DECRYPTOR_CONFIG", DEFAULT_CONFIG)
+    p = subparsers.add_parser("run", help="run the backend service (MQTT -> checks -> decrypt -> alerts)")
+    p.add_argument("--config", required=True, metavar="FILE", help="backend YAML (see configs/backend.yaml)")
+    p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser("check-config", help="validate a backend config and its alert rules")
+    p.add_argument("config", metavar="FILE", help="backend YAML")
+    p.set_defaults(func=cmd_check_config)
+
+    p = subparsers.add_parser("alerts", help="list alert history from the service's SQLite state")
+    p.add_argument("--since", default="1h", metavar="DURATION", help="how far back (30m, 1h, 2d; default 1h)")
+    p.add_argument("--camera", metavar="ID", help="only this camera")
+    p.add_argument("--config", default=default, metavar="FILE",
+                   help=f"backend YAML naming state_db (default {default}, or $BACKEND_DECRYPTOR_CONFIG)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
+    p.set_defaults(func=cmd_alerts)
+
+
+def _load(path: str):
+    from backend_decryptor.config import load_config
+    from backend_decryptor.rules_config import load_rules
+    cfg = load_config(path)
+    return cfg, load_rules(cfg.alerts.rules_file)
+
+
+def cmd_run(args) -> int:
+    from backend_decryptor.service import Service
+    cfg, rules = _load(args.config)
+    logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")  # journald adds the time
+    cfg.mqtt.password()  # an unreadable password file is a start-up error, not a reconnect loop
+    return Service(cfg, rules).run_forever()
+
+
+def cmd_check_config(args) -> int:
+    cfg, rules = _load(args.config)
+    print(f"{args.config}: ok")
+    try:
+        cfg.mqtt.password()
+    except ValueError as exc:  # e.g. ${CREDENTIALS_DIRECTORY} exists only inside the systemd unit
+        print(f"  warning: {exc}")
+    print(f"  broker {cfg.mqtt.host}:{cfg.mqtt.port} tls={'on' if cfg.mqtt.tls else 'off'} "
+          f"client {cfg.mqtt.client_id} group {cfg.mqtt.shared_group} prefix {cfg.mqtt.prefix}")
+    print(f"  store {cfg.store}  state {cfg.state_db}  decrypt workers {cfg.decrypt.workers}")
+    gateways = ", ".join(cfg.checks.allowed_gateways) or "NONE (every message will be rejected)"
+    print(f"  allowed gateways: {gateways}")
+    print(f"  rules {cfg.alerts.rules_file}: crowd >= {rules.crowd.threshold} x{rules.crowd.consecutive}, "
+          f"incident >= {rules.incident.probability} x{rules.incident.consecutive}; "
+          f"{len(rules.zones)} zone(s), {len(rules.cameras)} camera override(s)")
+    if cfg.store.exists():
+        _check_store_cards(cfg, rules)
+    else:
+        print(f"  warning: store {cfg.store} does not exist yet")
+    return 0
+
+
+def _check_store_cards(cfg, rules) -> None:
+    """Every stored model's card must name the outputs the rules read (else: bad_output at run time)."""
+    from backend_decryptor.model_card import CardError, parse_card
+    from backend_decryptor.store import Store
+    store = Store(cfg.store)
+    for model_id in store.model_ids():
+        try:
+            card = parse_card(model_id, store.model_card(model_id))
+        except CardError as exc:
+            raise ValueError(str(exc)) from None
+        names = [o.name for o in card.outputs]
+        missing = [o for o in (rules.crowd.output, rules.incident.output) if o not in names]
+        note = f" (no {', '.join(missing)}: that rule is skipped for it)" if missing else ""
+        print(f"  model {model_id}: outputs {', '.join(names)}{note}")
+
+
+def _fmt_time(t: float | None) -> str:
+    if t is None:
+        return "-"
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")
+
+
+def cmd_alerts(args) -> int:
+    from backend_decryptor.config import load_config
+    from backend_decryptor.history import StateDB
+    from backend_decryptor.yaml_config import parse_duration
+    cfg = load_config(args.config)
+    since = time.time() - parse_duration(args.since)
+    if not Path(cfg.state_db).exists():
+        raise ValueError(f"no alert history at {cfg.state_db} (has the service run?)")
+    db = StateDB(cfg.state_db)
+    rows = db.alerts(since=since, camera=args.camera)
+    if args.json:
+        from backend_decryptor.alerts import alert_json
+        for r in rows:
+            print(json.dumps(alert_json(r.event)))
+        return 0
+    print(f"{'time (UTC)':25} {'camera':16} {'type':9} {'event':8} {'level':10} alert id")
+    for r in rows:
+        ev = r.event
+        print(f"{_fmt_time(ev.time):25} {ev.camera:16} {ev.type:9} {ev.event:8} {ev.level:10} {ev.id}")
+    counters = db.counters()
+    cams = [args.camera] if args.camera else sorted(counters)
+    print(f"\n{len(rows)} alert event(s) since {_fmt_time(since)}")
+    for cam in cams:
+        if cam in counters:
+            c = counters[cam]
+            print(f"camera {cam}: {c['messages']} inferences, {c['raised']} raised, {c['cleared']} cleared, "
+                  f"last {_fmt_time(c['last_time'])}")
+    return 0

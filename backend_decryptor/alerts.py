@@ -1,0 +1,134 @@
+"""The alert rules engine: one camera's state + one reading -> new state + alert events.
+
+Pure and deterministic (the clock is the inference's capture time, ids come from an injectable
+factory), so the unit tests drive it directly and a restart continues from the persisted state
+instead of re-raising.
+
+Crowd:    level >= threshold for `consecutive` inferences in a row -> raised; while active, a change
+          of the coarse level label -> updated; level < threshold - hysteresis -> cleared.
+Incident: score >= probability for `consecutive` in a row -> raised, unless within `cooldown` of
+          the previous raise; score < probability for `clear_consecutive` in a row -> cleared.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable
+
+from backend_decryptor.model_card import Reading
+from backend_decryptor.rules_config import CameraRuleSet
+
+
+@dataclass(frozen=True)
+class CameraState:
+    crowd_streak: int = 0
+    crowd_alert: str | None = None
+    crowd_raised_at: float | None = None
+    crowd_level: str | None = None       # coarse label last seen (published)
+    incident_streak: int = 0
+    incident_clear_streak: int = 0
+    incident_alert: str | None = None
+    incident_raised_at: float | None = None
+    incident_cooldown_until: float = float("-inf")
+    updated_at: float | None = None      # capture time of the last reading
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["incident_cooldown_until"] == float("-inf"):
+            d["incident_cooldown_until"] = None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "CameraState":
+        if not d:
+            return cls()
+        d = dict(d)
+        if d.get("incident_cooldown_until") is None:
+            d["incident_cooldown_until"] = float("-inf")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+@dataclass(frozen=True)
+class AlertEvent:
+    """One step of an alert's lifecycle; everything here may leave the backend."""
+    id: str
+    camera: str
+    zone: str | None
+    type: str          # crowd | incident
+    event: str         # raised | updated | cleared
+    level: str         # coarse label (crowd) or "incident"
+    time: float        # capture time of the inference that caused the event
+    raised_at: float
+    meta: dict = field(default_factory=dict)  # non-decrypted context: gateway, model id, sequence
+
+
+def new_alert_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _crowd(rules: CameraRuleSet, s: CameraState, r: Reading, t: float, new_id) -> tuple[CameraState, list]:
+    rule = rules.crowd
+    if not rule.enabled or r.crowd_level is None:
+        return s, []
+    level = r.crowd_level
+    label = rule.coarse_level(level, list(r.crowd_labels) if r.crowd_labels else None)
+    events = []
+    streak = s.crowd_streak + 1 if level >= rule.threshold else 0
+    alert, raised_at = s.crowd_alert, s.crowd_raised_at
+
+    def ev(kind: str) -> AlertEvent:
+        return AlertEvent(alert, rules.camera, rules.zone, "crowd", kind, label, t, raised_at)
+
+    if alert is None and streak >= rule.consecutive:
+        alert, raised_at = new_id(), t
+        events.append(ev("raised"))
+    elif alert is not None and level < rule.threshold - rule.hysteresis:
+        events.append(ev("cleared"))
+        alert, raised_at = None, None
+    elif alert is not None and label != s.crowd_level:
+        events.append(ev("updated"))
+    return replace(s, crowd_streak=streak, crowd_alert=alert, crowd_raised_at=raised_at, crowd_level=label), events
+
+
+def _incident(rules: CameraRuleSet, s: CameraState, r: Reading, t: float, new_id) -> tuple[CameraState, list]:
+    rule = rules.incident
+    if not rule.enabled or r.incident_score is None:
+        return s, []
+    hit = r.incident_score >= rule.probability
+    streak = s.incident_streak + 1 if hit else 0
+    clear_streak = 0 if hit else s.incident_clear_streak + 1
+    alert, raised_at, cooldown_until = s.incident_alert, s.incident_raised_at, s.incident_cooldown_until
+    events = []
+    if alert is None and streak >= rule.consecutive and t >= cooldown_until:
+        alert, raised_at, cooldown_until = new_id(), t, t + rule.cooldown
+        events.append(AlertEvent(alert, rules.camera, rules.zone, "incident", "raised", "incident", t, raised_at))
+    elif alert is not None and clear_streak >= rule.clear_consecutive:
+        events.append(AlertEvent(alert, rules.camera, rules.zone, "incident", "cleared", "clear", t, raised_at))
+        alert, raised_at = None, None
+    return replace(s, incident_streak=streak, incident_clear_streak=clear_streak, incident_alert=alert,
+                   incident_raised_at=raised_at, incident_cooldown_until=cooldown_until), events
+
+
+def step(rules: CameraRuleSet, state: CameraState, reading: Reading, t: float,
+         new_id: Callable[[], str] = new_alert_id) -> tuple[CameraState, list[AlertEvent]]:
+    """Apply one inference (captured at `t`) to a camera's state."""
+    state, crowd_events = _crowd(rules, state, reading, t, new_id)
+    state, incident_events = _incident(rules, state, reading, t, new_id)
+    return replace(state, updated_at=t), crowd_events + incident_events
+
+
+def public_state(camera: str, zone: str | None, state: CameraState) -> dict:
+    """The retained per-camera state: coarse labels and alert ids only, never decoded values."""
+    return {
+        "camera": camera,
+        "zone": zone,
+        "time": state.updated_at,
+        "crowd": {"level": state.crowd_level, "alert": state.crowd_alert},
+        "incident": {"active": state.incident_alert is not None, "alert": state.incident_alert},
+    }
+
+
+def alert_json(ev: AlertEvent) -> dict:
+    return {"id": ev.id, "camera": ev.camera, "zone": ev.zone, "type": ev.type, "event": ev.event,
+            "level": ev.level, "time": ev.time, "raised_at": ev.raised_at, **ev.meta}

@@ -1,0 +1,129 @@
+"""The backend service's configuration (configs/backend.yaml), validated with pydantic.
+
+Every field has a description (shown by `backend-decryptor check-config`'s errors and in
+docs/backend.md). Unknown settings are errors, so a typo never silently falls back to a default.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from backend_decryptor.yaml_config import load_yaml_model, parse_duration
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TLSConfig(Strict):
+    ca_file: Path | None = Field(None, description="CA certificate(s) the broker's certificate must chain to; system CAs if unset")
+    cert_file: Path | None = Field(None, description="client certificate for mutual TLS (optional)")
+    key_file: Path | None = Field(None, description="private key of cert_file")
+    insecure: bool = Field(False, description="skip the broker host name check (testing only, never in production)")
+
+
+class MQTTConfig(Strict):
+    host: str = Field("127.0.0.1", description="broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual with TLS)")
+    tls: TLSConfig | None = Field(None, description="TLS settings; plain TCP when absent")
+    username: str | None = Field(None, description="MQTT user name")
+    password_file: str | None = Field(
+        None, description="file holding the MQTT password; $VARIABLES are expanded, so "
+                          "${CREDENTIALS_DIRECTORY}/mqtt-password works with systemd LoadCredential")
+    client_id: str = Field("backend-decryptor-1", min_length=1, max_length=64,
+                           description="MQTT client id of this replica: unique per replica, stable across restarts "
+                                       "(the broker keeps its session and un-acknowledged messages under it)")
+    prefix: str = Field("fhe-edge", min_length=1, description="topic prefix shared with the gateways")
+    shared_group: str = Field("backend", min_length=1, pattern=r"^[^/+#]+$",
+                              description="shared subscription group: replicas in one group split the inference stream")
+    keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds")
+    session_expiry: Seconds = Field(3600.0, ge=0, description="how long the broker keeps this replica's session "
+                                                             "(and queues its messages) while it is down")
+    max_in_flight: int = Field(16, ge=1, le=65535,
+                               description="MQTT 5 receive maximum: messages delivered but not yet acknowledged; "
+                                           "bounds memory and lets the broker spread load across replicas")
+
+    def password(self) -> str | None:
+        if not self.password_file:
+            return None
+        path = Path(os.path.expandvars(self.password_file))
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"mqtt.password_file {path}: cannot read: {exc.strerror or exc}") from None
+
+
+class ChecksConfig(Strict):
+    max_message_bytes: int = Field(4 << 20, ge=64, description="largest accepted inference message, bytes")
+    max_clock_skew: Seconds = Field(300.0, gt=0,
+                                    description="largest accepted |capture time - backend clock|; also bounds how "
+                                                "long seen sequence numbers must be remembered")
+    allowed_gateways: list[str] = Field(
+        default_factory=list,
+        description="gateway ids allowed to send inferences (shell patterns such as 'gw-*' allowed); empty = none")
+
+    @field_validator("allowed_gateways")
+    @classmethod
+    def _no_blank(cls, v: list[str]) -> list[str]:
+        if any(not g.strip() for g in v):
+            raise ValueError("gateway ids must not be blank")
+        return v
+
+
+class DecryptConfig(Strict):
+    workers: int = Field(2, ge=0, le=64, description="decryption worker processes; 0 decrypts in the service process")
+    timeout: Seconds = Field(60.0, gt=0, description="longest one decryption may take before it counts as failed")
+
+
+class HomeAssistantConfig(Strict):
+    enabled: bool = Field(False, description="publish Home Assistant MQTT discovery for each camera seen")
+    discovery_prefix: str = Field("homeassistant", min_length=1, description="Home Assistant's discovery topic prefix")
+
+
+class AlertsConfig(Strict):
+    rules_file: Path = Field(Path("alert-rules.yaml"),
+                             description="alert rules YAML; relative paths are relative to this config file")
+    state_interval: Seconds = Field(60.0, ge=0,
+                                    description="republish a camera's retained state at least this often even "
+                                                "when nothing changed (0 = only on change)")
+    home_assistant: HomeAssistantConfig = Field(default_factory=HomeAssistantConfig,
+                                                description="Home Assistant MQTT discovery")
+
+
+class MetricsConfig(Strict):
+    listen: str | None = Field(None, pattern=r"^[^:]+:\d{1,5}$",
+                               description="host:port for the Prometheus /metrics endpoint; off when unset")
+
+
+class BackendConfig(Strict):
+    store: Path = Field(Path("/var/lib/backend-decryptor/store"),
+                        description="protected model store (models, keys, model cards)")
+    state_db: Path = Field(Path("/var/lib/backend-decryptor/state.db"),
+                           description="SQLite file: alert history, counters, rule state, seen sequences; replicas "
+                                       "on one host share it")
+    mqtt: MQTTConfig = Field(default_factory=MQTTConfig, description="broker connection")
+    checks: ChecksConfig = Field(default_factory=ChecksConfig, description="checks run before any decryption")
+    decrypt: DecryptConfig = Field(default_factory=DecryptConfig, description="decryption pool")
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules and publishing")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics")
+    log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="log level")
+
+
+def load_config(path: str | Path) -> BackendConfig:
+    """Load and validate; relative paths in the file are resolved against the file's directory."""
+    path = Path(path)
+    cfg = load_yaml_model(path, BackendConfig)
+    base = path.resolve().parent
+    updates = {}
+    for name in ("store", "state_db"):
+        value = getattr(cfg, name)
+        if not value.is_absolute():
+            updates[name] = base / value
+    if not cfg.alerts.rules_file.is_absolute():
+        cfg.alerts.rules_file = base / cfg.alerts.rules_file
+    return cfg.model_copy(update=updates)

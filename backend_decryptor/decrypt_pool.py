@@ -1,0 +1,156 @@
+"""Decryption in a pool of worker processes (CKKS decryption + decoding is CPU-bound).
+
+Each worker holds a `Decryptor`: a picklable object with `decrypt(model_id, fingerprint, payload)
+-> np.ndarray`. The production one, `StoreDecryptor`, keeps one `OwnerModel` per (model id, key
+fingerprint), loaded from the store on first use (or at start by `preload`), so several models and
+several keys of one model (old and new during a rotation) are served at once.
+
+The decryptor is injectable: the plumbing tests and the benchmark's transport figures pass a
+trivial codec so they can exercise the queueing without real ciphertexts.
+
+A worker that dies (e.g. a native crash on a hostile payload) breaks a ProcessPoolExecutor; the pool
+then starts fresh workers and retries the affected jobs once, so one bad message cannot take the
+service or other messages down with it.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class StoreDecryptor:
+    """Decrypts with the owner keys in the protected model store; only the path is pickled."""
+
+    def __init__(self, store_root: str | Path):
+        self.store_root = str(store_root)
+        self._models: dict[tuple[str, str], object] = {}
+
+    def __getstate__(self):
+        return {"store_root": self.store_root}
+
+    def __setstate__(self, state):
+        self.store_root = state["store_root"]
+        self._models = {}
+
+    def _store(self):
+        from backend_decryptor.store import Store
+        return Store(self.store_root)
+
+    def preload(self) -> None:
+        """Load every key the store holds now, so the first messages do not wait for key loading."""
+        store = self._store()
+        for model_id in store.model_ids():
+            for fp in store.fingerprints(model_id):
+                self._load(store, model_id, fp)
+
+    def _load(self, store, model_id: str, fingerprint: str):
+        model = store.owner_model(model_id, fingerprint)
+        self._models[(model_id, fingerprint)] = model
+        return model
+
+    def decrypt(self, model_id: str, fingerprint: str, payload: bytes) -> np.ndarray:
+        model = self._models.get((model_id, fingerprint))
+        if model is None:
+            model = self._load(self._store(), model_id, fingerprint)
+        return model.decrypt(payload)
+
+
+_worker_decryptor = None
+
+
+def _init_worker(decryptor) -> None:
+    global _worker_decryptor
+    _worker_decryptor = decryptor
+    if hasattr(decryptor, "preload"):
+        try:
+            decryptor.preload()
+        except Exception:  # a bad key in the store must not stop the worker; it fails per message
+            log.exception("preloading keys failed; keys load on first use")
+
+
+def _decrypt_in_worker(model_id: str, fingerprint: str, payload: bytes) -> np.ndarray:
+    return _worker_decryptor.decrypt(model_id, fingerprint, payload)
+
+
+def _ping() -> bool:
+    return True
+
+
+@dataclass
+class Job:
+    model_id: str
+    fingerprint: str
+    payload: bytes
+    future: Future
+    retried: bool = False
+
+
+class DecryptPool:
+    def __init__(self, decryptor, workers: int, timeout: float = 60.0):
+        self.decryptor = decryptor
+        self.workers = workers
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._executor = self._start()
+
+    def _start(self):
+        if self.workers == 0:
+            # In-process: one thread, so decryptors need not be thread-safe.
+            _init_worker(self.decryptor)
+            return ThreadPoolExecutor(1, thread_name_prefix="decrypt")
+        # spawn, not fork: the service process runs MQTT and SQLite threads that fork would copy mid-state.
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_init_worker, initargs=(self.decryptor,))
+
+    def warm_up(self) -> None:
+        """Start every worker (and preload keys) before the service says it is ready."""
+        futures = [self._executor.submit(_ping) for _ in range(max(1, self.workers))]
+        for f in futures:
+            f.result(timeout=max(self.timeout, 120))
+
+    def submit(self, model_id: str, fingerprint: str, payload: bytes) -> Job:
+        return Job(model_id, fingerprint, payload, self._submit(model_id, fingerprint, payload))
+
+    def _submit(self, model_id, fingerprint, payload) -> Future:
+        with self._lock:
+            try:
+                return self._executor.submit(_decrypt_in_worker, model_id, fingerprint, payload)
+            except BrokenProcessPool:
+                self._restart_locked()
+                return self._executor.submit(_decrypt_in_worker, model_id, fingerprint, payload)
+
+    def _restart_locked(self) -> None:
+        log.error("a decryption worker died; starting fresh workers")
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._executor = self._start()
+
+    def result(self, job: Job) -> np.ndarray:
+        """The decrypted tensor; raises the decryptor's exception, TimeoutError, or BrokenProcessPool
+        if the job broke the pool twice (then it is the job's own fault)."""
+        try:
+            return job.future.result(timeout=self.timeout)
+        except BrokenProcessPool:
+            if job.retried:
+                raise
+            with self._lock:
+                if job.future is not None and self._executor_is_broken():
+                    self._restart_locked()
+            job.retried = True
+            job.future = self._submit(job.model_id, job.fingerprint, job.payload)
+            return job.future.result(timeout=self.timeout)
+
+    def _executor_is_broken(self) -> bool:
+        return bool(getattr(self._executor, "_broken", False))
+
+    def close(self) -> None:
+        with self._lock:
+            self._executor.shutdown(wait=True, cancel_futures=False)

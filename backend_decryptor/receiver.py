@@ -1,0 +1,106 @@
+"""The MQTT side of the service: one paho-mqtt 2 client (callback API v2, MQTT 5).
+
+- Persistent session (clean start off, session expiry from the config): messages that arrive while
+  the replica restarts are queued by the broker, and messages delivered but not acknowledged are
+  redelivered when it comes back.
+- Manual acknowledgement: a QoS 1 message is acknowledged only after it has been fully handled,
+  so a crash or stop never loses one.
+- MQTT 5 receive maximum = `max_in_flight`: the broker never has more than that many
+  unacknowledged messages out to this replica, which bounds memory and spreads load.
+- Shared subscription `$share/<group>/<prefix>/infer/+/+`: replicas in one group split the stream.
+- Availability: `<prefix>/backend/<client id>/availability` retained "online", last will "offline".
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from backend_decryptor.config import MQTTConfig
+
+log = logging.getLogger(__name__)
+
+
+class Receiver:
+    def __init__(self, cfg: MQTTConfig, on_message: Callable[[str, bytes, int, int], None]):
+        """`on_message(topic, payload, mid, qos)` runs in the network thread and must not block;
+        the message stays unacknowledged until `ack(mid, qos)`."""
+        self.cfg = cfg
+        self.on_message = on_message
+        self.connected = threading.Event()
+        self.availability_topic = f"{cfg.prefix}/backend/{cfg.client_id}/availability"
+        self.subscription = f"$share/{cfg.shared_group}/{cfg.prefix}/infer/+/+"
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cfg.client_id,
+                        protocol=mqtt.MQTTv5, manual_ack=True)
+        if cfg.username:
+            c.username_pw_set(cfg.username, cfg.password())
+        if cfg.tls is not None:
+            c.tls_set(ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
+                      certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
+                      keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
+                      cert_reqs=ssl.CERT_REQUIRED)
+            c.tls_insecure_set(cfg.tls.insecure)
+        c.will_set(self.availability_topic, "offline", qos=1, retain=True)
+        c.reconnect_delay_set(1, 30)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        self.client = c
+
+    def _connect_properties(self) -> Properties:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = int(self.cfg.session_expiry)
+        props.ReceiveMaximum = self.cfg.max_in_flight
+        return props
+
+    def start(self) -> None:
+        self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive,
+                                  clean_start=False, properties=self._connect_properties())
+        self.client.loop_start()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self.connected.wait(timeout)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            log.error("broker %s:%s refused the connection: %s", self.cfg.host, self.cfg.port, reason_code)
+            return
+        log.info("connected to %s:%s (session present: %s)", self.cfg.host, self.cfg.port, flags.session_present)
+        client.publish(self.availability_topic, "online", qos=1, retain=True)
+        client.subscribe(self.subscription, qos=1)
+        self.connected.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if reason_code != 0:
+            log.warning("disconnected from the broker (%s); reconnecting", reason_code)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        try:
+            self.on_message(msg.topic, msg.payload, msg.mid, msg.qos)
+        except Exception:  # the network thread must survive anything a message triggers
+            log.exception("unexpected error handling a message on %s", msg.topic[:120])
+
+    def ack(self, mid: int, qos: int) -> None:
+        if qos > 0:
+            self.client.ack(mid, qos)
+
+    def publish(self, topic: str, payload: str | bytes, qos: int = 1, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Say offline (retained), then disconnect cleanly; the session (and any message we did not
+        acknowledge) stays with the broker for the next start."""
+        if self.connected.is_set():
+            info = self.client.publish(self.availability_topic, "offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout)
+            except (RuntimeError, ValueError):
+                pass
+        self.client.disconnect()
+        self.client.loop_stop()

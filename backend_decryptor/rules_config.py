@@ -1,0 +1,151 @@
+"""Alert rules (configs/alert-rules.yaml): defaults, then per-zone, then per-camera overrides.
+
+    crowd:    {output: crowd_count, threshold: 20, hysteresis: 5, consecutive: 3, levels: {...}}
+    incident: {output: incident, probability: 0.8, consecutive: 2, cooldown: 5m}
+    zones:    {platform: {cameras: [cam-1], crowd: {threshold: 40}}}
+    cameras:  {cam-2: {zone: concourse, incident: {probability: 0.9}}}
+
+A camera's effective rule = default, updated by its zone's override, updated by its own.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+from backend_decryptor.yaml_config import load_yaml_model, parse_duration
+
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CrowdRule(Strict):
+    enabled: bool = Field(True, description="evaluate the crowd rule at all")
+    output: str = Field("crowd_count", description="model-card output holding the crowd level (count or density class)")
+    threshold: float = Field(20.0, description="level at or above which the crowd counts as too high")
+    hysteresis: float = Field(2.0, ge=0, description="an active alert clears only below threshold - hysteresis")
+    consecutive: int = Field(3, ge=1, le=1000, description="inferences in a row at or above threshold to raise")
+    levels: dict[str, float] = Field(
+        default_factory=dict,
+        description="coarse level published in state and alerts: label -> lowest level it covers; "
+                    "empty = the model card's class labels, or normal/high around the threshold")
+
+    @model_validator(mode="after")
+    def _levels_distinct(self):
+        bounds = list(self.levels.values())
+        if len(set(bounds)) != len(bounds):
+            raise ValueError("crowd.levels: two labels share the same lower bound")
+        return self
+
+    def coarse_level(self, level: float, class_labels: list[str] | None = None) -> str:
+        """The label that may leave the backend, never the level itself."""
+        if self.levels:
+            chosen = min(self.levels, key=self.levels.get)
+            for label, bound in sorted(self.levels.items(), key=lambda kv: kv[1]):
+                if level >= bound:
+                    chosen = label
+            return chosen
+        if class_labels and 0 <= int(level) < len(class_labels):
+            return class_labels[int(level)]
+        return "high" if level >= self.threshold else "normal"
+
+
+class IncidentRule(Strict):
+    enabled: bool = Field(True, description="evaluate the incident rule at all")
+    output: str = Field("incident", description="model-card output holding the incident score (logit or probability)")
+    probability: float = Field(0.8, gt=0, le=1, description="score at or above which an inference counts as an incident")
+    consecutive: int = Field(2, ge=1, le=1000, description="inferences in a row at or above probability to raise")
+    clear_consecutive: int = Field(1, ge=1, le=1000, description="inferences in a row below probability to clear")
+    cooldown: Seconds = Field(300.0, ge=0, description="after a raise, no new incident alert for this long (capture time)")
+
+
+class CrowdOverride(Strict):
+    enabled: bool | None = Field(None, description="override of crowd.enabled")
+    threshold: float | None = Field(None, description="override of crowd.threshold")
+    hysteresis: float | None = Field(None, ge=0, description="override of crowd.hysteresis")
+    consecutive: int | None = Field(None, ge=1, le=1000, description="override of crowd.consecutive")
+    levels: dict[str, float] | None = Field(None, description="override of crowd.levels")
+
+
+class IncidentOverride(Strict):
+    enabled: bool | None = Field(None, description="override of incident.enabled")
+    probability: float | None = Field(None, gt=0, le=1, description="override of incident.probability")
+    consecutive: int | None = Field(None, ge=1, le=1000, description="override of incident.consecutive")
+    clear_consecutive: int | None = Field(None, ge=1, le=1000, description="override of incident.clear_consecutive")
+    cooldown: Seconds | None = Field(None, ge=0, description="override of incident.cooldown")
+
+
+class ZoneRules(Strict):
+    cameras: list[str] = Field(default_factory=list, description="cameras in this zone")
+    crowd: CrowdOverride | None = Field(None, description="crowd rule changes for the zone's cameras")
+    incident: IncidentOverride | None = Field(None, description="incident rule changes for the zone's cameras")
+
+
+class CameraRules(Strict):
+    zone: str | None = Field(None, description="zone of this camera (alternative to listing it under zones)")
+    crowd: CrowdOverride | None = Field(None, description="crowd rule changes for this camera")
+    incident: IncidentOverride | None = Field(None, description="incident rule changes for this camera")
+
+
+@dataclass(frozen=True)
+class CameraRuleSet:
+    camera: str
+    zone: str | None
+    crowd: CrowdRule
+    incident: IncidentRule
+
+
+class AlertRules(Strict):
+    crowd: CrowdRule = Field(default_factory=CrowdRule, description="default crowd rule")
+    incident: IncidentRule = Field(default_factory=IncidentRule, description="default incident rule")
+    zones: dict[str, ZoneRules] = Field(default_factory=dict, description="per-zone overrides")
+    cameras: dict[str, CameraRules] = Field(default_factory=dict, description="per-camera overrides")
+
+    @model_validator(mode="after")
+    def _zones_consistent(self):
+        owner: dict[str, str] = {}
+        for zone, spec in self.zones.items():
+            for cam in spec.cameras:
+                if cam in owner and owner[cam] != zone:
+                    raise ValueError(f"camera {cam} is listed in zones {owner[cam]} and {zone}")
+                owner[cam] = zone
+        for cam, spec in self.cameras.items():
+            if spec.zone is not None:
+                if spec.zone not in self.zones:
+                    raise ValueError(f"cameras.{cam}.zone: unknown zone {spec.zone!r}")
+                if cam in owner and owner[cam] != spec.zone:
+                    raise ValueError(f"camera {cam} is in zone {owner[cam]} but cameras.{cam}.zone says {spec.zone}")
+        # Validate every effective combination now, not on the first message from that camera.
+        for cam in set(owner) | set(self.cameras):
+            self.for_camera(cam)
+        return self
+
+    def zone_of(self, camera: str) -> str | None:
+        spec = self.cameras.get(camera)
+        if spec and spec.zone:
+            return spec.zone
+        return next((z for z, s in self.zones.items() if camera in s.cameras), None)
+
+    def for_camera(self, camera: str) -> CameraRuleSet:
+        zone = self.zone_of(camera)
+        crowd, incident = self.crowd, self.incident
+        layers = [self.zones[zone]] if zone else []
+        if camera in self.cameras:
+            layers.append(self.cameras[camera])
+        for layer in layers:
+            if layer.crowd:
+                crowd = CrowdRule.model_validate({**crowd.model_dump(), **layer.crowd.model_dump(exclude_none=True)})
+            if layer.incident:
+                incident = IncidentRule.model_validate(
+                    {**incident.model_dump(), **layer.incident.model_dump(exclude_none=True)})
+        return CameraRuleSet(camera, zone, crowd, incident)
+
+
+def load_rules(path: str | Path) -> AlertRules:
+    """ConfigError naming file, line and field on any problem."""
+    return load_yaml_model(path, AlertRules)

@@ -1,0 +1,96 @@
+"""Wiring of the backend service and its life cycle (start, ready, watchdog, clean stop).
+
+SIGTERM/SIGINT: stop taking messages, finish and acknowledge every message already taken, say
+"offline", disconnect - within 10 s (systemd's TimeoutStopSec leaves margin). A message the broker
+delivered but that we did not get to is simply not acknowledged: the broker redelivers it to this
+client id's session on the next start, so nothing in flight is lost.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+from backend_decryptor import sd_notify
+from backend_decryptor.catalog import StoreCatalog
+from backend_decryptor.config import BackendConfig
+from backend_decryptor.decrypt_pool import DecryptPool, StoreDecryptor
+from backend_decryptor.history import StateDB
+from backend_decryptor.metrics import Metrics
+from backend_decryptor.pipeline import Pipeline
+from backend_decryptor.publish import Publisher
+from backend_decryptor.receiver import Receiver
+from backend_decryptor.rules_config import AlertRules
+
+log = logging.getLogger(__name__)
+STOP_BUDGET = 10.0
+
+
+class Service:
+    def __init__(self, cfg: BackendConfig, rules: AlertRules, *, catalog=None, decryptor=None, clock=time.time):
+        """`catalog` and `decryptor` default to the protected model store (cfg.store); tests and the
+        benchmark may inject others."""
+        self.cfg = cfg
+        self.rules = rules
+        self.catalog = catalog if catalog is not None else StoreCatalog(cfg.store)
+        self.decryptor = decryptor if decryptor is not None else StoreDecryptor(cfg.store)
+        self.clock = clock
+        self.metrics = Metrics()
+        self.db: StateDB | None = None
+        self.pool: DecryptPool | None = None
+        self.receiver: Receiver | None = None
+        self.pipeline: Pipeline | None = None
+        self._stop_requested = threading.Event()
+
+    def start(self, connect_timeout: float | None = 10.0) -> "Service":
+        self.db = StateDB(self.cfg.state_db, replica=self.cfg.mqtt.client_id)
+        self.pool = DecryptPool(self.decryptor, self.cfg.decrypt.workers, self.cfg.decrypt.timeout)
+        self.pool.warm_up()
+        self.receiver = Receiver(self.cfg.mqtt, on_message=lambda *a: self.pipeline.on_message(*a))
+        publisher = Publisher(self.receiver, self.cfg.mqtt.prefix, self.cfg.alerts.home_assistant)
+        self.pipeline = Pipeline(self.cfg, self.rules, self.catalog, self.pool, self.db, self.metrics,
+                                 publisher, self.receiver.ack, self.clock)
+        self.pipeline.start()
+        if self.cfg.metrics.listen:
+            self.metrics.serve(self.cfg.metrics.listen)
+        self.receiver.start()
+        if connect_timeout is not None and not self.receiver.wait_connected(connect_timeout):
+            log.warning("not connected to %s:%s yet; retrying in the background",
+                        self.cfg.mqtt.host, self.cfg.mqtt.port)
+        return self
+
+    def stop(self, timeout: float = STOP_BUDGET) -> bool:
+        """Clean stop; True if every taken message was handled and acknowledged in time."""
+        deadline = time.monotonic() + timeout
+        drained = True
+        if self.pipeline is not None:
+            drained = self.pipeline.stop(max(0.5, deadline - time.monotonic() - 2.0))
+            if not drained:
+                log.error("stop: messages still being handled; they stay unacknowledged and are redelivered")
+        if self.receiver is not None:
+            self.receiver.stop(timeout=max(0.2, min(2.0, deadline - time.monotonic())))
+        if self.pool is not None:
+            self.pool.close()
+        if self.db is not None:
+            self.db.close()
+        return drained
+
+    def request_stop(self, *_args) -> None:
+        self._stop_requested.set()
+
+    def run_forever(self) -> int:
+        """The `run` command: signals, sd_notify READY/WATCHDOG/STOPPING, clean stop."""
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        self.start(connect_timeout=None)
+        sd_notify.notify("READY=1\nSTATUS=receiving")
+        log.info("backend-decryptor %s running: subscribed to %s", self.cfg.mqtt.client_id,
+                 self.receiver.subscription)
+        ping = sd_notify.watchdog_interval()
+        while not self._stop_requested.wait(ping or 3600):
+            if ping and self.pipeline.thread.is_alive():
+                sd_notify.notify("WATCHDOG=1")
+        sd_notify.notify("STOPPING=1")
+        log.info("stopping")
+        return 0 if self.stop() else 1

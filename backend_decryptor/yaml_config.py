@@ -1,0 +1,102 @@
+"""Load a YAML file into a pydantic model so that every error names file, line and field.
+
+PyYAML's composer keeps the position of every node; pydantic reports the path (`loc`) of every
+invalid field. Walking the node tree along that path gives the line to report, e.g.
+    configs/backend.yaml:12: mqtt.port: Input should be less than or equal to 65535
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TypeVar
+
+import pydantic
+import yaml
+
+M = TypeVar("M", bound=pydantic.BaseModel)
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+class ConfigError(ValueError):
+    """A configuration file that cannot be used; the message lists every problem with its line."""
+
+
+def parse_duration(value) -> float:
+    """'90s', '5m', '1h', '2d', '250ms' or a plain number of seconds -> seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 5m, 1h")
+    if isinstance(value, (int, float)):
+        return float(value)
+    match = _DURATION_RE.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (examples: 30s, 5m, 1h, 250ms)")
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def _node_at(node: yaml.Node | None, loc: tuple) -> yaml.Node | None:
+    """The deepest node along `loc` that exists (a missing field points at its parent mapping)."""
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            child = next((v for k, v in node.value if getattr(k, "value", None) == str(key)), None)
+            if child is None:
+                return node
+            node = child
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            return node
+    return node
+
+
+def _key_line(node: yaml.Node | None, loc: tuple) -> int | None:
+    """Line of the *key* for an unknown/extra field (its value may sit on another line)."""
+    parent = _node_at(node, loc[:-1])
+    if isinstance(parent, yaml.MappingNode):
+        for k, _ in parent.value:
+            if getattr(k, "value", None) == str(loc[-1]):
+                return k.start_mark.line + 1
+    return None
+
+
+def load_yaml_model(path: str | Path, model: type[M]) -> M:
+    """Parse `path` and validate it as `model`; ConfigError naming file, line and field otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    return load_yaml_text(text, model, source=str(path))
+
+
+def load_yaml_text(text: str, model: type[M], source: str = "<config>") -> M:
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else "?"
+        raise ConfigError(f"{source}:{line}: YAML syntax error: {exc.problem or exc}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: YAML error: {exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}:1: the top level must be a mapping of settings")
+    try:
+        return model.model_validate(data)
+    except pydantic.ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            field = ".".join(str(p) for p in loc) or "(top level)"
+            line = _key_line(root, loc) if err["type"] == "extra_forbidden" else None
+            if line is None:
+                node = _node_at(root, loc)
+                line = node.start_mark.line + 1 if node is not None else 1
+            msg = err["msg"]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown setting (check the spelling; see docs/backend.md)"
+            problems.append(f"{source}:{line}: {field}: {msg}")
+        raise ConfigError("\n".join(problems)) from None
