@@ -7,11 +7,23 @@
 """
 from __future__ import annotations
 
+import json
+import math
+import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from protected_nn.artifacts import ModelArtifacts
+from protected_nn.ckks.context import Ckks, SecretCkks
+from protected_nn.ckks.params import CkksParams
+from protected_nn.compiler.planner import compile_graph
+from protected_nn.errors import ModelError, ProtectedNNError, ResultError
+from protected_nn.runtime import params_blob
+from protected_nn.runtime.evaluator import Evaluator
+from protected_nn.runtime.owner import Decoder, encrypt_weights
+from protected_nn.runtime.selfcheck import fidelity_check
 
 
 @dataclass
@@ -21,6 +33,8 @@ class ProtectOptions:
     force: bool = False                # store even above tolerance
     calibration_samples: int = 8       # drawn in the input range when no calibration file is given
     input_range: tuple[float, float] = (0.0, 1.0)
+    check_samples: int = 2             # calibration inputs run through the encrypted path
+    model_card: dict | None = None     # overrides/extends the card read from ONNX metadata
 
 
 @dataclass
@@ -31,29 +45,134 @@ class Protected:
     report_text: str = ""
 
 
+def _load_model(onnx_path):
+    import onnx
+    try:
+        return onnx.load(str(onnx_path)) if isinstance(onnx_path, (str, Path)) else onnx_path
+    except Exception as exc:
+        raise ModelError(f"cannot read ONNX model {onnx_path}: {exc}") from None
+
+
 def protect(onnx_path, *, calibration: np.ndarray | None = None,
             options: ProtectOptions | None = None) -> Protected:
-    raise NotImplementedError("being written: see protected_nn/compiler")
+    """Owner side: compile, generate keys for exactly the plan's rotations, encrypt every trained
+    parameter, run the fidelity self-check against onnxruntime."""
+    from protected_nn.frontend import load_onnx
+    from protected_nn.runtime.report import build_report, model_card_from
+
+    opts = options or ProtectOptions()
+    model = _load_model(onnx_path)
+    t0 = time.perf_counter()
+    graph = load_onnx(model, calibration=calibration, poly_degree=opts.poly_degree,
+                      input_range=opts.input_range, calibration_samples=opts.calibration_samples)
+    cal = _calibration_inputs(graph, calibration, opts)
+    ref_outputs = _onnxruntime(model, cal)
+    max_out = float(np.max(np.abs(ref_outputs))) if ref_outputs.size else 1.0
+    output_bits = max(4, int(math.ceil(math.log2(max_out * 4 + 1))) + 2)
+    plan = compile_graph(graph, output_bits)
+    t_compile = time.perf_counter() - t0
+    params = CkksParams.from_dict(plan.doc["ckks"])
+    sk = SecretCkks.generate(params, set(plan.doc["rotation_steps"]))
+    t1 = time.perf_counter()
+    weight_blobs = encrypt_weights(sk, plan.weights)
+    t_encrypt = time.perf_counter() - t1
+    pub = sk.public_bytes()
+    card = model_card_from(model, graph, opts.model_card)
+    artifacts = ModelArtifacts(plan=json.dumps(plan.doc).encode(), context=pub["context"],
+                               public_key=pub["public_key"], relin_key=pub["relin_key"],
+                               rotation_keys=pub["rotation_keys"],
+                               params=params_blob.pack(weight_blobs),
+                               model_card=json.dumps(card).encode())
+    secret = sk.secret_bytes()
+    fidelity = fidelity_check(artifacts, secret, cal[:max(1, opts.check_samples)],
+                              ref_outputs[:max(1, opts.check_samples)])
+    report = build_report(graph, plan, artifacts, fidelity, timings={
+        "compile_s": t_compile, "encrypt_params_s": t_encrypt}, tolerance=opts.tolerance)
+    prot = Protected(artifacts=artifacts, secret_key=secret, report=report["data"],
+                     report_text=report["text"])
+    if fidelity["max_rel_error"] > opts.tolerance and not opts.force:
+        raise ProtectedNNError(
+            f"encrypted outputs differ from onnxruntime by {fidelity['max_rel_error']:.2e} of the "
+            f"output range, above the tolerance {opts.tolerance:g}; raise --poly-degree, widen the "
+            f"calibration set, or pass --force to store anyway\n\n{prot.report_text}")
+    return prot
+
+
+def _calibration_inputs(graph, calibration, opts) -> np.ndarray:
+    shape = tuple(graph.input.shape)
+    if calibration is not None:
+        cal = np.asarray(calibration, dtype=np.float32)
+        if cal.shape == shape:
+            return cal[None]
+        if cal.ndim == len(shape) + 1 and cal.shape[1:] == shape:
+            return cal
+        if cal.ndim == len(shape) and cal.shape[1:] == shape[1:]:
+            return cal[:, None]
+        raise ModelError(f"calibration array shape {cal.shape} does not match the input {shape}")
+    rng = np.random.default_rng(0)
+    lo, hi = opts.input_range
+    return rng.uniform(lo, hi, size=(opts.calibration_samples,) + shape).astype(np.float32)
+
+
+def _onnxruntime(model, inputs: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return np.stack([sess.run(None, {name: x.astype(np.float32)})[0] for x in inputs])
+
+
+def _plan_of(artifacts: ModelArtifacts) -> dict:
+    try:
+        return artifacts.plan_json()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ResultError(f"the model plan is not valid JSON: {exc}") from None
 
 
 class EdgeModel:
-    """Gateway side: loads public artifacts, encrypts inputs, evaluates, serializes results."""
+    """Gateway side: loads public artifacts, encrypts inputs, evaluates, serializes results.
+    It never holds a secret key: its CKKS object is built from public bytes only."""
 
     def __init__(self, artifacts: ModelArtifacts):
-        raise NotImplementedError
+        plan = _plan_of(artifacts)
+        params = CkksParams.from_dict(plan["ckks"])
+        ckks = Ckks.from_public_bytes(params, artifacts.context, artifacts.public_key,
+                                      artifacts.relin_key, artifacts.rotation_keys,
+                                      set(plan["rotation_steps"]))
+        blobs = params_blob.unpack(artifacts.params, len(plan["weights"]))
+        weights = [ckks.ct_from_bytes(b) for b in blobs]
+        self.artifacts = artifacts
+        self.plan = plan
+        self.key_fingerprint = artifacts.key_fingerprint
+        self.model_card = artifacts.card()
+        self._eval = Evaluator(plan, ckks, weights)
+        self.input_shape = self._eval.input_shape
+        self.output_shape = tuple(plan["output"]["shape"])
 
-    input_shape: tuple[int, ...]
-    output_shape: tuple[int, ...]
+    def encrypt(self, x: np.ndarray) -> list:
+        return self._eval.encrypt_input(x)
+
+    def evaluate(self, cts: list):
+        return self._eval.run(cts)
+
+    def serialize(self, ct) -> bytes:
+        return self._eval.serialize(ct)
 
     def infer(self, x: np.ndarray) -> bytes:
-        raise NotImplementedError
+        return self._eval.infer(x)
 
 
 class OwnerModel:
     """Backend side: holds the secret key; decrypts payloads to the model's output tensor."""
 
     def __init__(self, artifacts: ModelArtifacts, secret_key: bytes):
-        raise NotImplementedError
+        plan = _plan_of(artifacts)
+        self.plan = plan
+        self.key_fingerprint = artifacts.key_fingerprint
+        self.model_card = artifacts.card()
+        params = CkksParams.from_dict(plan["ckks"])
+        sk = SecretCkks.from_bytes(params, artifacts.context, artifacts.public_key, secret_key)
+        self._decoder = Decoder(plan, sk)
+        self.output_shape = tuple(plan["output"]["shape"])
 
     def decrypt(self, payload: bytes) -> np.ndarray:
-        raise NotImplementedError
+        return self._decoder.decode(payload)

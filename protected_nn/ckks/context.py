@@ -1,0 +1,187 @@
+"""The one place that imports Pyfhel. A thin wrapper that guards the traps listed in
+shared/notes/pyfhel.md:
+
+- rotate/relinearize on a key set without that key silently *generates* a garbage key: we keep
+  the set of rotation steps ourselves and raise before calling Pyfhel;
+- decrypt on an object without a secret key segfaults: only `SecretCkks` has `decrypt`;
+- encryptFrac mis-reads strided arrays: we always pass contiguous float64;
+- contextGen does not raise on insecure parameters: we check its status and our own table;
+- mod_level is a Python-side counter reset by from_bytes: levels are tracked by the plan.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from Pyfhel import Pyfhel, PyCtxt, PyPtxt
+
+from protected_nn.ckks.params import CkksParams, check_128_bit
+from protected_nn.errors import KeyError_, PlanError, ResultError
+
+COMPRESSION = "zstd"   # Pyfhel silently treats an unknown name as "none": keep it a constant
+
+
+def normalize_step(k: int, slots: int) -> int:
+    """Rotation amounts are taken mod `slots`; SEAL wants |step| < slots: use the shorter way."""
+    k %= slots
+    return k - slots if k > slots // 2 else k
+
+
+def primes_of(params: CkksParams) -> list[int]:
+    """The exact primes SEAL picks for these sizes (deterministic): the plan's scale
+    bookkeeping divides by them. A context loaded from bytes does not expose them."""
+    return [int(q) for q in Ckks.new_context(params).get_qi()]
+
+
+class Ckks:
+    """Public-key side: encrypt, evaluate, serialize. Holds no secret key and cannot decrypt."""
+
+    def __init__(self, he: Pyfhel, params: CkksParams, rotation_steps: set[int]):
+        self.he = he
+        self.params = params
+        self.slots = params.slots
+        self.rotation_steps = {normalize_step(k, self.slots) for k in rotation_steps}
+
+    # --- construction -------------------------------------------------------------------
+    @staticmethod
+    def new_context(params: CkksParams) -> Pyfhel:
+        check_128_bit(params)
+        he = Pyfhel()
+        status = he.contextGen(scheme="ckks", n=params.n, scale=2.0 ** params.scale_bits,
+                               qi_sizes=list(params.qi_sizes), sec=128)
+        if "success" not in str(status):
+            raise PlanError(f"SEAL refused the CKKS parameters {params.to_dict()}: {status}")
+        return he
+
+    @classmethod
+    def from_public_bytes(cls, params: CkksParams, context: bytes, public_key: bytes,
+                          relin_key: bytes, rotation_keys: bytes, rotation_steps: set[int]) -> "Ckks":
+        check_128_bit(params)
+        he = Pyfhel()
+        he.from_bytes_context(context)
+        if he.get_poly_modulus_degree() != params.n or he.total_coeff_modulus_bit_count != params.log_q - params.qi_sizes[-1]:
+            raise KeyError_("the CKKS context does not match the plan's parameters")
+        he.from_bytes_public_key(public_key)
+        if relin_key:
+            he.from_bytes_relin_key(relin_key)
+        if rotation_keys:
+            he.from_bytes_rotate_key(rotation_keys)
+        return cls(he, params, rotation_steps)
+
+    # --- encryption and plaintexts --------------------------------------------------------
+    def encrypt(self, values: np.ndarray, scale: float, level: int = 0) -> PyCtxt:
+        vec = np.ascontiguousarray(values, dtype=np.float64)
+        if vec.shape != (self.slots,):
+            raise ValueError(f"expected {self.slots} slot values, got shape {vec.shape}")
+        ct = self.he.encryptFrac(vec, scale=scale)
+        for _ in range(level):
+            self.he.mod_switch_to_next(ct)
+        return ct
+
+    def encode(self, values: np.ndarray, scale: float, level: int) -> PyPtxt:
+        vec = np.ascontiguousarray(values, dtype=np.float64)
+        pt = self.he.encodeFrac(vec, scale=scale)
+        for _ in range(level):
+            self.he.mod_switch_to_next(pt)
+        return pt
+
+    # --- evaluation ------------------------------------------------------------------------
+    def multiply_no_relin(self, a: PyCtxt, b: PyCtxt) -> PyCtxt:
+        return self.he.multiply(a, b, True)
+
+    def multiply_plain(self, a: PyCtxt, p: PyPtxt) -> PyCtxt:
+        return self.he.multiply_plain(a, p, True)
+
+    def add_inplace(self, acc: PyCtxt, other: PyCtxt) -> None:
+        self.he.add(acc, other)
+
+    def add_plain_inplace(self, acc: PyCtxt, p: PyPtxt) -> None:
+        self.he.add_plain(acc, p)
+
+    def relinearize(self, ct: PyCtxt) -> None:
+        if self.he.is_relin_key_empty():
+            raise KeyError_("no relinearization key loaded")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")   # a generated key would be garbage: fail instead
+            self.he.relinearize(ct)
+
+    def rescale(self, ct: PyCtxt) -> None:
+        self.he.rescale_to_next(ct)
+
+    def mod_switch(self, ct: PyCtxt, times: int) -> None:
+        for _ in range(times):
+            self.he.mod_switch_to_next(ct)
+
+    def rotate(self, ct: PyCtxt, k: int) -> PyCtxt:
+        """New ciphertext with slot i holding slot i+k of `ct` (cyclic)."""
+        step = normalize_step(k, self.slots)
+        if step == 0:
+            return self.copy(ct)
+        if step not in self.rotation_steps or self.he.is_rotate_key_empty():
+            raise KeyError_(f"no Galois key for rotation step {step}: the key set covers "
+                            f"{sorted(self.rotation_steps)}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            return self.he.rotate(ct, step, True)
+
+    def copy(self, ct: PyCtxt) -> PyCtxt:
+        return PyCtxt(copy_ctxt=ct)
+
+    # --- serialization --------------------------------------------------------------------
+    def ct_to_bytes(self, ct: PyCtxt) -> bytes:
+        return ct.to_bytes(COMPRESSION)
+
+    def ct_from_bytes(self, data: bytes) -> PyCtxt:
+        ct = PyCtxt(pyfhel=self.he)
+        try:
+            ct.from_bytes(bytes(data), "float")
+        except Exception as exc:  # SEAL raises RuntimeError/ValueError on malformed input
+            raise ResultError(f"not a ciphertext of this model's CKKS context: {exc}") from None
+        return ct
+
+
+class SecretCkks(Ckks):
+    """Owner side: generates the key pair and decrypts. Never constructed on a gateway."""
+
+    def __init__(self, he: Pyfhel, params: CkksParams, rotation_steps: set[int]):
+        super().__init__(he, params, rotation_steps)
+        if he.is_secret_key_empty():
+            raise KeyError_("SecretCkks needs a secret key")
+
+    @classmethod
+    def generate(cls, params: CkksParams, rotation_steps: set[int]) -> "SecretCkks":
+        he = cls.new_context(params)
+        he.keyGen()
+        he.relinKeyGen()
+        slots = params.slots
+        steps = sorted({normalize_step(k, slots) for k in rotation_steps} - {0})
+        if steps:
+            he.rotateKeyGen(rot_steps=steps)
+        return cls(he, params, set(steps))
+
+    @classmethod
+    def from_bytes(cls, params: CkksParams, context: bytes, public_key: bytes, secret_key: bytes,
+                   relin_key: bytes = b"", rotation_keys: bytes = b"", rotation_steps=()) -> "SecretCkks":
+        he = Pyfhel()
+        he.from_bytes_context(context)
+        he.from_bytes_public_key(public_key)
+        he.from_bytes_secret_key(secret_key)
+        if relin_key:
+            he.from_bytes_relin_key(relin_key)
+        if rotation_keys:
+            he.from_bytes_rotate_key(rotation_keys)
+        return cls(he, params, set(rotation_steps))
+
+    def public_bytes(self) -> dict[str, bytes]:
+        return {
+            "context": self.he.to_bytes_context(COMPRESSION),
+            "public_key": self.he.to_bytes_public_key(COMPRESSION),
+            "relin_key": self.he.to_bytes_relin_key(COMPRESSION),
+            "rotation_keys": self.he.to_bytes_rotate_key(COMPRESSION) if self.rotation_steps else b"",
+        }
+
+    def secret_bytes(self) -> bytes:
+        return self.he.to_bytes_secret_key(COMPRESSION)
+
+    def decrypt(self, ct: PyCtxt) -> np.ndarray:
+        return np.asarray(self.he.decryptFrac(ct), dtype=np.float64)

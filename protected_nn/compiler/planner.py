@@ -1,0 +1,248 @@
+"""IR graph -> Plan: parameters, per-layer packing, levels, exact scales, rotation steps.
+
+The plan is a short list of steps the gateway executes (runtime/evaluator.py) plus the clear
+weight vectors the owner encrypts (runtime/owner.py). Scales are tracked exactly: a product with
+an encrypted weight at level l uses weight scale  delta * q_l / s_in,  so after dropping the
+prime q_l every linear layer returns to the canonical scale delta.
+"""
+from __future__ import annotations
+
+import base64
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protected_nn import ir
+from protected_nn.ckks.context import primes_of
+from protected_nn.ckks.params import CkksParams, HE_STANDARD_128, choose_params
+from protected_nn.compiler import graph as G
+from protected_nn.compiler.layout import CostModel, Layout, next_pow2
+from protected_nn.compiler.linear import first_layer_free_layout, plan_linear, replication_shifts
+from protected_nn.errors import PlanError
+
+PLAN_VERSION = 1
+
+
+@dataclass
+class WeightSpec:
+    values: np.ndarray   # slot vector
+    level: int
+    scale: float
+    layer: str
+    kind: str            # "weight" | "bias"
+
+
+@dataclass
+class Plan:
+    doc: dict                                   # JSON-able: everything the gateway needs
+    weights: list[WeightSpec] = field(default_factory=list)
+    layer_stats: list[dict] = field(default_factory=list)
+
+
+def encode_array(a: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(a, dtype="<i4").tobytes()).decode()
+
+
+def decode_array(s: str, shape) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(s), dtype="<i4").reshape(shape).astype(np.int64)
+
+
+def poly_depth(coeffs: np.ndarray) -> int:
+    deg = max(1, int(np.max(np.nonzero(coeffs)[0])) if np.any(coeffs[1:]) else 1)
+    return int(math.ceil(math.log2(deg))) + 1 if deg > 1 else 1
+
+
+def node_depths(nodes: list[G.Node]) -> dict[str, int]:
+    depth: dict[str, int] = {}
+    for node in nodes:
+        if isinstance(node, G.InputNode):
+            depth[node.name] = 0
+        elif isinstance(node, G.MLinear):
+            depth[node.name] = max(depth[i] for i in node.inputs) + 1
+        elif isinstance(node, G.SquareNode):
+            depth[node.name] = depth[node.inputs[0]] + 1
+        elif isinstance(node, G.PolyNode):
+            depth[node.name] = depth[node.inputs[0]] + poly_depth(node.coeffs)
+    return depth
+
+
+def compile_graph(graph: ir.Graph, output_bits: int, params: CkksParams | None = None) -> Plan:
+    nodes, output = G.lower(graph)
+    depth = node_depths(nodes)[output]
+    widest = max(n.size for n in nodes)
+    if params is None:
+        last_error = None
+        for n in sorted(HE_STANDARD_128):
+            if n // 2 < widest:
+                continue
+            try:
+                params = choose_params(depth, max(widest, n // 2), output_bits)
+                return _compile(nodes, output, graph, params)
+            except PlanError as exc:
+                last_error = exc
+        raise last_error or PlanError(f"no parameters fit a {widest}-wide activation")
+    return _compile(nodes, output, graph, params)
+
+
+class _State:
+    def __init__(self, layout: Layout, level: int, scale: float):
+        self.layout, self.level, self.scale = layout, level, scale
+
+
+def _compile(nodes, output, graph: ir.Graph, params: CkksParams) -> Plan:
+    slots = params.slots
+    primes = primes_of(params)
+    data_primes = primes[:-1]
+    depth_max = len(data_primes) - 1
+    delta = float(2 ** params.scale_bits)
+    cost = CostModel(params.n, depth_max)
+    plan = Plan(doc={})
+    steps: list[dict] = []
+    states: dict[str, _State] = {}
+    rot_steps: set[int] = set()
+    consumers = {n.name: [c for c in nodes if n.name in c.inputs] for n in nodes}
+
+    def drop_prime(level: int) -> int:
+        if level >= depth_max:
+            raise PlanError(f"the model needs more than {depth_max} levels")
+        return data_primes[depth_max - level]
+
+    def add_weight(values, level, scale, layer, kind) -> int:
+        plan.weights.append(WeightSpec(np.asarray(values, float), level, scale, layer, kind))
+        return len(plan.weights) - 1
+
+    input_doc = None
+    for node in nodes:
+        if node.size > slots:
+            raise PlanError(f"layer {node.name} has {node.size} values, more than {slots} slots")
+        if isinstance(node, G.InputNode):
+            input_doc, state = _plan_input(node, consumers[node.name], slots, cost, delta)
+            states[node.name] = state
+            continue
+        if isinstance(node, G.MLinear) and node.inputs[0] == graph.input_name and input_doc.get("free"):
+            states[node.name] = _first_layer(node, input_doc, plan, steps, add_weight,
+                                             drop_prime, delta, rot_steps, slots, cost)
+            continue
+        if isinstance(node, G.MLinear):
+            states[node.name] = _linear(node, states, slots, cost, plan, steps, add_weight,
+                                        drop_prime, delta, rot_steps)
+        elif isinstance(node, G.SquareNode):
+            src = states[node.inputs[0]]
+            q = drop_prime(src.level)
+            steps.append({"op": "square", "src": node.inputs[0], "out": node.name, "level": src.level})
+            states[node.name] = _State(src.layout, src.level + 1, src.scale * src.scale / q)
+            plan.layer_stats.append({"layer": node.name, "op": "x*x", "level": src.level + 1,
+                                     "products": 1, "rotations": 0, "relins": 1, "sources": node.sources})
+        elif isinstance(node, G.PolyNode):
+            states[node.name] = _poly(node, states, steps, plan, drop_prime, delta)
+    out_state = states[output]
+    plan.doc = {
+        "version": PLAN_VERSION,
+        "ckks": params.to_dict() | {"primes": [str(p) for p in primes], "delta": delta},
+        "input": input_doc["doc"],
+        "steps": steps,
+        "rotation_steps": sorted(rot_steps),
+        "output": {"src": output, "layout": out_state.layout.to_dict(), "level": out_state.level,
+                   "shape": list(graph.output_shape), "scale": out_state.scale},
+        "weights": [{"level": w.level, "scale": w.scale, "layer": w.layer, "kind": w.kind}
+                    for w in plan.weights],
+    }
+    return plan
+
+
+def _plan_input(node: G.InputNode, consumers, slots, cost, delta):
+    n = node.size
+    period = next_pow2(n)
+    compact = Layout(n=n, unit=1, period=period, zero_padded=True)
+    free = (len(consumers) == 1 and isinstance(consumers[0], G.MLinear)
+            and consumers[0].inputs == [node.name])
+    if free:   # compare im2col-style free layout with a compact input + generic packing
+        lin = consumers[0]
+        c_free = first_layer_free_layout(lin.weights[0], lin.bias, slots, cost)[0]
+        c_compact = cost.encrypt() + plan_linear(lin.weights, lin.bias, [compact], slots, 0, cost,
+                                                 set()).cost_ms
+        free = c_free < c_compact
+    gather = np.where(np.arange(slots) % period < n, np.arange(slots) % period, -1)[None, :]
+    doc = {"name": node.name, "shape": list(node.shape), "size": n, "free": free,
+           "gather": encode_array(gather), "num_cts": 1, "layout": compact.to_dict()}
+    return {"free": free, "doc": doc}, _State(compact, 0, delta)
+
+
+def _first_layer(node, input_doc, plan, steps, add_weight, drop_prime, delta, rot_steps, slots, cost):
+    _, gather, wvecs, tree, bias_vec, out = first_layer_free_layout(node.weights[0], node.bias,
+                                                                   slots, cost)
+    q = drop_prime(0)
+    t_scale = delta * q
+    w_scale = t_scale / delta
+    widx = [add_weight(w, 0, w_scale, node.name, "weight") for w in wvecs]
+    out_scale = t_scale / q
+    bidx = add_weight(bias_vec, 1, out_scale, node.name, "bias")
+    input_doc["doc"].update({"gather": encode_array(gather), "num_cts": len(wvecs)})
+    steps.append({"op": "first_linear", "out": node.name, "weights": widx, "tree": tree,
+                  "bias": bidx, "level": 0})
+    rot_steps.update(s % slots for s in tree)
+    plan.layer_stats.append({"layer": node.name, "op": "linear (free input layout)", "level": 1,
+                             "products": len(wvecs), "rotations": len(tree), "relins": 1,
+                             "input_cts": len(wvecs), "weight_cts": len(wvecs) + 1,
+                             "sources": node.sources, "shape": list(node.weights[0].shape)})
+    return _State(out, 1, out_scale)
+
+
+def _linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delta, rot_steps):
+    ins = [states[i] for i in node.inputs]
+    level = max(s.level for s in ins)
+    pack = plan_linear(node.weights, node.bias, [s.layout for s in ins], slots, level, cost, rot_steps)
+    q = drop_prime(level)
+    t_scale = delta * q
+    out_scale = t_scale / q
+    inputs_doc = []
+    for s, name, reps in zip(ins, node.inputs, pack.replications):
+        inputs_doc.append({"src": name, "switch": level - s.level,
+                           "replicate": replication_shifts(s.layout, reps)})
+    giants = []
+    for G_rot, terms in pack.giants:
+        giants.append({"rot": int(G_rot), "terms": [
+            [b_idx, add_weight(vec, level, t_scale / ins[pack.babies[b_idx][0]].scale, node.name, "weight")]
+            for b_idx, vec in terms]})
+    bidx = add_weight(pack.bias, level + 1, out_scale, node.name, "bias")
+    steps.append({"op": "linear", "out": node.name, "level": level, "inputs": inputs_doc,
+                  "babies": [[i, int(b)] for i, b in pack.babies], "giants": giants,
+                  "tree": pack.tree, "bias": bidx})
+    rot_steps.update(pack.steps)
+    plan.layer_stats.append({"layer": node.name, "op": "linear", "level": level + 1,
+                             "products": pack.products, "rotations": pack.rotations,
+                             "relins": pack.relins, "weight_cts": pack.products + 1,
+                             "sources": node.sources, "group": pack.g,
+                             "shape": [node.size, sum(w.shape[1] for w in node.weights)]})
+    return _State(pack.out_layout, level + 1, out_scale)
+
+
+def _poly(node, states, steps, plan, drop_prime, delta):
+    src = states[node.inputs[0]]
+    coeffs = np.asarray(node.coeffs, float)
+    deg = int(np.max(np.nonzero(coeffs)[0])) if np.any(coeffs[1:]) else 1
+    level0 = src.level
+    pw_level = {1: level0}
+    pw_scale = {1: src.scale}
+    recipe = []
+    for k in range(2, deg + 1):
+        a, b = (k // 2, k // 2) if k % 2 == 0 else (k - 1, 1)
+        lvl = max(pw_level[a], pw_level[b])
+        q = drop_prime(lvl)
+        pw_level[k] = lvl + 1
+        pw_scale[k] = pw_scale[a] * pw_scale[b] / q
+        recipe.append([k, a, b, lvl])
+    top = max(pw_level.values())
+    q = drop_prime(top)
+    t_scale = delta * q
+    terms = [[k, float(coeffs[k]), t_scale / pw_scale[k]] for k in range(1, deg + 1) if coeffs[k] != 0]
+    lay = src.layout
+    steps.append({"op": "poly", "src": node.inputs[0], "out": node.name, "recipe": recipe,
+                  "top": top, "terms": terms, "c0": float(coeffs[0]), "c0_scale": t_scale,
+                  "layout": lay.to_dict()})
+    plan.layer_stats.append({"layer": node.name, "op": f"poly deg {deg} ({node.op})", "level": top + 1,
+                             "products": len(recipe) + len(terms), "rotations": 0,
+                             "relins": len(recipe), "sources": node.sources,
+                             "fit_range": list(node.fit_range), "fit_max_error": node.fit_max_error})
+    return _State(lay, top + 1, t_scale / q)

@@ -1,0 +1,180 @@
+"""Gateway side: run a compiled plan on an encrypted frame with public evaluation keys only.
+
+The loop is deliberately short: each step reads named ciphertexts, writes one, and frees
+what no later step reads. Levels are tracked here (Pyfhel's mod_level counter is unreliable
+after deserialization, see shared/notes/pyfhel.md)."""
+from __future__ import annotations
+
+import numpy as np
+
+from protected_nn.ckks.context import Ckks
+from protected_nn.compiler.layout import Layout
+from protected_nn.compiler.planner import decode_array
+from protected_nn.errors import InputError
+
+
+class _Reg:
+    __slots__ = ("ct", "level")
+
+    def __init__(self, ct, level: int):
+        self.ct, self.level = ct, level
+
+
+class Evaluator:
+    def __init__(self, plan: dict, ckks: Ckks, weights: list):
+        self.plan, self.ckks, self.w = plan, ckks, weights
+        self.slots = ckks.slots
+        self.delta = float(plan["ckks"]["delta"])
+        inp = plan["input"]
+        self.input_shape = tuple(inp["shape"])
+        self.input_size = int(inp["size"])
+        self.gather = decode_array(inp["gather"], (int(inp["num_cts"]), self.slots))
+        self.depth = len(plan["ckks"]["qi_sizes"]) - 2
+        self._last_use = self._last_uses(plan["steps"], plan["output"]["src"])
+        self._poly_plain = {}
+        for i, step in enumerate(plan["steps"]):
+            if step["op"] == "poly":
+                self._poly_plain[i] = self._poly_plaintexts(step)
+
+    # --- input --------------------------------------------------------------------------
+    def encrypt_input(self, x: np.ndarray) -> list:
+        x = np.asarray(x)
+        if x.dtype.kind not in "fiu":
+            raise InputError(f"input dtype {x.dtype} is not numeric")
+        if tuple(x.shape) != self.input_shape:
+            raise InputError(f"input shape {tuple(x.shape)} does not match the model input "
+                             f"{self.input_shape}")
+        flat = x.astype(np.float64).reshape(-1)
+        if not np.all(np.isfinite(flat)):
+            raise InputError("input contains NaN or infinite values")
+        padded = np.append(flat, 0.0)          # index -1 (unused slot) reads the trailing zero
+        return [self.ckks.encrypt(padded[g], self.delta) for g in self.gather]
+
+    # --- evaluation -----------------------------------------------------------------------
+    def run(self, input_cts: list):
+        regs: dict[str, _Reg] = {}
+        if not self.plan["input"]["free"]:          # compact input: one ciphertext, read by name
+            regs[self.plan["input"]["name"]] = _Reg(input_cts[0], 0)
+        for idx, step in enumerate(self.plan["steps"]):
+            op = step["op"]
+            if op == "first_linear":
+                regs[step["out"]] = self._first_linear(step, input_cts)
+            elif op == "linear":
+                regs[step["out"]] = self._linear(step, regs)
+            elif op == "square":
+                regs[step["out"]] = self._square(regs, step)
+            elif op == "poly":
+                regs[step["out"]] = self._poly(regs, step, self._poly_plain[idx])
+            for name in [n for n, last in self._last_use.items() if last == idx]:
+                regs.pop(name, None)
+        out = regs[self.plan["output"]["src"]]
+        self.ckks.mod_switch(out.ct, self.depth - out.level)   # smallest result to send
+        return out.ct
+
+    def serialize(self, ct) -> bytes:
+        return self.ckks.ct_to_bytes(ct)
+
+    def infer(self, x: np.ndarray) -> bytes:
+        return self.serialize(self.run(self.encrypt_input(x)))
+
+    # --- steps ----------------------------------------------------------------------------
+    def _first_linear(self, step, input_cts) -> _Reg:
+        ck = self.ckks
+        acc = None
+        for ct, widx in zip(input_cts, step["weights"]):
+            prod = ck.multiply_no_relin(ct, self.w[widx])
+            acc = prod if acc is None else (ck.add_inplace(acc, prod) or acc)
+        return self._finish(acc, step, level=0)
+
+    def _linear(self, step, regs) -> _Reg:
+        ck = self.ckks
+        level = step["level"]
+        sources = []
+        for spec in step["inputs"]:
+            reg = regs[spec["src"]]
+            ct = reg.ct
+            if spec["switch"] or spec["replicate"]:
+                ct = ck.copy(ct)
+                ck.mod_switch(ct, spec["switch"])
+                for shift in spec["replicate"]:
+                    ck.add_inplace(ct, ck.rotate(ct, shift))
+            sources.append(ct)
+        babies = [sources[i] if b == 0 else ck.rotate(sources[i], b) for i, b in step["babies"]]
+        acc = None
+        for giant in step["giants"]:
+            inner = None
+            for b_idx, widx in giant["terms"]:
+                prod = ck.multiply_no_relin(babies[b_idx], self.w[widx])
+                inner = prod if inner is None else (ck.add_inplace(inner, prod) or inner)
+            ck.relinearize(inner)
+            if giant["rot"]:
+                inner = ck.rotate(inner, giant["rot"])
+            acc = inner if acc is None else (ck.add_inplace(acc, inner) or acc)
+        return self._finish(acc, step, level, relinearized=True)
+
+    def _finish(self, acc, step, level, relinearized=False) -> _Reg:
+        ck = self.ckks
+        if not relinearized:
+            ck.relinearize(acc)
+        ck.rescale(acc)
+        for shift in step["tree"]:
+            ck.add_inplace(acc, ck.rotate(acc, shift))
+        bias = self.w[step["bias"]]
+        bias.set_scale(acc.scale)    # same value up to an ulp of double rounding
+        ck.add_inplace(acc, bias)
+        return _Reg(acc, level + 1)
+
+    def _square(self, regs, step) -> _Reg:
+        ck = self.ckks
+        src = regs[step["src"]]
+        ct = ck.multiply_no_relin(src.ct, src.ct)
+        ck.relinearize(ct)
+        ck.rescale(ct)
+        return _Reg(ct, src.level + 1)
+
+    def _poly_plaintexts(self, step):
+        lay = Layout.from_dict(step["layout"])
+        mask = np.zeros(self.slots)
+        for copy in range(0, self.slots, lay.period):
+            mask[copy + lay.slots_of()] = 1.0
+        consts = {k: self.ckks.encode(np.full(self.slots, c), scale, step["top"])
+                  for k, c, scale in step["terms"]}
+        c0 = self.ckks.encode(mask * step["c0"], step["c0_scale"], step["top"]) if step["c0"] else None
+        return consts, c0
+
+    def _poly(self, regs, step, plain) -> _Reg:
+        ck = self.ckks
+        consts, c0 = plain
+        src = regs[step["src"]]
+        powers = {1: _Reg(src.ct, src.level)}
+        for k, a, b, lvl in step["recipe"]:
+            x, y = self._at_level(powers[a], lvl), self._at_level(powers[b], lvl)
+            prod = ck.multiply_no_relin(x, y)
+            ck.relinearize(prod)
+            ck.rescale(prod)
+            powers[k] = _Reg(prod, lvl + 1)
+        acc = None
+        for k, _, _ in step["terms"]:
+            term = ck.multiply_plain(self._at_level(powers[k], step["top"]), consts[k])
+            acc = term if acc is None else (ck.add_inplace(acc, term) or acc)
+        if c0 is not None:
+            ck.add_plain_inplace(acc, c0)
+        ck.rescale(acc)
+        return _Reg(acc, step["top"] + 1)
+
+    def _at_level(self, reg: _Reg, level: int):
+        if reg.level == level:
+            return reg.ct
+        ct = self.ckks.copy(reg.ct)
+        self.ckks.mod_switch(ct, level - reg.level)
+        return ct
+
+    @staticmethod
+    def _last_uses(steps, output) -> dict[str, int]:
+        last: dict[str, int] = {}
+        for i, step in enumerate(steps):
+            srcs = [s["src"] for s in step.get("inputs", [])] + ([step["src"]] if "src" in step else [])
+            for s in srcs:
+                last[s] = i
+        last.pop(output, None)
+        return last

@@ -1,0 +1,55 @@
+"""Owner side of the runtime: encrypt the trained parameters, decrypt and decode results.
+Only the backend constructs these (they need the secret key)."""
+from __future__ import annotations
+
+import numpy as np
+
+from protected_nn.ckks.context import SecretCkks
+from protected_nn.compiler.layout import Layout
+from protected_nn.errors import ResultError
+
+MAX_RESULT_BYTES = 4 << 20
+
+
+def encrypt_weights(sk: SecretCkks, weights) -> list[bytes]:
+    """Each weight vector becomes a ciphertext at the level where the plan uses it (fewer
+    primes: smaller bundle, cheaper products), zstd-serialized."""
+    out = []
+    for w in weights:
+        ct = sk.encrypt(w.values, w.scale, w.level)
+        out.append(sk.ct_to_bytes(ct))
+    return out
+
+
+class Decoder:
+    def __init__(self, plan: dict, sk: SecretCkks):
+        self.sk = sk
+        out = plan["output"]
+        self.shape = tuple(out["shape"])
+        lay = Layout.from_dict(out["layout"])
+        self.slots = lay.slots_of()
+        # Unit-multiple slots that must decrypt to ~0: with another key they are random, large.
+        zero = []
+        if lay.zero_padded:
+            for copy in range(0, sk.slots, lay.period):
+                zero.extend(copy + j * lay.unit for j in range(lay.n, lay.period // lay.unit))
+        self.zero_slots = np.asarray(zero[:64], dtype=np.int64)
+        bits = int(plan["ckks"]["qi_sizes"][0]) - int(plan["ckks"]["scale_bits"])
+        self.zero_bound = max(0.25, 2.0 ** (bits - 6))
+
+    def decode(self, payload: bytes) -> np.ndarray:
+        if not isinstance(payload, (bytes, bytearray)) or not payload:
+            raise ResultError("empty result payload")
+        if len(payload) > MAX_RESULT_BYTES:
+            raise ResultError(f"result payload of {len(payload)} bytes exceeds {MAX_RESULT_BYTES}")
+        ct = self.sk.ct_from_bytes(payload)
+        try:
+            values = self.sk.decrypt(ct)
+        except Exception as exc:
+            raise ResultError(f"cannot decrypt the result with this model's key: {exc}") from None
+        if not np.all(np.isfinite(values)):
+            raise ResultError("the result does not decrypt to finite values")
+        if self.zero_slots.size and np.max(np.abs(values[self.zero_slots])) > self.zero_bound:
+            raise ResultError("the result does not decrypt under this model's key (padding slots "
+                              "are not zero): another model's or key's result, or altered")
+        return values[self.slots].reshape(self.shape).astype(np.float32)

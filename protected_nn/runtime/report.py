@@ -1,0 +1,100 @@
+"""The plan report `protect` prints: what was encrypted, which CKKS parameters were chosen (and
+that they are 128-bit secure), per-layer costs, sizes, speed and measured exactness."""
+from __future__ import annotations
+
+import json
+
+from protected_nn.ckks.params import HE_STANDARD_128, CkksParams
+from protected_nn.compiler.layout import CostModel
+
+
+def model_card_from(model, graph, override: dict | None) -> dict:
+    """The card travels in the bundle (the gateway's preprocessing reads `input`) and the store
+    (the backend's alert rules read `outputs`). Source: ONNX metadata_props fhe_edge.*."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    card: dict = {"input_shape": list(graph.input.shape), "output_shape": list(graph.output_shape)}
+    for key, field in (("fhe_edge.input", "input"), ("fhe_edge.outputs", "outputs")):
+        if key in meta:
+            try:
+                card[field] = json.loads(meta[key])
+            except ValueError:
+                card[field + "_error"] = f"metadata {key} is not JSON"
+    if "fhe_edge.model_card" in meta:
+        card["description"] = meta["fhe_edge.model_card"]
+    card.update(override or {})
+    return card
+
+
+def build_report(graph, plan, artifacts, fidelity: dict, timings: dict, tolerance: float) -> dict:
+    doc = plan.doc
+    params = CkksParams.from_dict(doc["ckks"])
+    cost = CostModel(params.n, params.depth)
+    n_weights = sum(1 for w in plan.weights if w.kind == "weight")
+    n_bias = sum(1 for w in plan.weights if w.kind == "bias")
+    trained = sum(int(s.get("weight_cts", 0)) for s in plan.layer_stats)
+    sizes = {k: len(v) for k, v in artifacts.as_members().items()}
+    est_ms = 0.0
+    rows = []
+    for s in plan.layer_stats:
+        lvl = s["level"] - 1
+        ms = (s["rotations"] * cost.rot(lvl) + s["relins"] * cost.relin(lvl)
+              + s["products"] * cost.mul(lvl))
+        est_ms += ms
+        rows.append(s | {"est_ms": round(ms, 1)})
+    est_ms += doc["input"]["num_cts"] * cost.encrypt()
+    data = {
+        "ckks": {"ring_dimension": params.n, "slots": params.slots, "qi_bits": list(params.qi_sizes),
+                 "scale_bits": params.scale_bits, "log_q": params.log_q,
+                 "max_log_q_128": HE_STANDARD_128[params.n], "security": "128-bit (HE standard, checked)",
+                 "depth": params.depth},
+        "encrypted": {"weight_ciphertexts": n_weights, "bias_ciphertexts": n_bias,
+                      "trained_parameters_in_clear": 0,
+                      "public_constants": [s["layer"] for s in plan.layer_stats if "fit_range" in s]},
+        "rotation_steps": doc["rotation_steps"],
+        "input_ciphertexts": doc["input"]["num_cts"],
+        "layers": rows,
+        "sizes_bytes": sizes | {"bundle_total": sum(sizes.values())},
+        "estimated_latency_ms": round(est_ms, 1),
+        "fidelity": fidelity | {"tolerance": tolerance},
+        "timings": timings,
+        "warnings": list(graph.warnings),
+    }
+    return {"data": data, "text": render(data)}
+
+
+def render(d: dict) -> str:
+    c = d["ckks"]
+    out = ["Protected model plan", "=" * 20,
+           f"CKKS: N={c['ring_dimension']} ({c['slots']} slots), primes {c['qi_bits']} bits, "
+           f"scale 2^{c['scale_bits']}, log2 Q = {c['log_q']} <= {c['max_log_q_128']} -> {c['security']}",
+           f"Encrypted: {d['encrypted']['weight_ciphertexts']} weight + "
+           f"{d['encrypted']['bias_ciphertexts']} bias ciphertexts hold every trained parameter "
+           f"(weights, biases, folded BatchNorm); trained parameters in clear: 0",
+           f"Public approximation constants (in clear): "
+           f"{', '.join(d['encrypted']['public_constants']) or 'none'}",
+           f"Input: {d['input_ciphertexts']} ciphertext(s) per frame; rotation keys for "
+           f"{len(d['rotation_steps'])} steps {d['rotation_steps']}", "",
+           f"{'layer':<28}{'op':<30}{'level':>6}{'ct*ct':>7}{'rot':>5}{'relin':>6}{'est ms':>8}"]
+    for r in d["layers"]:
+        out.append(f"{r['layer'][:27]:<28}{r['op'][:29]:<30}{r['level']:>6}{r['products']:>7}"
+                   f"{r['rotations']:>5}{r['relins']:>6}{r['est_ms']:>8}")
+        if "fit_range" in r:
+            out.append(f"{'':<28}  fitted on [{r['fit_range'][0]:.3g}, {r['fit_range'][1]:.3g}], "
+                       f"max fit error {r['fit_max_error']:.2e}")
+    tot = lambda k: sum(r[k] for r in d["layers"])  # noqa: E731
+    out.append(f"{'total':<58}{tot('products'):>7}{tot('rotations'):>5}{tot('relins'):>6}"
+               f"{d['estimated_latency_ms']:>8}")
+    s = d["sizes_bytes"]
+    f = d["fidelity"]
+    out += ["", f"Sizes: bundle {s['bundle_total'] / 1e6:.1f} MB (encrypted params "
+                f"{s['params'] / 1e6:.1f} MB, rotation keys {s['rotation_keys'] / 1e6:.1f} MB, relin key "
+                f"{s['relin_key'] / 1e6:.1f} MB, public key {s['public_key'] / 1e6:.2f} MB); "
+                f"one result {f['result_bytes'] / 1e3:.1f} KB",
+            f"Latency: estimated {d['estimated_latency_ms']:.0f} ms, measured {f['latency_s'] * 1e3:.0f} ms "
+            f"per inference (encrypt + evaluate + serialize, this machine, one core)",
+            f"Fidelity: max |encrypted - onnxruntime| = {f['max_abs_error']:.2e} over {f['samples']} "
+            f"calibration input(s) = {f['max_rel_error']:.2e} of the output range "
+            f"(tolerance {f['tolerance']:g}) -> {'OK' if f['max_rel_error'] <= f['tolerance'] else 'ABOVE TOLERANCE'}"]
+    for w in d["warnings"]:
+        out.append(f"warning: {w}")
+    return "\n".join(out)
