@@ -1,0 +1,42 @@
+"""`backend-decryptor`: the owner's command line (one-shot commands here, the service's via service_cli).
+
+Exit codes: 0 ok, 2 bad usage or bad input (one `error: ...` line on stderr, no traceback)."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from backend_decryptor import service_cli
+from backend_decryptor.commands import decrypt, export, models, protect
+from protected_nn.errors import ProtectedNNError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="backend-decryptor",
+        description="Owner backend: protect (encrypt) ONNX models, export signed bundles, decrypt results.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for command in (protect, export, decrypt, models):
+        command.add_parser(sub)
+    service_cli.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.error("a command is required (see --help)")  # exits 2 with the usage line
+    try:
+        return int(func(args) or 0)
+    except (ProtectedNNError, OSError, ValueError) as e:
+        # Expected failures (bad files, unknown ids, tampered data): one line, no traceback.
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Owner-side one-shot commands of `backend-decryptor`: protect, export, decrypt, models."""

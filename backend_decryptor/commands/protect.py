@@ -1,0 +1,58 @@
+"""`backend-decryptor protect MODEL.onnx --model-id ID`: keys + compile + encrypt + self-check + store."""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from backend_decryptor.commands.common import CommandError, add_store_argument, load_npy, open_store
+from backend_decryptor.store import validate_model_id
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("protect", help="encrypt an ONNX model under a new key and store it",
+                       description="Generate a CKKS key pair, compile the ONNX model, encrypt every "
+                                   "trained parameter, check fidelity against onnxruntime, print the "
+                                   "plan report and store the result (a new key version if the id exists).")
+    p.add_argument("model", metavar="MODEL.onnx", help="trained model (ONNX, opset 13+)")
+    p.add_argument("--model-id", required=True, metavar="ID", help="store id: 1..64 chars of [A-Za-z0-9._-]")
+    add_store_argument(p)
+    p.add_argument("--calibration", metavar="X.npy",
+                   help="calibration inputs, shape (N, *input shape) or the input shape; "
+                        "default: samples drawn in the input range")
+    p.add_argument("--poly-degree", type=int, metavar="K", help="degree of polynomials replacing activations")
+    p.add_argument("--tolerance", type=float, metavar="T",
+                   help="max |encrypted - onnxruntime| as a fraction of the output range")
+    p.add_argument("--force", action="store_true", help="store even if the self-check exceeds the tolerance")
+    p.set_defaults(func=run)
+
+
+def _options(args):
+    from protected_nn.api import ProtectOptions
+    options = ProtectOptions()
+    if args.poly_degree is not None:
+        if args.poly_degree < 1:
+            raise CommandError(f"--poly-degree must be >= 1, got {args.poly_degree}")
+        options.poly_degree = args.poly_degree
+    if args.tolerance is not None:
+        if not args.tolerance > 0:
+            raise CommandError(f"--tolerance must be > 0, got {args.tolerance}")
+        options.tolerance = args.tolerance
+    options.force = args.force
+    return options
+
+
+def run(args) -> int:
+    from protected_nn import api  # imported here so that `--help` stays fast
+    validate_model_id(args.model_id)
+    model = Path(args.model)
+    if not model.is_file():
+        raise CommandError(f"model file not found: {model}")
+    calibration = load_npy(args.calibration, "calibration") if args.calibration else None
+    options = _options(args)
+    store = open_store(args)  # before the slow part: a bad --store fails at once
+    onnx_sha256 = hashlib.sha256(model.read_bytes()).hexdigest()
+    protected = api.protect(model, calibration=calibration, options=options)
+    print(protected.report_text)
+    fingerprint = store.add_model(args.model_id, protected, onnx_sha256)
+    print(f"stored model {args.model_id} key {fingerprint} (active) in {store.root}")
+    return 0

@@ -1,0 +1,112 @@
+"""`edge-agent infer --bundle BUNDLE INPUT.npy --out RESULT`: encrypted inference on a tensor file.
+
+INPUT.npy shaped as the model input (batch 1) -> RESULT is one envelope file; shaped
+(N, *model input) -> RESULT is a folder with 000000.result ... (sequence numbers 0..N-1).
+A result file holds exactly the bytes the daemon would publish over MQTT for that inference."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from protected_nn import bundle, envelope
+from protected_nn.errors import InputError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("infer", help="encrypt an input tensor and run the protected model on it",
+                       description="Encrypt INPUT.npy with the bundle's public key, evaluate the "
+                                   "encrypted model and write the encrypted result (no secret key here).")
+    p.add_argument("input", metavar="INPUT.npy", help="shape = model input (batch 1), or (N, *model input)")
+    p.add_argument("--bundle", required=True, metavar="BUNDLE", help="signed model bundle")
+    p.add_argument("--out", required=True, metavar="RESULT", help="result file (or folder when N inputs)")
+    p.add_argument("--owner-key", metavar="owner.pub",
+                   help="owner public key (PEM) the bundle must be signed with "
+                        "(default: BUNDLE.owner.pub beside the bundle, if present)")
+    p.add_argument("--gateway-id", default="local", help="gateway id written into the result (default: local)")
+    p.add_argument("--camera-id", default="file", help="camera id written into the result (default: file)")
+    p.set_defaults(func=run)
+
+
+def _owner_key(bundle_path: Path, owner_key: str | None):
+    """The key to verify with, and a line telling the user which (or that none) was used."""
+    if owner_key:
+        return bundle.load_owner_public_key(owner_key), f"bundle signature verified with {owner_key}"
+    beside = bundle_path.with_name(bundle_path.name + ".owner.pub")
+    if beside.is_file():
+        return bundle.load_owner_public_key(beside), f"bundle signature verified with {beside} (found beside the bundle)"
+    return None, "warning: no owner key given and none beside the bundle: the bundle signature was NOT checked"
+
+
+def load_input(path) -> np.ndarray:
+    try:
+        x = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"input file not found: {path}") from None
+    except (ValueError, EOFError, OSError) as e:
+        raise InputError(f"input file {path} is not a readable .npy array: {e}") from None
+    if not np.issubdtype(x.dtype, np.floating):
+        raise InputError(f"input {path} has dtype {x.dtype}, expected a floating type (float32)")
+    if not np.all(np.isfinite(x)):
+        raise InputError(f"input {path} contains NaN or infinite values")
+    return x
+
+
+def split_batch(x: np.ndarray, input_shape: tuple[int, ...], source) -> tuple[list[np.ndarray], bool]:
+    """-> (inputs, batched). Exactly the model input shape, or a stack of them."""
+    input_shape = tuple(int(d) for d in input_shape)
+    if x.shape == input_shape:
+        return [x], False
+    if x.ndim == len(input_shape) + 1 and x.shape[1:] == input_shape and x.shape[0] >= 1:
+        return list(x), True
+    raise InputError(f"input {source} has shape {x.shape}; expected the model input shape {input_shape} "
+                     f"or a stack (N, {', '.join(map(str, input_shape))})")
+
+
+def _write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _result_folder(out: Path) -> Path:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} exists and is a file; with N inputs RESULT must be a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if any(out.iterdir()):
+        raise InputError(f"result folder {out} is not empty; results must not mix with older ones")
+    return out
+
+
+def run(args) -> int:
+    from protected_nn.api import EdgeModel  # edge side of the facade: public artifacts only
+    for name in ("gateway_id", "camera_id"):
+        if not envelope.valid_field(getattr(args, name)):
+            raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)!r}: expected 1..64 chars of [A-Za-z0-9._-]")
+    bundle_path = Path(args.bundle)
+    key, key_note = _owner_key(bundle_path, args.owner_key)
+    manifest, artifacts = bundle.read_bundle(bundle_path, key)
+    print(key_note, file=sys.stderr if key is None else sys.stdout)
+    x = load_input(args.input)
+    model = EdgeModel(artifacts)
+    inputs, batched = split_batch(x, model.input_shape, args.input)
+    out = Path(args.out)
+    folder = _result_folder(out) if batched else None
+    times, sizes = [], []
+    for sequence, item in enumerate(inputs):
+        capture_time = time.time()
+        t0 = time.perf_counter()
+        payload = model.infer(np.ascontiguousarray(item, dtype=np.float32))
+        times.append(time.perf_counter() - t0)
+        data = envelope.encode(envelope.Envelope(
+            model_id=manifest["model_id"], key_fingerprint=artifacts.key_fingerprint,
+            gateway_id=args.gateway_id, camera_id=args.camera_id, sequence=sequence,
+            capture_time=capture_time, payload=payload))
+        sizes.append(len(data))
+        _write(folder / f"{sequence:06d}.result" if folder else out, data)
+    print(f"model {manifest['model_id']} key {artifacts.key_fingerprint}: {len(inputs)} inference(s), "
+          f"{np.mean(times):.3f} s each, result {max(sizes)} bytes -> {out}")
+    return 0
