@@ -5,7 +5,8 @@ factory), so the unit tests drive it directly and a restart continues from the p
 instead of re-raising.
 
 Crowd:    level >= threshold for `consecutive` inferences in a row -> raised; while active, a change
-          of the coarse level label -> updated; level < threshold - hysteresis -> cleared.
+          of the coarse level label (at or above threshold) -> updated; level < threshold - hysteresis
+          -> cleared; in between, the alert simply stays active.
 Incident: score >= probability for `consecutive` in a row -> raised, unless within `cooldown` of
           the previous raise; score < probability for `clear_consecutive` in a row -> cleared.
 """
@@ -86,7 +87,7 @@ def _crowd(rules: CameraRuleSet, s: CameraState, r: Reading, t: float, new_id) -
     elif alert is not None and level < rule.threshold - rule.hysteresis:
         events.append(ev("cleared"))
         alert, raised_at = None, None
-    elif alert is not None and label != s.crowd_level:
+    elif alert is not None and level >= rule.threshold and label != s.crowd_level:
         events.append(ev("updated"))
     return replace(s, crowd_streak=streak, crowd_alert=alert, crowd_raised_at=raised_at, crowd_level=label), events
 
