@@ -8,6 +8,7 @@ so they cost nothing in the IR.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -45,17 +46,18 @@ def attributes(node: onnx.NodeProto) -> dict:
 
 class LoweringContext:
     def __init__(self, *, constants: dict[str, np.ndarray],
-                 ranges: dict[str, tuple[float, float]],
-                 observed_shapes: dict[str, tuple[int, ...]],
-                 poly_degree: int):
+                 calibrate: Callable[[], tuple[dict, dict]], poly_degree: int):
         self.constants = constants
-        self.ranges = ranges                    # calibration min/max of every tensor
-        self.observed_shapes = observed_shapes  # onnxruntime's shapes: a cross-check of ours
+        # calibrate() runs onnxruntime: (min/max, shape) of every tensor. Run lazily, so a model
+        # with an unsupported op or attribute fails with our error before onnxruntime sees it.
+        self._calibrate = calibrate
+        self._observed: tuple[dict, dict] | None = None
         self.poly_degree = poly_degree
         self.tensors: dict[str, Tensor] = {}
         self.layers: list[ir.Layer] = []
         self.warnings: list[str] = []
         self._names: set[str] = set()
+        self._producer: dict[str, str] = {}
 
     # ---- looking up inputs -------------------------------------------------------------
     def is_const(self, name: str) -> bool:
@@ -82,10 +84,16 @@ class LoweringContext:
                 f"encrypted data flow is expected; an op on constants only should be folded")
         raise ModelError(f"{node.op_type} node '{node.name}': input '{name}' is not defined")
 
+    def observed(self) -> tuple[dict[str, tuple[float, float]], dict[str, tuple[int, ...]]]:
+        if self._observed is None:
+            self._observed = self._calibrate()
+        return self._observed
+
     def range_of(self, name: str) -> tuple[float, float]:
-        if name not in self.ranges:
+        ranges = self.observed()[0]
+        if name not in ranges:
             raise ModelError(f"no calibration range for tensor '{name}'")
-        lo, hi = self.ranges[name]
+        lo, hi = ranges[name]
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ModelError(f"tensor '{name}' takes non-finite values on the calibration inputs "
                              f"({lo}, {hi}); cannot fit a polynomial there")
@@ -141,9 +149,15 @@ class LoweringContext:
         self.warnings.append(message)
 
     def _bind(self, name: str, t: Tensor, node: onnx.NodeProto | None) -> None:
-        seen = self.observed_shapes.get(name)
-        if seen is not None and tuple(seen) != t.shape:
-            where = f"{node.op_type} node '{node.name}'" if node is not None else "input"
-            raise ModelError(f"{where}: lowered output '{name}' has shape {t.shape} but "
-                             f"onnxruntime produces {tuple(seen)} (unsupported attribute combination?)")
         self.tensors[name] = t
+        self._producer[name] = f"{node.op_type} node '{node.name}'" if node is not None else "input"
+
+    def verify_shapes(self) -> None:
+        """Every encrypted tensor's shape must be the one onnxruntime computes: a lowering that
+        disagrees (an attribute combination we get wrong) fails loudly instead of silently."""
+        shapes = self.observed()[1]
+        for name, t in self.tensors.items():
+            seen = shapes.get(name)
+            if seen is not None and tuple(seen) != t.shape:
+                raise ModelError(f"{self._producer[name]}: lowered output '{name}' has shape "
+                                 f"{t.shape} but onnxruntime produces {tuple(seen)}")

@@ -105,6 +105,22 @@ def _toposort(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProto]:
     return ordered
 
 
+def _is_folded(node: onnx.NodeProto, is_const) -> bool:
+    """Nodes computing only on constants are folded (Shape reads just the static shape, but is
+    an op-table entry so that it is documented and tested)."""
+    return node.op_type != "Shape" and all(is_const(i) for i in node.input if i)
+
+
+def _check_ops_supported(nodes: list[onnx.NodeProto], constants: set[str]) -> None:
+    """Fail on the first op outside the table before anything runs the model."""
+    const = set(constants)
+    for node in nodes:
+        if _is_folded(node, const.__contains__) or node.op_type == "Shape":
+            const.update(node.output)
+        else:
+            handler_for(node)
+
+
 def _fold(node: onnx.NodeProto, ctx: LoweringContext) -> None:
     from onnx.reference import ReferenceEvaluator
     try:
@@ -159,18 +175,19 @@ def load_onnx(path_or_model, *, calibration: np.ndarray | None = None, poly_degr
     dtype = cal.input_dtype(in_vi.type.tensor_type.elem_type)
     samples = cal.calibration_inputs(calibration, in_shape, input_range=input_range,
                                      samples=calibration_samples, seed=seed)
-    ranges, shapes = cal.observe(model, in_vi.name, samples, dtype)
-
-    ctx = LoweringContext(constants=constants, ranges=ranges, observed_shapes=shapes,
-                          poly_degree=int(poly_degree))
+    ordered = _toposort(graph, set(constants) | {in_vi.name})
+    _check_ops_supported(ordered, set(constants))
+    ctx = LoweringContext(constants=constants, poly_degree=int(poly_degree),
+                          calibrate=lambda: cal.observe(model, in_vi.name, samples, dtype))
     ctx.fresh_name(in_vi.name)
     ctx.emit(ir.Input(name=in_vi.name, inputs=[], shape=ir_shape(in_shape)), in_vi.name,
              in_shape, None)
-    for node in _toposort(graph, set(constants) | {in_vi.name}):
-        if all(ctx.is_const(i) for i in node.input if i) and node.op_type != "Shape":
+    for node in ordered:
+        if _is_folded(node, ctx.is_const):
             _fold(node, ctx)
         else:
             handler_for(node)(node, ctx)
+    ctx.verify_shapes()
     if not ctx.is_encrypted(out_name):
         raise ModelError(f"the model output '{out_name}' does not depend on the input")
     out = ctx.tensors[out_name]
