@@ -26,8 +26,11 @@ from edge_agent.config import CameraConfig, CaptureConfig  # noqa: E402
 log = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = "online", "offline"
+# A reference frame further back than this many gaps (stalled stream) gives no motion channel.
+MAX_REFERENCE_GAPS = 3.0
 
-FrameCallback = Callable[[str, np.ndarray, float], None]     # camera id, BGR frame, unix time
+# camera id, BGR frame, unix time, reference BGR frame (~reference_gap_s earlier) or None
+FrameCallback = Callable[[str, np.ndarray, float, "np.ndarray | None"], None]
 StatusCallback = Callable[[str, str], None]                  # camera id, ONLINE | OFFLINE
 
 
@@ -48,6 +51,7 @@ class CameraCapture:
         self.on_status = on_status
         self.on_read = on_read or (lambda cam_id: None)
         self.status: str | None = None
+        self.reference_gap_s = 0.1      # set from the model card (motion frame interval)
         self.reconnects = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"capture-{camera.id}", daemon=True)
@@ -106,8 +110,12 @@ class CameraCapture:
             delay = min(delay * 2, self.settings.reconnect_max_s)
 
     def _read_until_failure(self, cap: cv2.VideoCapture) -> bool:
-        interval = 1.0 / self.camera.max_fps
-        last_sample = 0.0
+        """Read every frame; emit the newest one each sampling period, together with a reference
+        frame taken `reference_gap_s` earlier from the same stream (the motion channel's
+        "previous frame", at the spacing the model was trained with, whatever max_fps is)."""
+        period = 1.0 / self.camera.max_fps
+        next_sample = 0.0
+        reference: tuple[np.ndarray, float] | None = None
         got_frames = False
         while not self._stop.is_set():
             ok, frame = cap.read()
@@ -118,10 +126,17 @@ class CameraCapture:
             got_frames = True
             self._set_status(ONLINE)
             self.on_read(self.camera.id)
-            if now - last_sample >= interval:
-                last_sample = now
+            gap = self.reference_gap_s
+            if now >= next_sample:
+                ref = None
+                if reference is not None and now - reference[1] <= MAX_REFERENCE_GAPS * gap:
+                    ref = reference[0]
                 try:
-                    self.on_frame(self.camera.id, frame, now)
+                    self.on_frame(self.camera.id, frame, now, ref)
                 except Exception:
                     log.exception("frame handler failed for camera %s", self.camera.id)
+                next_sample = now + period
+                reference = (frame, now)
+            elif now <= next_sample - gap:
+                reference = (frame, now)     # the latest frame at least `gap` before the next sample
         return got_frames

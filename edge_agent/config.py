@@ -128,14 +128,16 @@ class EdgeConfig(_Strict):
 
     _files = field_validator("owner_public_key")(_existing_file)
 
-    @model_validator(mode="after")
-    def _unique_cameras(self) -> "EdgeConfig":
+    @field_validator("cameras")
+    @classmethod
+    def _unique_cameras(cls, cameras: list[CameraConfig]) -> list[CameraConfig]:
+        # A field validator (not a model one) so it is reported together with other fields' errors.
         seen = set()
-        for cam in self.cameras:
+        for cam in cameras:
             if cam.id in seen:
                 raise ValueError(f"camera id {cam.id!r} appears twice")
             seen.add(cam.id)
-        return self
+        return cameras
 
 
 class ConfigError(Exception):

@@ -51,6 +51,8 @@ class Daemon:
         with self._spec_lock:
             self._generation = generation
             self._preprocessors = {c.id: Preprocessor(spec) for c in self.cameras}
+        for capture in getattr(self, "captures", []):
+            capture.reference_gap_s = spec.motion_interval_s
 
     def _on_new_model(self, model: Model) -> None:
         try:
@@ -64,12 +66,12 @@ class Daemon:
         self.model = model
 
     # -- pipeline callbacks -----------------------------------------------------------------------
-    def _on_frame(self, camera_id: str, frame, capture_time: float) -> None:
+    def _on_frame(self, camera_id: str, frame, capture_time: float, reference) -> None:
         self.metrics.frames_sampled.labels(camera=camera_id).inc()
         t0 = time.perf_counter()
         with self._spec_lock:
             pre, generation = self._preprocessors[camera_id], self._generation
-        x = pre(frame)
+        x = pre(frame, reference)
         self.metrics.stage_seconds.labels(stage="preprocess").observe(time.perf_counter() - t0)
         self.pool.submit(Job(camera_id=camera_id, tensor=x, capture_time=capture_time,
                              generation=generation))
@@ -79,9 +81,6 @@ class Daemon:
 
     def _on_status(self, camera_id: str, status: str) -> None:
         self.metrics.camera_online.labels(camera=camera_id).set(1 if status == ONLINE else 0)
-        if status != ONLINE:
-            with self._spec_lock:
-                self._preprocessors[camera_id].reset()   # no motion across a gap
         self.publisher.set_camera_status(camera_id, status)
 
     def _on_result(self, job: Job, payload: bytes, model: Model) -> None:
@@ -149,6 +148,8 @@ class Daemon:
                                self.metrics).start()
         self.captures = [CameraCapture(c, cfg.capture, self._on_frame, self._on_status, self._on_read)
                          for c in self.cameras]
+        for capture in self.captures:
+            capture.reference_gap_s = spec.motion_interval_s
         self._install_signals()
         self.health = HealthReporter(self.metrics, self.stats, self._alive,
                                      self.publisher.publish_stats, cfg.stats_interval_s)

@@ -31,8 +31,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_CLASS = "protected_nn.api:EdgeModel"
-# Test-only: a stand-in model class ("module:Class") while the encrypted runtime is unavailable.
-MODEL_CLASS_ENV = "EDGE_AGENT_MODEL_CLASS"
 _CTX = mp.get_context("spawn")   # never fork a process that runs capture and MQTT threads
 
 
@@ -119,7 +117,7 @@ class WorkerPool:
         self.queue_size = queue_size
         self.on_result = on_result
         self.metrics = metrics
-        self.model_class = model_class or os.environ.get(MODEL_CLASS_ENV) or DEFAULT_MODEL_CLASS
+        self.model_class = model_class or DEFAULT_MODEL_CLASS
         self._slots = [_Slot() for _ in range(workers)]
         self._pending: collections.deque[Job] = collections.deque()
         self._lock = threading.Lock()
