@@ -74,9 +74,11 @@ def _write_private(path: Path, data: bytes) -> None:
 
 
 class Store:
-    def __init__(self, root):
+    def __init__(self, root, create: bool = True):
         self.root = Path(root)
         if not self.root.exists():
+            if not create:
+                raise StoreError(f"store {self.root} does not exist (protect a model into it first)")
             self.root.mkdir(mode=0o700, parents=True)
         elif not self.root.is_dir():
             raise StoreError(f"store {self.root} exists and is not a folder")
@@ -127,7 +129,8 @@ class Store:
         final = self._model_dir(model_id, fingerprint)
         if final.exists():
             raise StoreError(f"model {model_id!r} already has key {fingerprint}")
-        final.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.root / "models").mkdir(mode=0o700, exist_ok=True)
+        final.parent.mkdir(mode=0o700, exist_ok=True)
         tmp = final.with_name(f".{fingerprint}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(mode=0o700)

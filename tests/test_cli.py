@@ -175,6 +175,20 @@ def test_decrypt_refuses_duplicate_sequence_numbers(fake_store, tmp_path):
     assert "sequence number 3" in proc.stderr
 
 
+def test_missing_store_is_not_created(tmp_path):
+    proc = run(BACKEND, "decrypt", "m", str(tmp_path / "r"), "--out", str(tmp_path / "y.npy"),
+               "--store", str(tmp_path / "typo"), ok=False)
+    assert "does not exist" in proc.stderr and not (tmp_path / "typo").exists()
+
+
+def test_invalid_card_beside_model_names_file_and_line(tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"not used: the card is checked first")
+    (tmp_path / "m.card.yaml").write_text("outputs:\n  - name: crowd\n    index: 0\n    kind: kount\n")
+    proc = run(BACKEND, "protect", str(tmp_path / "m.onnx"), "--model-id", "m", "--store", str(tmp_path / "s"),
+               ok=False)
+    assert "m.card.yaml:4: outputs.0.kind" in proc.stderr
+
+
 def test_edge_cli_does_not_import_backend():
     code = ("import sys, edge_agent.cli; edge_agent.cli.build_parser(); "
             "bad = sorted(m for m in sys.modules if m.startswith('backend_decryptor')); "
@@ -234,6 +248,17 @@ def test_protect_export_infer_decrypt_batch(protected_pair):
     run(BACKEND, "decrypt", "model-a", str(tmp / "r3"), "--out", str(tmp / "y3.npy"), "--store", str(store))
     y = np.load(tmp / "y3.npy")
     _close(y, np.stack([run_a(x) for x in xs]))
+
+
+@needs_api
+def test_card_beside_model_lands_in_bundle(tmp_path):
+    path, _ = tiny_model(tmp_path)
+    (tmp_path / "tiny.yaml").write_text("outputs:\n  - {name: crowd_count, index: 0, kind: count}\n")
+    proc = run(BACKEND, "protect", str(path), "--model-id", "t", "--store", str(tmp_path / "s"))
+    assert "model card: " in proc.stdout
+    run(BACKEND, "export", "t", "--out", str(tmp_path / "t.bundle"), "--store", str(tmp_path / "s"))
+    _, artifacts = bundle.read_bundle(tmp_path / "t.bundle", None)
+    assert artifacts.card()["outputs"] == [{"name": "crowd_count", "index": 0, "kind": "count"}]
 
 
 @needs_api

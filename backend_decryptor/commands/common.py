@@ -21,8 +21,9 @@ def add_store_argument(parser) -> None:
                         help=f"model store folder (default: ${STORE_ENV} or {DEFAULT_STORE})")
 
 
-def open_store(args) -> Store:
-    return Store(Path(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE))
+def open_store(args, create: bool = False) -> Store:
+    """Only `protect` creates a store; elsewhere a mistyped --store is an error, not a new store."""
+    return Store(Path(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE), create=create)
 
 
 def load_npy(path, what: str) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from backend_decryptor.commands.card_file import card_beside, load_card
 from backend_decryptor.commands.common import CommandError, add_store_argument, load_npy, open_store
 from backend_decryptor.store import validate_model_id
 
@@ -23,6 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--tolerance", type=float, metavar="T",
                    help="max |encrypted - onnxruntime| as a fraction of the output range")
     p.add_argument("--force", action="store_true", help="store even if the self-check exceeds the tolerance")
+    p.add_argument("--card", metavar="CARD.yaml",
+                   help="model card (what the outputs mean); default: MODEL.card.yaml or MODEL.yaml "
+                        "beside the model if present, else the card in the ONNX metadata")
     p.set_defaults(func=run)
 
 
@@ -49,7 +53,13 @@ def run(args) -> int:
         raise CommandError(f"model file not found: {model}")
     calibration = load_npy(args.calibration, "calibration") if args.calibration else None
     options = _options(args)
-    store = open_store(args)  # before the slow part: a bad --store fails at once
+    card_path = Path(args.card) if args.card else card_beside(model)
+    if card_path is not None:
+        if not card_path.is_file():
+            raise CommandError(f"model card file not found: {card_path}")
+        options.model_card = load_card(card_path)
+        print(f"model card: {card_path}")
+    store = open_store(args, create=True)  # before the slow part: a bad --store fails at once
     onnx_sha256 = hashlib.sha256(model.read_bytes()).hexdigest()
     protected = api.protect(model, calibration=calibration, options=options)
     print(protected.report_text)

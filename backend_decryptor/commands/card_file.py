@@ -1,0 +1,27 @@
+"""The model card YAML an owner may keep beside the ONNX file (MODEL.card.yaml or MODEL.yaml).
+
+It says what the outputs mean (see backend_decryptor/model_card.py); it is validated here, at
+protect time, so that a typo is reported with its file and line instead of surfacing later as an
+alert that never fires."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from backend_decryptor.model_card import ModelCard
+from backend_decryptor.yaml_config import load_yaml_model
+
+
+def card_beside(model: Path) -> Path | None:
+    for candidate in (model.with_name(model.name + ".card.yaml"), model.with_name(model.stem + ".card.yaml"),
+                      model.with_suffix(".yaml")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_card(path: Path) -> dict:
+    """The card as a dict; ConfigError (a ValueError) naming file, line and field if invalid."""
+    load_yaml_model(path, ModelCard)  # validates; raises with file:line: field
+    return yaml.safe_load(path.read_text())
