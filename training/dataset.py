@@ -1,0 +1,126 @@
+"""Training data: rendered synthetic sequences, or real labelled footage from a folder.
+
+Real footage layout (what `load_labelled_folder` reads):
+
+    footage/
+      labels.csv          # header: frame,count,incident[,sequence]
+      cam1_000001.jpg     # any format OpenCV reads; the CSV names each file
+      ...
+
+`frame` is a path relative to the folder, `count` the number of people in view (>= 0),
+`incident` 0 or 1, `sequence` (optional) a clip name: rows are taken in CSV order and the motion
+channel is computed against the previous row of the same sequence (zero for a clip's first row),
+so list the frames of a clip in time order, at about `features.FRAME_INTERVAL_S` apart.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from training.features import MAX_FRAME_GAP, gray_small, model_input
+from training.scenes import KINDS, iter_sequence
+
+KIND_WEIGHTS = {"calm": 0.1, "crowd": 0.3, "dispersal": 0.3, "fall": 0.3}
+
+
+@dataclass
+class LabelledSet:
+    x: np.ndarray            # (N, 2, 32, 32) float32
+    count: np.ndarray        # (N,) float32
+    incident: np.ndarray     # (N,) float32, 0 or 1
+    kind: np.ndarray         # (N,) str: scenario kind ("real" for footage)
+
+    def __len__(self) -> int:
+        return len(self.count)
+
+    @staticmethod
+    def concat(parts: list["LabelledSet"]) -> "LabelledSet":
+        return LabelledSet(*(np.concatenate([getattr(p, f) for p in parts])
+                             for f in ("x", "count", "incident", "kind")))
+
+
+def kind_for_seed(seed: int) -> str:
+    rng = np.random.default_rng([int(seed), 7])
+    return str(rng.choice(list(KINDS), p=[KIND_WEIGHTS[k] for k in KINDS]))
+
+
+def synthetic_sequence(args: tuple) -> LabelledSet:
+    """One rendered sequence -> model inputs; motion gaps of 1..max_gap frames (seeded)."""
+    seed, n_frames, width, height, max_gap = args
+    kind = kind_for_seed(seed)
+    gap_rng = np.random.default_rng([int(seed), 3])
+    grays, xs, counts, incidents = [], [], [], []
+    for frame, label in iter_sequence(seed, n_frames, width, height, kind):
+        g = gray_small(frame)
+        grays.append(g)
+        gap = min(int(gap_rng.integers(1, max_gap + 1)), len(grays) - 1)
+        xs.append(model_input(g, grays[-1 - gap] if gap > 0 else None))
+        counts.append(label["count"])
+        incidents.append(float(label["incident"]))
+    return LabelledSet(np.concatenate(xs), np.asarray(counts, np.float32),
+                       np.asarray(incidents, np.float32), np.full(len(counts), kind))
+
+
+def synthetic_set(seeds, n_frames: int = 100, width: int = 160, height: int = 120,
+                  max_gap: int = MAX_FRAME_GAP, workers: int = 2) -> LabelledSet:
+    """Render one sequence per seed (forked workers; the result does not depend on `workers`)."""
+    jobs = [(int(s), n_frames, width, height, max_gap) for s in seeds]
+    if workers <= 1 or len(jobs) < 4:
+        parts = [synthetic_sequence(j) for j in jobs]
+    else:
+        with get_context("fork").Pool(workers) as pool:
+            parts = pool.map(synthetic_sequence, jobs, chunksize=4)
+    return LabelledSet.concat(parts)
+
+
+class FootageError(ValueError):
+    """A labelled-footage folder or its CSV is not usable; the message names file, line, field."""
+
+
+def _parse_row(csv_path: Path, line: int, row: dict) -> tuple[str, float, float, str]:
+    name = (row.get("frame") or "").strip()
+    if not name:
+        raise FootageError(f"{csv_path}:{line}: field 'frame' is empty")
+    try:
+        count = float(row["count"])
+    except (TypeError, ValueError):
+        raise FootageError(f"{csv_path}:{line}: field 'count' must be a number, got {row.get('count')!r}") from None
+    if not np.isfinite(count) or count < 0:
+        raise FootageError(f"{csv_path}:{line}: field 'count' must be >= 0, got {row['count']!r}")
+    inc = (row.get("incident") or "").strip().lower()
+    if inc not in ("0", "1", "true", "false", "yes", "no"):
+        raise FootageError(f"{csv_path}:{line}: field 'incident' must be 0 or 1, got {row.get('incident')!r}")
+    return name, count, float(inc in ("1", "true", "yes")), (row.get("sequence") or "").strip()
+
+
+def load_labelled_folder(folder: str | Path, csv_name: str = "labels.csv") -> LabelledSet:
+    """Frames + CSV labels -> model inputs with the same preprocessing as the synthetic data."""
+    folder = Path(folder)
+    csv_path = folder / csv_name
+    if not csv_path.is_file():
+        raise FootageError(f"{csv_path}: label file not found")
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        missing = {"frame", "count", "incident"} - set(reader.fieldnames or [])
+        if missing:
+            raise FootageError(f"{csv_path}:1: header lacks column(s) {sorted(missing)}; "
+                               f"expected frame,count,incident[,sequence]")
+        rows = [_parse_row(csv_path, i + 2, r) for i, r in enumerate(reader)]
+    if not rows:
+        raise FootageError(f"{csv_path}: no labelled rows")
+    xs, prev = [], {}
+    for line, (name, _, _, seq) in enumerate(rows, start=2):
+        path = folder / name
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
+        if img is None:
+            raise FootageError(f"{csv_path}:{line}: field 'frame': cannot read image {path}")
+        g = gray_small(img)
+        xs.append(model_input(g, prev.get(seq)))
+        prev[seq] = g
+    return LabelledSet(np.concatenate(xs), np.asarray([r[1] for r in rows], np.float32),
+                       np.asarray([r[2] for r in rows], np.float32), np.full(len(rows), "real"))
