@@ -46,6 +46,7 @@ class Pipeline:
         self._in_flight: set[tuple[str, str, int]] = set()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._abandon = threading.Event()
         self._last_prune = 0.0
         self.thread = threading.Thread(target=self._run, name="decide", daemon=True)
 
@@ -94,6 +95,8 @@ class Pipeline:
             if item is _STOP:
                 self._housekeeping()
                 return
+            if self._abandon.is_set():
+                continue  # stop budget spent: left unacknowledged, the broker redelivers it
             try:
                 self._handle(item)
             except Exception as exc:
@@ -175,8 +178,14 @@ class Pipeline:
             self.db.prune_seen(now - 2 * self.cfg.checks.max_clock_skew)
 
     def stop(self, timeout: float) -> bool:
-        """Stop taking messages, finish (and acknowledge) every one already taken. True if drained."""
+        """Stop taking messages and finish (and acknowledge) the ones already taken, for up to
+        `timeout` s; after that, finish only the message at hand and leave the rest unacknowledged
+        (the broker redelivers them to this session). True if everything taken was handled."""
         self._stopping.set()
         self._queue.put(_STOP)
         self.thread.join(timeout)
-        return not self.thread.is_alive()
+        if not self.thread.is_alive():
+            return True
+        self._abandon.set()
+        self.thread.join(self.pool.timeout)
+        return False

@@ -50,6 +50,7 @@ class Receiver:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
         self.client = c
 
     def _connect_properties(self) -> Properties:
@@ -73,6 +74,13 @@ class Receiver:
         log.info("connected to %s:%s (session present: %s)", self.cfg.host, self.cfg.port, flags.session_present)
         client.publish(self.availability_topic, "online", qos=1, retain=True)
         client.subscribe(self.subscription, qos=1)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        # "connected" means subscribed: a message published before the broker has the (first)
+        # subscription would not be queued for this session.
+        if any(rc.is_failure for rc in reason_codes):
+            log.error("the broker refused the subscription %s: %s", self.subscription, reason_codes)
+            return
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:

@@ -65,9 +65,10 @@ class Service:
         deadline = time.monotonic() + timeout
         drained = True
         if self.pipeline is not None:
-            drained = self.pipeline.stop(max(0.5, deadline - time.monotonic() - 2.0))
+            drained = self.pipeline.stop(max(0.5, deadline - time.monotonic() - 3.0))
             if not drained:
-                log.error("stop: messages still being handled; they stay unacknowledged and are redelivered")
+                log.warning("stop: stop budget spent; messages not handled yet stay unacknowledged "
+                            "and are redelivered to this client id after the restart")
         if self.receiver is not None:
             self.receiver.stop(timeout=max(0.2, min(2.0, deadline - time.monotonic())))
         if self.pool is not None:

@@ -67,8 +67,9 @@ def message(seq: int, count: float = 0.0, logit: float = -5.0, *, gateway="gw-1"
     return f"fhe-edge/infer/{gateway}/{camera}", envelope.encode(env)
 
 
-class Client:
+class MQTTTestClient:
     """A test-side MQTT 5 client: publishes QoS 1 and records what it receives."""
+    __test__ = False
 
     def __init__(self, broker, subscribe: list[str] = (), client_id: str = ""):
         self.messages: list[tuple[str, bytes, bool]] = []
