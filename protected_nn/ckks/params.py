@@ -13,6 +13,7 @@ HE_STANDARD_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 
 MIN_SCALE_BITS = 25      # below this CKKS precision drops under the 1e-2 target on deep plans
 MAX_SCALE_BITS = 40
 MAX_PRIME_BITS = 60      # SEAL's limit for one prime
+SPECIAL_MARGIN_BITS = 8
 
 
 @dataclass(frozen=True)
@@ -59,22 +60,31 @@ def check_128_bit(params: CkksParams) -> None:
 
 
 def choose_params(depth: int, slots_needed: int, output_bits: int,
-                  min_scale_bits: int = MIN_SCALE_BITS) -> CkksParams:
+                  min_scale_bits: int = MIN_SCALE_BITS, final_scale_bits: int | None = None) -> CkksParams:
     """Smallest ring dimension whose modulus fits `depth` rescales at >= min_scale_bits of
     precision, with a first prime holding outputs up to 2**output_bits, at 128-bit security.
-    Among fitting scales the largest is taken (more precision for free)."""
+    Among fitting scales the largest is taken (more precision for free). When the last layer
+    is linear its weights can bring the result down to `final_scale_bits`, so the first prime
+    (the only one a result keeps) shrinks, and with it the result message."""
+    # The special prime bounds key-switching noise (about max q_i / special): give it a few bits
+    # over the largest data prime when the budget allows, else fall back to equal size.
     for n in sorted(HE_STANDARD_128):
         if n // 2 < slots_needed:
             continue
         budget = HE_STANDARD_128[n]
-        for scale_bits in range(MAX_SCALE_BITS, min_scale_bits - 1, -1):
-            first = min(MAX_PRIME_BITS, scale_bits + output_bits)
-            special = max(first, scale_bits)
-            total = first + depth * scale_bits + special
-            if total <= budget:
-                params = CkksParams(n=n, qi_sizes=(first,) + (scale_bits,) * depth + (special,),
-                                    scale_bits=scale_bits)
-                check_128_bit(params)
-                return params
+        for margin in (SPECIAL_MARGIN_BITS, SPECIAL_MARGIN_BITS // 2, 0):
+            for scale_bits in range(MAX_SCALE_BITS, min_scale_bits - 1, -1):
+                levels = [scale_bits] * depth
+                if final_scale_bits and depth:
+                    # The last rescale drops prime 1: making it 2^(scale - final) larger brings the
+                    # result down to 2^final while the last weights keep a full (low-noise) scale.
+                    levels[0] = min(MAX_PRIME_BITS, 2 * scale_bits - final_scale_bits)
+                first = min(MAX_PRIME_BITS, (final_scale_bits or scale_bits) + output_bits)
+                special = min(MAX_PRIME_BITS, max([first] + levels) + margin)
+                total = first + sum(levels) + special
+                if total <= budget:
+                    params = CkksParams(n=n, qi_sizes=(first, *levels, special), scale_bits=scale_bits)
+                    check_128_bit(params)
+                    return params
     raise PlanError(f"no 128-bit CKKS parameter set fits depth {depth} with {slots_needed} slots "
                     f"(largest N={max(HE_STANDARD_128)}): reduce the model's depth or width")

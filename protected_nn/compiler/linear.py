@@ -31,8 +31,8 @@ class LinearPacking:
     g: int                                   # work slots per output row
     tree_unit: int                           # slot stride inside a group
     replications: list[int]                  # per input: how many times it is replicated first
-    babies: list[tuple[int, int]]            # (input index, rotation)
-    giants: list[tuple[int, list[tuple[int, np.ndarray]]]]  # (rotation, [(baby index, weight vector)])
+    babies: list[tuple[int, int, int, list[int]]]  # (input, rotation, built from baby #, pow2 steps)
+    giants: list[tuple[list[int], list[tuple[int, np.ndarray]]]]  # (steps after, [(baby #, weights)])
     tree: list[int]                          # rotate-and-add shifts
     bias: np.ndarray                         # slot vector added after the rescale
     out_layout: Layout
@@ -80,11 +80,37 @@ def _replicated(lay: Layout, times: int) -> Layout:
     return lay
 
 
+def pow2_steps(d: int, slots: int) -> list[int]:
+    """Rotation by d as a chain of power-of-two rotations: every layer then shares the same few
+    Galois keys (each key is megabytes of bundle), at no extra rotations when d is a power of two."""
+    d %= slots
+    return [1 << e for e in range(d.bit_length()) if d >> e & 1]
+
+
+def _baby_chains(keys: list[tuple[int, int]], slots: int) -> list[tuple[int, int, int, list[int]]]:
+    """Each baby rotation rot(x_i, b) is built from the nearest already-built baby of the same
+    input by power-of-two steps (one rotation when the babies are evenly spaced)."""
+    out: list[tuple[int, int, int, list[int]]] = []
+    built: dict[int, dict[int, int]] = {}
+    for i, b in keys:
+        have = built.setdefault(i, {})
+        best_src, best_steps = -1, pow2_steps(b, slots)
+        for e, idx in have.items():
+            cand = pow2_steps(b - e, slots)
+            if len(cand) < len(best_steps):
+                best_src, best_steps = idx, cand
+        have[b] = len(out)
+        out.append((i, b, best_src, best_steps))
+    return out
+
+
 def replication_shifts(lay: Layout, times: int) -> list[int]:
-    """Rotations for x += rot(x, -period/2), repeated: the copies land in the zero padding."""
+    """Rotations for x += rot(x, period/2), repeated: the vector has period P with zeros in its
+    upper half, so slot i+P/2 of the periodic vector is a copy of slot i: the copies land in the
+    zero padding (and +P/2 is a power of two, a shared key)."""
     shifts = []
     for _ in range(times):
-        shifts.append(-(lay.period // 2))
+        shifts.append(lay.period // 2)
         lay = lay.halved()
     return shifts
 
@@ -122,36 +148,40 @@ def _pack(weights, bias, lays, reps, orig_layouts, slots, g, t_unit, level, cost
         if best_rot is None or n_rot < best_rot:
             best_beta, best_rot = beta, n_rot
         beta *= 2
-    babies: list[tuple[int, int]] = []
-    baby_index: dict[tuple[int, int], int] = {}
-    giants: dict[int, list[tuple[int, np.ndarray]]] = {}
+    by_baby: dict[tuple[int, int], int] = {}
+    giants: dict[int, list[tuple[tuple[int, int], np.ndarray]]] = {}
     for (i, k), (work, vals) in sorted(terms.items()):
         b = k % best_beta
         G = k - b
-        if (i, b) not in baby_index:
-            baby_index[(i, b)] = len(babies)
-            babies.append((i, b))
         vec = np.zeros(slots)
         vec[(work + G) % slots] = vals           # pre-rotated by -G: D'[p] = D[p - G]
-        giants.setdefault(G, []).append((baby_index[(i, b)], vec))
+        giants.setdefault(G, []).append(((i, b), vec))
+        by_baby[(i, b)] = 0
+    babies = _baby_chains(sorted(by_baby), slots)
+    index = {(i, b): n for n, (i, b, _, _) in enumerate(babies)}
+    horner = []                                  # giants high to low, acc rotated between them
+    order = sorted(giants, reverse=True)
+    for n, G in enumerate(order):
+        nxt = order[n + 1] if n + 1 < len(order) else 0
+        horner.append((pow2_steps(G - nxt, slots), [(index[key], vec) for key, vec in giants[G]]))
     tree = [t_unit * (1 << e) for e in range(int(math.log2(g)))]
     homes = np.arange(m, dtype=np.int64) * g * t_unit
     bias_vec = np.zeros(slots)
     bias_vec[homes] = bias
     out = Layout(n=m, unit=g * t_unit, period=slots, zero_padded=True)
     rep_steps = [s for lay, r in zip(orig_layouts, reps) for s in replication_shifts(lay, r)]
-    steps = {b for (_, b) in babies} | set(giants) | set(tree) | set(rep_steps)
-    steps = {s % slots for s in steps} - {0}
+    chain_steps = [st for (_, _, _, sts) in babies for st in sts] + [st for sts, _ in horner for st in sts]
+    steps = {s % slots for s in set(chain_steps) | set(tree) | set(rep_steps)} - {0}
     n_rep = len(rep_steps)
-    n_baby = sum(1 for (_, b) in babies if b != 0)
-    n_giant = sum(1 for G in giants if G != 0)
+    n_baby = sum(len(sts) for (_, _, _, sts) in babies)
+    n_giant = sum(len(sts) for sts, _ in horner)
     products = sum(len(v) for v in giants.values())
     known = {s % slots for s in known_steps}
     cost_ms = ((n_rep + n_baby + n_giant) * cost.rot(level) + len(giants) * cost.relin(level)
                + products * cost.mul(level) + len(tree) * cost.rot(level + 1)
                + len(steps - known) * cost.step_penalty + products * cost.step_penalty * 0.15)
     return LinearPacking(g=g, tree_unit=t_unit, replications=list(reps), babies=babies,
-                         giants=sorted(giants.items()), tree=tree, bias=bias_vec, out_layout=out,
+                         giants=horner, tree=tree, bias=bias_vec, out_layout=out,
                          cost_ms=cost_ms, products=products, rotations=n_rep + n_baby + n_giant + len(tree),
                          relins=len(giants), steps=steps)
 

@@ -22,6 +22,14 @@ from protected_nn.compiler.linear import first_layer_free_layout, plan_linear, r
 from protected_nn.errors import PlanError
 
 PLAN_VERSION = 1
+RESULT_PRIME_BITS = 31  # a result keeps one prime: 2 x 8192 x 31 bits = 63.5 KB bit-packed
+
+
+def final_scale_bits(output_bits: int) -> int:
+    """Scale of the result: the first prime must hold it times the output headroom. Decryption
+    noise (~2^10 after the last rescale) relative to the output range does not depend on this
+    choice, because larger outputs leave fewer bits for the scale and tolerate coarser steps."""
+    return max(16, min(28, RESULT_PRIME_BITS - output_bits))
 
 
 @dataclass
@@ -77,12 +85,21 @@ def compile_graph(graph: ir.Graph, output_bits: int, params: CkksParams | None =
             if n // 2 < widest:
                 continue
             try:
-                params = choose_params(depth, max(widest, n // 2), output_bits)
+                final = final_scale_bits(output_bits) if isinstance(_node(nodes, output), G.MLinear) else None
+                params = choose_params(depth, max(widest, n // 2), output_bits, final_scale_bits=final)
                 return _compile(nodes, output, graph, params)
             except PlanError as exc:
                 last_error = exc
         raise last_error or PlanError(f"no parameters fit a {widest}-wide activation")
     return _compile(nodes, output, graph, params)
+
+
+def plan_output(plan) -> str:
+    return plan.doc.get("_output", "")
+
+
+def _node(nodes, name):
+    return next(n for n in nodes if n.name == name)
 
 
 class _State:
@@ -97,7 +114,7 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams) -> Plan:
     depth_max = len(data_primes) - 1
     delta = float(2 ** params.scale_bits)
     cost = CostModel(params.n, depth_max)
-    plan = Plan(doc={})
+    plan = Plan(doc={"_output": output})
     steps: list[dict] = []
     states: dict[str, _State] = {}
     rot_steps: set[int] = set()
@@ -112,6 +129,12 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams) -> Plan:
         plan.weights.append(WeightSpec(np.asarray(values, float), level, scale, layer, kind))
         return len(plan.weights) - 1
 
+    final_delta = float(2 ** (2 * params.scale_bits - params.qi_sizes[1])) if params.depth else delta
+
+    def target(node) -> float:
+        """Scale a layer's output returns to: delta, or a smaller one for the result."""
+        return final_delta if node.name == output else delta
+
     input_doc = None
     for node in nodes:
         if node.size > slots:
@@ -122,15 +145,16 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams) -> Plan:
             continue
         if isinstance(node, G.MLinear) and node.inputs[0] == graph.input_name and input_doc.get("free"):
             states[node.name] = _first_layer(node, input_doc, plan, steps, add_weight,
-                                             drop_prime, delta, rot_steps, slots, cost)
+                                             drop_prime, target(node), rot_steps, slots, cost, delta)
             continue
         if isinstance(node, G.MLinear):
             states[node.name] = _linear(node, states, slots, cost, plan, steps, add_weight,
-                                        drop_prime, delta, rot_steps)
+                                        drop_prime, target(node), rot_steps, node.name == output)
         elif isinstance(node, G.SquareNode):
             src = states[node.inputs[0]]
             q = drop_prime(src.level)
-            steps.append({"op": "square", "src": node.inputs[0], "out": node.name, "level": src.level})
+            steps.append({"op": "square", "src": node.inputs[0], "out": node.name, "level": src.level,
+                          "layout": src.layout.to_dict()})
             states[node.name] = _State(src.layout, src.level + 1, src.scale * src.scale / q)
             plan.layer_stats.append({"layer": node.name, "op": "x*x", "level": src.level + 1,
                                      "products": 1, "rotations": 0, "relins": 1, "sources": node.sources})
@@ -169,18 +193,20 @@ def _plan_input(node: G.InputNode, consumers, slots, cost, delta):
     return {"free": free, "doc": doc}, _State(compact, 0, delta)
 
 
-def _first_layer(node, input_doc, plan, steps, add_weight, drop_prime, delta, rot_steps, slots, cost):
+def _first_layer(node, input_doc, plan, steps, add_weight, drop_prime, delta, rot_steps, slots, cost,
+                 in_scale):
     _, gather, wvecs, tree, bias_vec, out = first_layer_free_layout(node.weights[0], node.bias,
                                                                    slots, cost)
     q = drop_prime(0)
     t_scale = delta * q
-    w_scale = t_scale / delta
+    w_scale = t_scale / in_scale
     widx = [add_weight(w, 0, w_scale, node.name, "weight") for w in wvecs]
     out_scale = t_scale / q
-    bidx = add_weight(bias_vec, 1, out_scale, node.name, "bias")
+    late = node.name == plan_output(plan)
+    bidx = add_weight(bias_vec, 0 if late else 1, t_scale if late else out_scale, node.name, "bias")
     input_doc["doc"].update({"gather": encode_array(gather), "num_cts": len(wvecs)})
     steps.append({"op": "first_linear", "out": node.name, "weights": widx, "tree": tree,
-                  "bias": bidx, "level": 0})
+                  "bias": bidx, "level": 0, "rescale_last": late, "layout": out.to_dict()})
     rot_steps.update(s % slots for s in tree)
     plan.layer_stats.append({"layer": node.name, "op": "linear (free input layout)", "level": 1,
                              "products": len(wvecs), "rotations": len(tree), "relins": 1,
@@ -189,7 +215,8 @@ def _first_layer(node, input_doc, plan, steps, add_weight, drop_prime, delta, ro
     return _State(out, 1, out_scale)
 
 
-def _linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delta, rot_steps):
+def _linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delta, rot_steps,
+            is_output=False):
     ins = [states[i] for i in node.inputs]
     level = max(s.level for s in ins)
     pack = plan_linear(node.weights, node.bias, [s.layout for s in ins], slots, level, cost, rot_steps)
@@ -201,13 +228,18 @@ def _linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delt
         inputs_doc.append({"src": name, "switch": level - s.level,
                            "replicate": replication_shifts(s.layout, reps)})
     giants = []
-    for G_rot, terms in pack.giants:
-        giants.append({"rot": int(G_rot), "terms": [
+    for shift, terms in pack.giants:
+        giants.append({"shift": [int(x) for x in shift], "terms": [
             [b_idx, add_weight(vec, level, t_scale / ins[pack.babies[b_idx][0]].scale, node.name, "weight")]
             for b_idx, vec in terms]})
-    bidx = add_weight(pack.bias, level + 1, out_scale, node.name, "bias")
+    # The result's scale is small (FINAL_SCALE_BITS): rotating after that rescale would add
+    # key-switching noise of the order of 2^-20. The output layer sums its tree first.
+    late = is_output
+    bidx = add_weight(pack.bias, level if late else level + 1, t_scale if late else out_scale,
+                      node.name, "bias")
     steps.append({"op": "linear", "out": node.name, "level": level, "inputs": inputs_doc,
-                  "babies": [[i, int(b)] for i, b in pack.babies], "giants": giants,
+                  "babies": [[i, src, [int(x) for x in sts]] for i, _, src, sts in pack.babies],
+                  "giants": giants, "rescale_last": late, "layout": pack.out_layout.to_dict(),
                   "tree": pack.tree, "bias": bidx})
     rot_steps.update(pack.steps)
     plan.layer_stats.append({"layer": node.name, "op": "linear", "level": level + 1,

@@ -72,7 +72,7 @@ class Evaluator:
         return out.ct
 
     def serialize(self, ct) -> bytes:
-        return self.ckks.ct_to_bytes(ct)
+        return self.ckks.ct_to_packed_bytes(ct, int(self.plan["ckks"]["qi_sizes"][0]))
 
     def infer(self, x: np.ndarray) -> bytes:
         return self.serialize(self.run(self.encrypt_input(x)))
@@ -99,29 +99,38 @@ class Evaluator:
                 for shift in spec["replicate"]:
                     ck.add_inplace(ct, ck.rotate(ct, shift))
             sources.append(ct)
-        babies = [sources[i] if b == 0 else ck.rotate(sources[i], b) for i, b in step["babies"]]
-        acc = None
+        babies = []                       # rot(x_i, b), each built from an earlier one
+        for i, src, chain in step["babies"]:
+            ct = sources[i] if src < 0 else babies[src]
+            for st in chain:
+                ct = ck.rotate(ct, st)
+            babies.append(ct)
+        acc = None                        # Horner over the giant steps: acc = rot(acc, dG) + inner
         for giant in step["giants"]:
             inner = None
             for b_idx, widx in giant["terms"]:
                 prod = ck.multiply_no_relin(babies[b_idx], self.w[widx])
                 inner = prod if inner is None else (ck.add_inplace(inner, prod) or inner)
             ck.relinearize(inner)
-            if giant["rot"]:
-                inner = ck.rotate(inner, giant["rot"])
             acc = inner if acc is None else (ck.add_inplace(acc, inner) or acc)
+            for st in giant["shift"]:
+                acc = ck.rotate(acc, st)
         return self._finish(acc, step, level, relinearized=True)
 
     def _finish(self, acc, step, level, relinearized=False) -> _Reg:
         ck = self.ckks
         if not relinearized:
             ck.relinearize(acc)
-        ck.rescale(acc)
+        late = step.get("rescale_last", False)   # output layer: tree at the large scale
+        if not late:
+            ck.rescale(acc)
         for shift in step["tree"]:
             ck.add_inplace(acc, ck.rotate(acc, shift))
         bias = self.w[step["bias"]]
         bias.set_scale(acc.scale)    # same value up to an ulp of double rounding
         ck.add_inplace(acc, bias)
+        if late:
+            ck.rescale(acc)
         return _Reg(acc, level + 1)
 
     def _square(self, regs, step) -> _Reg:

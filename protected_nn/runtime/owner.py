@@ -42,7 +42,7 @@ class Decoder:
             raise ResultError("empty result payload")
         if len(payload) > MAX_RESULT_BYTES:
             raise ResultError(f"result payload of {len(payload)} bytes exceeds {MAX_RESULT_BYTES}")
-        ct = self.sk.ct_from_bytes(payload)
+        ct = self.sk.ct_from_packed_bytes(bytes(payload), max_words=2 * 2 * self.sk.slots)
         try:
             values = self.sk.decrypt(ct)
         except Exception as exc:
