@@ -102,6 +102,12 @@ case("MatMul", "row-times-const")(lambda: (make_model([N("MatMul", ["x", "w"], [
                                                       {"w": _rand(2, 7, 3)}), _x((1, 7))))
 case("MatMul", "4d-times-const")(lambda: (make_model([N("MatMul", ["x", "w"], ["y"])], [1, 2, 3, 4],
                                                      {"w": _rand(2, 4, 5)}), _x((1, 2, 3, 4))))
+case("MatMul", "batched-const-broadcast")(lambda: (make_model([N("MatMul", ["x", "w"], ["y"])], [1, 3, 4],
+                                                              {"w": _rand(2, 2, 1, 4, 5)}), _x((1, 3, 4))))
+case("MatMul", "times-const-vector")(lambda: (make_model([N("MatMul", ["x", "w"], ["y"])], [1, 2, 4],
+                                                         {"w": _rand(2, 4)}), _x((1, 2, 4))))
+case("MatMul", "vector-input-leading-dim-3")(lambda: (make_model([N("MatMul", ["x", "w"], ["y"])], [3],
+                                                                 {"w": _rand(2, 3, 2)}), _x((3,))))
 case("MatMul", "const-times-2d")(lambda: (make_model([N("MatMul", ["w", "x"], ["y"])], [1, 3],
                                                      {"w": _rand(2, 4, 1)}), _x((1, 3))))
 
@@ -163,12 +169,15 @@ case("Sub", "minus-const")(lambda: _binary("Sub", "x", "c", {"c": _rand(2, 4)}))
 case("Sub", "const-minus")(lambda: _binary("Sub", "c", "x", {"c": np.float32(0.5)}))
 case("Sub", "encrypted")(lambda: _binary("Sub", "x", "t", {}, branch=True))
 case("Sum", "three-with-const")(lambda: _binary("Sum", "x", "t", {"c": _rand(3, 1, 4)}, branch=True, extra=["c"]))
+case("Sum", "leading-dim-3-input")(lambda: _binary("Sum", "x", "c", {"c": _rand(3, 4)}, shape=(3, 4)))
 case("Sum", "one-encrypted")(lambda: _binary("Sum", "c", "x", {"c": _rand(3, 2, 1, 1)}))
 case("Mul", "per-channel")(lambda: _binary("Mul", "x", "c", {"c": _rand(2, 2, 1, 1)}))
 case("Mul", "const-scalar-first")(lambda: _binary("Mul", "c", "x", {"c": np.float32(-3.0)}))
 case("Mul", "square")(lambda: _binary("Mul", "x", "x", {}))
 case("Div", "by-const")(lambda: _binary("Div", "x", "c", {"c": _rand(2, 4, lo=0.5, hi=2.0)}))
 case("Pow", "square")(lambda: _binary("Pow", "x", "e", {"e": np.float32(2.0)}))
+case("Pow", "cube-exact-poly")(lambda: _binary("Pow", "x", "e", {"e": np.int64(3)}))
+case("Pow", "zero")(lambda: _binary("Pow", "x", "e", {"e": np.float32(0.0)}))
 case("Pow", "one")(lambda: _binary("Pow", "x", "e", {"e": np.array([1.0], np.float32)}))
 
 

@@ -82,7 +82,8 @@ def test_3d_conv_is_rejected():
     ([N("Add", ["x", "c"], ["t"]), N("Mul", ["x", "t"], ["y"])], {"c": np.float32(1.0)},
      "two different encrypted"),
     ([N("Div", ["c", "x"], ["y"])], {"c": np.float32(1.0)}, "division by an encrypted"),
-    ([N("Pow", ["x", "e"], ["y"])], {"e": np.float32(3.0)}, "exponent"),
+    ([N("Pow", ["x", "e"], ["y"])], {"e": np.float32(2.5)}, "exponent"),
+    ([N("Pow", ["x", "e"], ["y"])], {"e": np.array([1.0, 2.0, 2.0], np.float32)}, "exponent"),  # per-column
     ([N("BatchNormalization", ["x", "s", "s", "s", "s"], ["y", "rm", "rv"], training_mode=1)],
      {"s": np.ones(2, np.float32)}, "training_mode"),
     ([N("Dropout", ["x", "r", "t"], ["y"])], {"r": np.float32(0.5), "t": np.array(True)}, "training_mode"),

@@ -116,6 +116,16 @@ def test_unused_branch_is_pruned_and_identity_model_keeps_one_layer():
     np.testing.assert_array_equal(ir.evaluate_plain(ident, np.arange(4.0)), np.arange(4.0).reshape(1, 4))
 
 
+def test_fixed_leading_dimension_other_than_one_is_one_input():
+    """A (3, 4) input (e.g. onnx's node tests) is one input; the IR's Input layer stores it as
+    (1, 3, 4) because ir.Layer.size assumes a batch-first axis."""
+    model = make_model([N("MatMul", ["x", "w"], ["y"])], (3, 4), {"w": _rand(2, 4, 2)})
+    x = _x((3, 4))
+    graph = load_onnx(model)
+    assert graph.input.shape == (1, 3, 4) and graph.input.size == 12 and graph.output_shape == (3, 2)
+    np.testing.assert_allclose(ir.evaluate_plain(graph, x), run_onnxruntime(model, x), atol=1e-5)
+
+
 @pytest.mark.parametrize("shape", [(1, 2, 3), (5, 1, 2, 3), (5, 2, 3)])
 def test_calibration_accepts_one_input_a_stack_or_a_batch(shape):
     model = make_model([N("Relu", ["x"], ["y"])], (1, 2, 3))

@@ -74,19 +74,21 @@ def _upgrade(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _input_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...]:
+    """The input's static shape; a symbolic leading (batch) dimension is 1: one frame per
+    inference. A fixed leading dimension other than 1 is kept (it is part of one input)."""
     if not vi.type.HasField("tensor_type") or not vi.type.tensor_type.HasField("shape"):
         raise ModelError(f"model input '{vi.name}' has no tensor shape")
     dims = []
     for i, d in enumerate(vi.type.tensor_type.shape.dim):
         if d.HasField("dim_value") and d.dim_value > 0:
             dims.append(d.dim_value)
+        elif d.HasField("dim_value"):
+            raise ModelError(f"model input '{vi.name}': dimension {i} has size 0 (empty tensor)")
         elif i == 0:
-            dims.append(1)          # symbolic batch: one frame per inference
+            dims.append(1)
         else:
             raise ModelError(f"model input '{vi.name}': dimension {i} is symbolic "
                              f"({d.dim_param or '?'}); only the batch dimension may be")
-    if dims and dims[0] != 1:
-        raise ModelError(f"model input '{vi.name}' has batch {dims[0]}; only batch 1 is supported")
     return tuple(dims)
 
 

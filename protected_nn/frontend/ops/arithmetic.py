@@ -1,6 +1,6 @@
 """Elementwise arithmetic. With a constant operand Add/Sub/Mul/Div are affine -> Linear (bias,
 diagonal scale, broadcast); between encrypted tensors Add/Sub/Sum -> ir.Add (Sub negates one
-branch with a -I Linear); Mul(x, x) and Pow(x, 2) -> ir.Square. A product of two different
+branch with a -I Linear); Mul(x, x) and Pow(x, 2) -> ir.Square, Pow(x, k) -> exact ir.Poly. A product of two different
 encrypted tensors is not supported by the IR."""
 from __future__ import annotations
 
@@ -125,13 +125,28 @@ def lower_div(node: onnx.NodeProto, ctx: LoweringContext) -> None:
     _affine(node, ctx, x, 1.0 / c, None, _out_shape(node, x.shape, c.shape))
 
 
+MAX_POW = 16
+
+
 def lower_pow(node: onnx.NodeProto, ctx: LoweringContext) -> None:
+    """x ** k for one constant integer k: k=2 is a Square, k=1 a view, k=0 a constant Linear,
+    3..MAX_POW an exact monomial Poly (the compiler evaluates it by repeated products)."""
     x = ctx.tensor(node.input[0], node)
     e = np.asarray(ctx.const(node.input[1], node, "exponent"), dtype=np.float64).reshape(-1)
-    if e.size != 1 or e[0] not in (1.0, 2.0):
-        raise UnsupportedOpError(f"Pow node '{node.name}': exponent {e.tolist()} is not supported "
-                                 f"(only a constant 1 or 2)")
-    if e[0] == 2.0:
+    if e.size != 1 or e[0] != np.round(e[0]) or not 0 <= e[0] <= MAX_POW:
+        raise UnsupportedOpError(f"Pow node '{node.name}': exponent {e.tolist()[:8]} is not supported "
+                                 f"(only one constant integer in 0..{MAX_POW})")
+    k = int(e[0])
+    if k == 2:
         _square(node, ctx, x)
-    else:
+    elif k == 1:
         ctx.alias(node.output[0], x, x.shape, node)
+    elif k == 0:
+        ctx.linear(node, x, sp.csr_matrix((x.size, x.size)), np.ones(x.size), x.shape)
+    else:
+        coeffs = np.zeros(k + 1)
+        coeffs[k] = 1.0
+        layer = ir.Poly(name=ctx.fresh_name(node.output[0]), inputs=[x.layer],
+                        shape=ir_shape(x.shape), sources=[node.name], coeffs=coeffs, op="Pow",
+                        fit_range=ctx.range_of(node.input[0]), fit_max_error=0.0)  # exact anywhere
+        ctx.emit(layer, node.output[0], x.shape, node)

@@ -7,7 +7,7 @@ import scipy.sparse as sp
 
 from protected_nn.errors import UnsupportedOpError
 from protected_nn.frontend.context import LoweringContext, Tensor, attributes
-from protected_nn.frontend.ops.linalg import permutation_matrix
+from protected_nn.frontend.ops.linalg import broadcast_matrix, permutation_matrix
 
 
 def _right_const(rows: int, B: np.ndarray) -> sp.csr_matrix:
@@ -66,24 +66,44 @@ def lower_gemm(node: onnx.NodeProto, ctx: LoweringContext) -> None:
     ctx.linear(node, x, alpha * mat, bias, (M, N))
 
 
+def _batched_right_const(node, x: Tensor, B: np.ndarray) -> tuple[sp.csr_matrix, tuple[int, ...]]:
+    """numpy.matmul(x, B) with B constant, any ranks (1-D operands and batch broadcasting as in
+    numpy): one block kron(I_M, B_i^T) per batch entry after broadcasting x's batch axes."""
+    b_vec, x_vec = B.ndim == 1, len(x.shape) == 1
+    Bm = B[:, None] if b_vec else B
+    xs = (1, x.shape[0]) if x_vec else x.shape
+    if xs[-1] != Bm.shape[-2]:
+        raise UnsupportedOpError(f"MatMul node '{node.name}': inner dimensions differ "
+                                 f"({x.shape} x {B.shape})")
+    try:
+        batch = tuple(np.broadcast_shapes(tuple(xs[:-2]), tuple(Bm.shape[:-2])))
+    except ValueError:
+        raise UnsupportedOpError(f"MatMul node '{node.name}': batch axes of {x.shape} and "
+                                 f"{B.shape} do not broadcast") from None
+    M, K, N = xs[-2], xs[-1], Bm.shape[-1]
+    rows = int(np.prod(batch, dtype=np.int64)) * M
+    if Bm.ndim == 2:
+        mat = _right_const(rows, Bm)
+    else:
+        blocks = np.broadcast_to(Bm, (*batch, K, N)).reshape(-1, K, N)
+        mat = sp.block_diag([_right_const(M, b) for b in blocks], format="csr")
+    mat = mat @ broadcast_matrix(xs, (*batch, M, K))
+    out = (*batch, *(() if x_vec else (M,)), *(() if b_vec else (N,)))
+    return mat, out
+
+
 def lower_matmul(node: onnx.NodeProto, ctx: LoweringContext) -> None:
-    """x @ W with W constant 2-D (x of any rank >= 1), or W @ x with W constant and x 2-D."""
+    """x @ W with W constant (numpy.matmul semantics, batch axes broadcast), or W @ x with W
+    constant 2-D and x 2-D."""
     x, const, left = _encrypted_operand(node, ctx, node.input[0], node.input[1])
     where = f"MatMul node '{node.name}'"
-    if const.ndim != 2:
-        raise UnsupportedOpError(f"{where}: the constant operand must be 2-D (got {const.shape})")
     if left:
-        if x.shape[-1] != const.shape[0]:
-            raise UnsupportedOpError(f"{where}: inner dimensions differ ({x.shape} x {const.shape})")
-        if len(x.shape) == 1:
-            ctx.linear(node, x, sp.csr_matrix(const.T), None, (const.shape[1],))
-            return
-        rows = x.size // x.shape[-1]
-        ctx.linear(node, x, _right_const(rows, const), None, (*x.shape[:-1], const.shape[1]))
-    else:
-        if len(x.shape) != 2:
-            raise UnsupportedOpError(f"{where}: constant @ encrypted needs a 2-D encrypted "
-                                     f"operand (got {x.shape})")
-        if const.shape[1] != x.shape[0]:
-            raise UnsupportedOpError(f"{where}: inner dimensions differ ({const.shape} x {x.shape})")
-        ctx.linear(node, x, _left_const(const, x.shape[1]), None, (const.shape[0], x.shape[1]))
+        mat, out_shape = _batched_right_const(node, x, const)
+        ctx.linear(node, x, mat, None, out_shape)
+        return
+    if len(x.shape) != 2 or const.ndim != 2:
+        raise UnsupportedOpError(f"{where}: constant @ encrypted needs 2-D operands "
+                                 f"(got {const.shape} @ {x.shape})")
+    if const.shape[1] != x.shape[0]:
+        raise UnsupportedOpError(f"{where}: inner dimensions differ ({const.shape} x {x.shape})")
+    ctx.linear(node, x, _left_const(const, x.shape[1]), None, (const.shape[0], x.shape[1]))
