@@ -7,6 +7,7 @@ SHUTDOWN_BUDGET_S (systemd's TimeoutStopSec is larger). SIGHUP: check the bundle
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import signal
 import threading
@@ -126,6 +127,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, lambda s, f: self.watcher.request_check())
+        faulthandler.register(signal.SIGUSR1, all_threads=True)   # `kill -USR1`: thread dump to the log
 
     def run(self) -> int:
         cfg = self.cfg
@@ -177,7 +179,9 @@ class Daemon:
         for c in self.captures:
             c.stop(timeout=0.2)
         self.watcher.stop()
+        log.info("shutdown: capture stopped (%.1f s); finishing frames inside workers", time.monotonic() - t0)
         self.pool.stop(timeout=5.0)
+        log.info("shutdown: workers stopped (%.1f s); flushing results", time.monotonic() - t0)
         self.publisher.close(timeout=max(0.5, SHUTDOWN_BUDGET_S - (time.monotonic() - t0)))
         self.sequences.close()
         self.health.stop()

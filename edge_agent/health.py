@@ -29,8 +29,10 @@ def sd_notify(message: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            # Never block the caller (shutdown, watchdog thread) on a notify socket nobody reads.
+            s.setblocking(False)
             s.connect(address)
-            s.sendall(message.encode("utf-8"))
+            s.send(message.encode("utf-8"))
         return True
     except OSError as exc:
         log.warning("sd_notify(%s) failed: %s", message.split("=")[0], exc)

@@ -187,7 +187,16 @@ class WorkerPool:
         for slot in self._slots:
             if slot.busy:
                 self.metrics.frames_dropped.labels(camera=slot.busy.camera_id, reason="shutdown").inc()
-            self._end_worker(slot, graceful=True)
+            if slot.proc is not None and slot.proc.is_alive():
+                try:
+                    slot.conn.send((Msg.STOP,))       # all at once; then one shared grace period
+                except OSError:
+                    pass
+        grace = time.monotonic() + 1.0
+        for slot in self._slots:
+            if slot.proc is not None:
+                slot.proc.join(max(0.0, grace - time.monotonic()))
+            self._end_worker(slot, graceful=False)
 
     # -- manager thread ---------------------------------------------------------------------------
     def _wake(self) -> None:
