@@ -33,7 +33,7 @@ class StaticCatalog:
 
 
 class StoreCatalog:
-    def __init__(self, store_root: str | Path, refresh_interval: float = 5.0):
+    def __init__(self, store_root: str | Path, refresh_interval: float = 2.0):
         from backend_decryptor.store import Store  # owned by the store work; imported lazily
         self._store = Store(store_root)
         self._interval = refresh_interval
