@@ -70,15 +70,17 @@ def run(*argv, ok=True):
 
 # ------------------------------------------------------------------ without the api (fake artifacts)
 
-@pytest.fixture
-def fake_store(tmp_path):
-    """A store holding two models made of random bytes, and a signed bundle of the first."""
+@pytest.fixture(scope="module")
+def fake_store(tmp_path_factory):
+    """A store holding two models made of random bytes, model-a exported by the real command."""
     from backend_decryptor.store import Store
     from tests.test_store import fake_protected
-    store = Store(tmp_path / "store")
+    tmp = tmp_path_factory.mktemp("fake")
+    store = Store(tmp / "store")
     fp_a = store.add_model("model-a", fake_protected(1), "0" * 64)
     fp_b = store.add_model("model-b", fake_protected(2), "0" * 64)
-    return store, fp_a, fp_b
+    export = run(BACKEND, "export", "model-a", "--out", str(tmp / "a.bundle"), "--store", str(store.root))
+    return store, fp_a, fp_b, tmp / "a.bundle", export.stdout
 
 
 def test_help_lists_commands():
@@ -89,12 +91,10 @@ def test_help_lists_commands():
     assert run(BACKEND, ok=False).returncode == 2  # no command: usage
 
 
-def test_export_writes_signed_bundle_and_owner_key(fake_store, tmp_path):
-    store, fp_a, _ = fake_store
-    out = tmp_path / "a.bundle"
-    proc = run(BACKEND, "export", "model-a", "--out", str(out), "--store", str(store.root))
-    assert fp_a in proc.stdout and str(out) in proc.stdout
-    pub = bundle.load_owner_public_key(tmp_path / "a.bundle.owner.pub")
+def test_export_writes_signed_bundle_and_owner_key(fake_store):
+    store, fp_a, _, out, stdout = fake_store
+    assert fp_a in stdout and str(out) in stdout
+    pub = bundle.load_owner_public_key(out.with_name("a.bundle.owner.pub"))
     manifest, artifacts = bundle.read_bundle(out, pub)
     assert manifest["model_id"] == "model-a" and artifacts.key_fingerprint == fp_a
     assert b"SECRET-1" not in out.read_bytes()
@@ -102,32 +102,28 @@ def test_export_writes_signed_bundle_and_owner_key(fake_store, tmp_path):
 
 
 def test_unknown_model_names_known_ones(fake_store, tmp_path):
-    store, _, _ = fake_store
+    store = fake_store[0]
     proc = run(BACKEND, "export", "nope", "--out", str(tmp_path / "x"), "--store", str(store.root), ok=False)
     assert "unknown model id 'nope'" in proc.stderr and "model-a, model-b" in proc.stderr
 
 
 def test_tampered_bundle_refused_by_infer(fake_store, tmp_path):
-    store, _, _ = fake_store
-    out = tmp_path / "a.bundle"
-    run(BACKEND, "export", "model-a", "--out", str(out), "--store", str(store.root))
-    data = bytearray(out.read_bytes())
+    data = bytearray(fake_store[3].read_bytes())
     data[len(data) // 2] ^= 0x01
-    out.write_bytes(bytes(data))
+    (tmp_path / "t.bundle").write_bytes(bytes(data))
     np.save(tmp_path / "x.npy", np.zeros((1, 8), np.float32))
-    proc = run(EDGE, "infer", "--bundle", str(out), str(tmp_path / "x.npy"), "--out", str(tmp_path / "r"), ok=False)
+    proc = run(EDGE, "infer", "--bundle", str(tmp_path / "t.bundle"), str(tmp_path / "x.npy"),
+               "--out", str(tmp_path / "r"), "--owner-key", str(fake_store[0].root / "owner_ed25519.pub.pem"),
+               ok=False)
     assert "bundle" in proc.stderr
     assert not (tmp_path / "r").exists()
 
 
 def test_bundle_signed_by_another_owner_refused(fake_store, tmp_path):
-    store, _, _ = fake_store
-    out = tmp_path / "a.bundle"
-    run(BACKEND, "export", "model-a", "--out", str(out), "--store", str(store.root))
     other = tmp_path / "other.pub"
     bundle.save_public_key(bundle.generate_owner_key(), other)
     np.save(tmp_path / "x.npy", np.zeros((1, 8), np.float32))
-    proc = run(EDGE, "infer", "--bundle", str(out), str(tmp_path / "x.npy"), "--out", str(tmp_path / "r"),
+    proc = run(EDGE, "infer", "--bundle", str(fake_store[3]), str(tmp_path / "x.npy"), "--out", str(tmp_path / "r"),
                "--owner-key", str(other), ok=False)
     assert "signature does not verify" in proc.stderr
 
@@ -138,7 +134,7 @@ def _envelope_file(path: Path, model_id: str, fingerprint: str, payload=b"cipher
 
 
 def test_decrypt_refuses_other_models_result(fake_store, tmp_path):
-    store, _, fp_b = fake_store
+    store, _, fp_b = fake_store[:3]
     result = _envelope_file(tmp_path / "r", "model-b", fp_b)
     proc = run(BACKEND, "decrypt", "model-a", str(result), "--out", str(tmp_path / "y.npy"),
                "--store", str(store.root), ok=False)
@@ -152,7 +148,7 @@ def test_decrypt_refuses_other_models_result(fake_store, tmp_path):
 
 
 def test_decrypt_refuses_truncated_and_garbage_results(fake_store, tmp_path):
-    store, fp_a, _ = fake_store
+    store, fp_a, _ = fake_store[:3]
     good = _envelope_file(tmp_path / "good", "model-a", fp_a).read_bytes()
     (tmp_path / "trunc").write_bytes(good[:-3])
     (tmp_path / "junk").write_bytes(b"\x00" * 100)
@@ -166,7 +162,7 @@ def test_decrypt_refuses_truncated_and_garbage_results(fake_store, tmp_path):
 
 
 def test_decrypt_refuses_duplicate_sequence_numbers(fake_store, tmp_path):
-    store, fp_a, _ = fake_store
+    store, fp_a, _ = fake_store[:3]
     (tmp_path / "res").mkdir()
     _envelope_file(tmp_path / "res" / "000000.result", "model-a", fp_a, sequence=3)
     _envelope_file(tmp_path / "res" / "000001.result", "model-a", fp_a, sequence=3)
@@ -207,8 +203,9 @@ def protected_pair(tmp_path_factory):
     store = tmp / "store"
     path_a, run_a = tiny_model(tmp, seed=0, name="a.onnx")
     path_b, _ = tiny_model(tmp, seed=1, name="b.onnx")
+    (tmp / "a.yaml").write_text("outputs:\n  - {name: crowd_count, index: 0, kind: count}\n")
     proc = run(BACKEND, "protect", str(path_a), "--model-id", "model-a", "--store", str(store))
-    assert proc.stdout.strip()  # the plan report
+    assert "Fidelity" in proc.stdout and "model card: " in proc.stdout  # the plan report; card found
     run(BACKEND, "protect", str(path_b), "--model-id", "model-b", "--store", str(store))
     run(BACKEND, "export", "model-a", "--out", str(tmp / "a.bundle"), "--store", str(store))
     run(BACKEND, "export", "model-b", "--out", str(tmp / "b.bundle"), "--store", str(store))
@@ -230,6 +227,8 @@ def test_protect_export_infer_decrypt_single(protected_pair):
     assert "verified with" in proc.stdout and "a.bundle.owner.pub" in proc.stdout
     env = envelope.decode((tmp / "r1").read_bytes())
     assert env.model_id == "model-a" and env.sequence == 0
+    _, artifacts = bundle.read_bundle(tmp / "a.bundle", None)  # the card beside the model went along
+    assert artifacts.card()["outputs"] == [{"name": "crowd_count", "index": 0, "kind": "count"}]
     run(BACKEND, "decrypt", "model-a", str(tmp / "r1"), "--out", str(tmp / "y1.npy"), "--store", str(store))
     _close(np.load(tmp / "y1.npy"), run_a(x))
 
@@ -248,17 +247,6 @@ def test_protect_export_infer_decrypt_batch(protected_pair):
     run(BACKEND, "decrypt", "model-a", str(tmp / "r3"), "--out", str(tmp / "y3.npy"), "--store", str(store))
     y = np.load(tmp / "y3.npy")
     _close(y, np.stack([run_a(x) for x in xs]))
-
-
-@needs_api
-def test_card_beside_model_lands_in_bundle(tmp_path):
-    path, _ = tiny_model(tmp_path)
-    (tmp_path / "tiny.yaml").write_text("outputs:\n  - {name: crowd_count, index: 0, kind: count}\n")
-    proc = run(BACKEND, "protect", str(path), "--model-id", "t", "--store", str(tmp_path / "s"))
-    assert "model card: " in proc.stdout
-    run(BACKEND, "export", "t", "--out", str(tmp_path / "t.bundle"), "--store", str(tmp_path / "s"))
-    _, artifacts = bundle.read_bundle(tmp_path / "t.bundle", None)
-    assert artifacts.card()["outputs"] == [{"name": "crowd_count", "index": 0, "kind": "count"}]
 
 
 @needs_api

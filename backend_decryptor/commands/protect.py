@@ -4,7 +4,6 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from backend_decryptor.commands.card_file import card_beside, load_card
 from backend_decryptor.commands.common import CommandError, add_store_argument, load_npy, open_store
 from backend_decryptor.store import validate_model_id
 
@@ -46,6 +45,7 @@ def _options(args):
 
 
 def run(args) -> int:
+    from backend_decryptor.commands.card_file import card_beside, load_card  # pydantic: slow import
     from protected_nn import api  # imported here so that `--help` stays fast
     validate_model_id(args.model_id)
     model = Path(args.model)
