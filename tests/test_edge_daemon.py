@@ -183,9 +183,15 @@ class Daemon:
                    if line.startswith(name) and not line.startswith("#"))
 
     def workers(self) -> list[int]:
-        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-        return [int(p) for p in children
-                if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        # /proc lists children per thread that forked them (the pool thread): look at all threads.
+        pids = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                children = (task / "children").read_text().split()
+                pids += [int(p) for p in children if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+            except OSError:
+                continue          # thread or child gone meanwhile
+        return sorted(pids)
 
     def output(self) -> str:
         self.log.flush()
