@@ -293,6 +293,14 @@ def test_result_with_another_models_key_refused(protected_pair, tmp_path):
     proc = run(BACKEND, "decrypt", "model-a", str(tmp_path / "rb"), "--out", str(tmp_path / "y.npy"),
                "--store", str(store), ok=False)
     assert "model-b" in proc.stderr
+    # Relabelled as model-a's (id and key fingerprint) while encrypted under model-b's key.
+    env = envelope.decode((tmp_path / "rb").read_bytes())
+    from backend_decryptor.store import Store
+    fp_a = Store(store).active_fingerprint("model-a")
+    _envelope_file(tmp_path / "relabelled", "model-a", fp_a, payload=env.payload)
+    proc = run(BACKEND, "decrypt", "model-a", str(tmp_path / "relabelled"), "--out", str(tmp_path / "y.npy"),
+               "--store", str(store), ok=False)
+    assert "relabelled" in proc.stderr and not (tmp_path / "y.npy").exists()
 
 
 @needs_api
