@@ -114,7 +114,7 @@ class Publisher:
         self._wake.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._stopping.is_set():
             log.warning("disconnected from broker: %s", reason_code)
         self.connected.clear()
         self.metrics.mqtt_connected.set(0)
