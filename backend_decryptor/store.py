@@ -201,7 +201,13 @@ class Store:
             return self._owner_models[key]
 
     def model_card(self, model_id: str) -> dict:
-        return self.artifacts(model_id).card()
+        """The active key version's card; reads only that member (the service asks often)."""
+        fingerprint = self.active_fingerprint(model_id)
+        try:
+            data = (self._model_dir(model_id, fingerprint) / "model_card").read_bytes()
+            return json.loads(data) if data else {}
+        except (OSError, ValueError) as e:
+            raise StoreError(f"store is damaged: cannot read the model card of {model_id}/{fingerprint}: {e}") from e
 
     def report(self, model_id: str, fingerprint: str | None = None) -> dict:
         fingerprint = self._resolve(model_id, fingerprint)

@@ -326,3 +326,24 @@ def test_infer_process_never_loads_backend_code(protected_pair, tmp_path):
             "bad = sorted(m for m in sys.modules if m.startswith('backend_decryptor')); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
     envelope.decode((tmp_path / "r").read_bytes())
+
+
+@needs_api
+def test_reprotect_adds_key_version_and_old_results_still_decrypt(protected_pair, tmp_path):
+    """Last on purpose: makes a new active key for model-a in the shared store."""
+    tmp, store, run_a = protected_pair
+    x = np.random.default_rng(9).uniform(0, 1, (1, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    run(EDGE, "infer", "--bundle", str(tmp / "a.bundle"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "old"))
+    run(BACKEND, "protect", str(tmp / "a.onnx"), "--model-id", "model-a", "--store", str(store))
+    listing = run(BACKEND, "models", "--store", str(store)).stdout
+    assert listing.count("model-a") == 2 and "old" in listing and "active" in listing
+    run(BACKEND, "export", "model-a", "--out", str(tmp_path / "new.bundle"), "--store", str(store))
+    run(EDGE, "infer", "--bundle", str(tmp_path / "new.bundle"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "new"),
+        "--owner-key", str(store / "owner_ed25519.pub.pem"))
+    old_fp = envelope.decode((tmp_path / "old").read_bytes()).key_fingerprint
+    assert envelope.decode((tmp_path / "new").read_bytes()).key_fingerprint != old_fp
+    for name in ("old", "new"):  # in-flight results under the previous key still decrypt
+        run(BACKEND, "decrypt", "model-a", str(tmp_path / name), "--out", str(tmp_path / f"{name}.npy"),
+            "--store", str(store))
+        _close(np.load(tmp_path / f"{name}.npy"), run_a(x))
