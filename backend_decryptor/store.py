@@ -80,9 +80,10 @@ class Store:
             if not create:
                 raise StoreError(f"store {self.root} does not exist (protect a model into it first)")
             self.root.mkdir(mode=0o700, parents=True)
+            os.chmod(self.root, 0o700)  # mkdir's mode is subject to the umask
         elif not self.root.is_dir():
             raise StoreError(f"store {self.root} exists and is not a folder")
-        os.chmod(self.root, 0o700)
+        # An existing folder keeps its mode (it may be the user's own); models/ and keys are 0700/0600.
         self._lock = threading.Lock()
         self._owner_models: dict[tuple[str, str], object] = {}
         with self._db() as db:
