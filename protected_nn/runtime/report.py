@@ -13,14 +13,17 @@ def model_card_from(model, graph, override: dict | None) -> dict:
     (the backend's alert rules read `outputs`). Source: ONNX metadata_props fhe_edge.*."""
     meta = {p.key: p.value for p in model.metadata_props}
     card: dict = {"input_shape": list(graph.input.shape), "output_shape": list(graph.output_shape)}
-    for key, field in (("fhe_edge.input", "input"), ("fhe_edge.outputs", "outputs")):
-        if key in meta:
-            try:
-                card[field] = json.loads(meta[key])
-            except ValueError:
-                card[field + "_error"] = f"metadata {key} is not JSON"
-    if "fhe_edge.model_card" in meta:
-        card["description"] = meta["fhe_edge.model_card"]
+    for key, value in meta.items():          # fhe_edge.input, .outputs, .motion, ... -> card[...]
+        if not key.startswith("fhe_edge."):
+            continue
+        field = key[len("fhe_edge."):]
+        if field == "model_card":
+            card["description"] = value
+            continue
+        try:
+            card[field] = json.loads(value)
+        except ValueError:
+            card[field] = value
     card.update(override or {})
     return card
 

@@ -1,6 +1,8 @@
 """A real Mosquitto broker on a free loopback port, started and stopped by the tests."""
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -31,7 +33,9 @@ class Mosquitto:
     def _write_config(self) -> Path:
         conf = self.dir / "mosquitto.conf"
         listener = self.listener_config or "allow_anonymous true\n"
-        conf.write_text(
+        # Started as root, mosquitto would drop to user "mosquitto", which cannot write here.
+        user = f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
+        conf.write_text(user + 
             f"per_listener_settings false\nlistener {self.port} {self.host}\n{listener}"
             f"persistence false\nlog_dest file {self.dir / 'mosquitto.log'}\n"
             f"max_packet_size 8388608\n{self.extra_config}\n")
