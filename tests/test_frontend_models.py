@@ -107,6 +107,19 @@ def test_pytorch_style_flatten_is_folded_from_constants():
     np.testing.assert_allclose(ir.evaluate_plain(graph, x), run_onnxruntime(model, x), atol=1e-5)
 
 
+def test_constant_subgraph_is_folded():
+    """Ops outside the table fold when they only see constants: ReduceMean in its opset-13 form
+    (axes attribute), Shape of a constant, Cast."""
+    nodes = [N("ReduceMean", ["c"], ["m"], axes=[0], keepdims=0), N("Shape", ["c"], ["s"]),
+             N("Cast", ["s"], ["sf"], to=TensorProto.FLOAT), N("Mul", ["x", "m"], ["t"]),
+             N("Add", ["t", "sf"], ["y"])]
+    model = make_model(nodes, (1, 2), {"c": np.array([[1.0, 2.0], [3.0, 6.0]], np.float32)}, opset=13)
+    x = _x((1, 2))
+    graph = load_onnx(model)
+    assert _kinds(graph) == ["Input", "Linear"]
+    np.testing.assert_allclose(ir.evaluate_plain(graph, x), run_onnxruntime(model, x), atol=1e-6)
+
+
 def test_unused_branch_is_pruned_and_identity_model_keeps_one_layer():
     nodes = [N("Mul", ["x", "c"], ["dead"]), N("Relu", ["dead"], ["dead2"]), N("Add", ["x", "c"], ["y"])]
     graph = load_onnx(make_model(nodes, (1, 3), {"c": np.ones(3, np.float32)}))

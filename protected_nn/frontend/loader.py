@@ -108,9 +108,9 @@ def _toposort(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProto]:
 
 
 def _is_folded(node: onnx.NodeProto, is_const) -> bool:
-    """Nodes computing only on constants are folded (Shape reads just the static shape, but is
-    an op-table entry so that it is documented and tested)."""
-    return node.op_type != "Shape" and all(is_const(i) for i in node.input if i)
+    """Nodes computing only on constants are folded. (Shape of an encrypted tensor also yields a
+    constant, through its op-table entry.)"""
+    return all(is_const(i) for i in node.input if i)
 
 
 def _check_ops_supported(nodes: list[onnx.NodeProto], constants: set[str]) -> None:
@@ -123,10 +123,10 @@ def _check_ops_supported(nodes: list[onnx.NodeProto], constants: set[str]) -> No
             handler_for(node)
 
 
-def _fold(node: onnx.NodeProto, ctx: LoweringContext) -> None:
+def _fold(node: onnx.NodeProto, ctx: LoweringContext, opset: int) -> None:
     from onnx.reference import ReferenceEvaluator
     try:
-        evaluator = ReferenceEvaluator(node)
+        evaluator = ReferenceEvaluator(node, opsets={"": opset})   # the model's op versions
         feeds = {n: ctx.constants[n] for n in node.input if n}
         outputs = evaluator.run(None, feeds)
     except Exception as exc:
@@ -186,7 +186,7 @@ def load_onnx(path_or_model, *, calibration: np.ndarray | None = None, poly_degr
              in_shape, None)
     for node in ordered:
         if _is_folded(node, ctx.is_const):
-            _fold(node, ctx)
+            _fold(node, ctx, _opset(model))
         else:
             handler_for(node)(node, ctx)
     ctx.verify_shapes()
