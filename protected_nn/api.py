@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 
 from protected_nn.artifacts import ModelArtifacts
-from protected_nn.ckks.context import Ckks, SecretCkks
+from protected_nn.ckks.context import Ckks
 from protected_nn.ckks.params import CkksParams
-from protected_nn.compiler.planner import compile_graph
 from protected_nn.errors import ModelError, ProtectedNNError, ResultError
 from protected_nn.runtime import params_blob
 from protected_nn.runtime.evaluator import Evaluator
-from protected_nn.runtime.owner import Decoder, encrypt_weights
-from protected_nn.runtime.selfcheck import fidelity_check
+
+# Owner-side modules (key generation, decryption, compiler) are imported inside protect() and
+# OwnerModel only, so a gateway process never even loads them.
 
 
 @dataclass
@@ -57,19 +57,25 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
             options: ProtectOptions | None = None) -> Protected:
     """Owner side: compile, generate keys for exactly the plan's rotations, encrypt every trained
     parameter, run the fidelity self-check against onnxruntime."""
+    from protected_nn.ckks.context import SecretCkks
+    from protected_nn.compiler.planner import compile_graph
     from protected_nn.frontend import load_onnx
+    from protected_nn.runtime.owner import encrypt_weights
     from protected_nn.runtime.report import build_report, model_card_from
+    from protected_nn.runtime.selfcheck import fidelity_check
 
     opts = options or ProtectOptions()
     model = _load_model(onnx_path)
     t0 = time.perf_counter()
     graph = load_onnx(model, calibration=calibration, poly_degree=opts.poly_degree,
                       input_range=opts.input_range, calibration_samples=opts.calibration_samples)
-    cal = _calibration_inputs(graph, calibration, opts)
+    input_shape = _onnx_input_shape(model, graph)
+    cal = _calibration_inputs(input_shape, calibration, opts)
     ref_outputs = _onnxruntime(model, cal)
     max_out = float(np.max(np.abs(ref_outputs))) if ref_outputs.size else 1.0
     output_bits = max(4, int(math.ceil(math.log2(max_out * 4 + 1))) + 1)   # 4x headroom over calibration
     plan = compile_graph(graph, output_bits)
+    plan.doc["input"]["shape"] = list(input_shape)     # exactly what onnxruntime takes
     t_compile = time.perf_counter() - t0
     params = CkksParams.from_dict(plan.doc["ckks"])
     sk = SecretCkks.generate(params, set(plan.doc["rotation_steps"]))
@@ -98,8 +104,21 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     return prot
 
 
-def _calibration_inputs(graph, calibration, opts) -> np.ndarray:
-    shape = tuple(graph.input.shape)
+def _onnx_input_shape(model, graph) -> tuple[int, ...]:
+    """The input shape as onnxruntime takes it (symbolic dims are the batch of one)."""
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    init = {i.name for i in model.graph.initializer}
+    data = [i for i in model.graph.input if i.name not in init]
+    if data:
+        dims = data[0].type.tensor_type.shape.dim
+    shape = tuple(int(d.dim_value) if d.dim_value > 0 else 1 for d in dims)
+    if int(np.prod(shape)) != graph.input.size:
+        return tuple(graph.input.shape)
+    return shape
+
+
+def _calibration_inputs(shape, calibration, opts) -> np.ndarray:
+    shape = tuple(shape)
     if calibration is not None:
         cal = np.asarray(calibration, dtype=np.float32)
         if cal.shape == shape:
@@ -169,6 +188,9 @@ class OwnerModel:
         self.plan = plan
         self.key_fingerprint = artifacts.key_fingerprint
         self.model_card = artifacts.card()
+        from protected_nn.ckks.context import SecretCkks
+        from protected_nn.runtime.owner import Decoder
+
         params = CkksParams.from_dict(plan["ckks"])
         sk = SecretCkks.from_bytes(params, artifacts.context, artifacts.public_key, secret_key)
         self._decoder = Decoder(plan, sk)

@@ -49,8 +49,12 @@ class Ckks:
     def new_context(params: CkksParams) -> Pyfhel:
         check_128_bit(params)
         he = Pyfhel()
-        status = he.contextGen(scheme="ckks", n=params.n, scale=2.0 ** params.scale_bits,
-                               qi_sizes=list(params.qi_sizes), sec=128)
+        with warnings.catch_warnings():
+            # Pyfhel warns when prime sizes differ from the scale; ours differ on purpose
+            # (first and second primes, see params.choose_params) and scales are tracked exactly.
+            warnings.filterwarnings("ignore", message=".*do not support rescaling.*")
+            status = he.contextGen(scheme="ckks", n=params.n, scale=2.0 ** params.scale_bits,
+                                   qi_sizes=list(params.qi_sizes), sec=128)
         if "success" not in str(status):
             raise PlanError(f"SEAL refused the CKKS parameters {params.to_dict()}: {status}")
         return he

@@ -11,7 +11,7 @@ from protected_nn.errors import PlanError
 HE_STANDARD_128 = {1024: 27, 2048: 54, 4096: 109, 8192: 218, 16384: 438, 32768: 881}
 
 MIN_SCALE_BITS = 25      # below this CKKS precision drops under the 1e-2 target on deep plans
-MAX_SCALE_BITS = 40
+MAX_SCALE_BITS = 36      # above this the second prime (2*scale - final) would pass 45 bits
 MAX_PRIME_BITS = 60      # SEAL's limit for one prime
 SPECIAL_MARGIN_BITS = 8
 

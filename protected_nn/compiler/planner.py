@@ -56,8 +56,17 @@ def decode_array(s: str, shape) -> np.ndarray:
     return np.frombuffer(base64.b64decode(s), dtype="<i4").reshape(shape).astype(np.int64)
 
 
+def trim_coeffs(coeffs) -> np.ndarray:
+    """Coefficients that round to zero at the plaintext scale would make SEAL produce a
+    "transparent" ciphertext (an error): drop them, the loss is below the encoding precision."""
+    c = np.asarray(coeffs, float).copy()
+    c[1:][np.abs(c[1:]) < 1e-9 * max(1e-300, float(np.max(np.abs(c[1:])) if c.size > 1 else 0))] = 0.0
+    return c
+
+
 def poly_depth(coeffs: np.ndarray) -> int:
-    deg = max(1, int(np.max(np.nonzero(coeffs)[0])) if np.any(coeffs[1:]) else 1)
+    c = trim_coeffs(coeffs)
+    deg = max(1, int(np.max(np.nonzero(c)[0])) if np.any(c[1:]) else 1)
     return int(math.ceil(math.log2(deg))) + 1 if deg > 1 else 1
 
 
@@ -85,7 +94,7 @@ def compile_graph(graph: ir.Graph, output_bits: int, params: CkksParams | None =
             if n // 2 < widest:
                 continue
             try:
-                final = final_scale_bits(output_bits) if isinstance(_node(nodes, output), G.MLinear) else None
+                final = final_scale_bits(output_bits)
                 params = choose_params(depth, max(widest, n // 2), output_bits, final_scale_bits=final)
                 return _compile(nodes, output, graph, params)
             except PlanError as exc:
@@ -159,7 +168,7 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams) -> Plan:
             plan.layer_stats.append({"layer": node.name, "op": "x*x", "level": src.level + 1,
                                      "products": 1, "rotations": 0, "relins": 1, "sources": node.sources})
         elif isinstance(node, G.PolyNode):
-            states[node.name] = _poly(node, states, steps, plan, drop_prime, delta)
+            states[node.name] = _poly(node, states, steps, plan, drop_prime, target(node))
     out_state = states[output]
     plan.doc = {
         "version": PLAN_VERSION,
@@ -251,9 +260,13 @@ def _linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delt
 
 
 def _poly(node, states, steps, plan, drop_prime, delta):
+    """Powers by repeated squaring/products, then one plaintext-coefficient combination.
+    `delta` is the scale the output returns to (smaller for the model's result)."""
     src = states[node.inputs[0]]
-    coeffs = np.asarray(node.coeffs, float)
-    deg = int(np.max(np.nonzero(coeffs)[0])) if np.any(coeffs[1:]) else 1
+    coeffs = trim_coeffs(node.coeffs)
+    if not np.any(coeffs[1:]):
+        raise PlanError(f"activation {node.name} fits to a constant: nothing to evaluate")
+    deg = int(np.max(np.nonzero(coeffs)[0]))
     level0 = src.level
     pw_level = {1: level0}
     pw_scale = {1: src.scale}
