@@ -126,6 +126,18 @@ def test_late_subscriber_gets_retained_state_without_raw_values(tmp_path, broker
     finally:
         pub.close()
         svc.stop()
+    # the history CLI lists both alerts and the camera's counters
+    (tmp_path / "b.yaml").write_text(f"state_db: {tmp_path / 'state.db'}\n")
+    out = subprocess.run([sys.executable, "-m", "backend_decryptor.cli", "alerts", "--since", "1h",
+                          "--config", str(tmp_path / "b.yaml")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if "cam-7" in line]
+    assert any("crowd" in line and "raised" in line for line in lines)
+    assert any("incident" in line and "raised" in line for line in lines)
+    assert "camera cam-7: 3 inferences, 2 raised" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "backend_decryptor.cli", "alerts", "--since", "1h", "--camera",
+                          "cam-0", "--json", "--config", str(tmp_path / "b.yaml")], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout == ""
 
 
 def test_run_command_serves_and_stops_cleanly_on_sigterm(tmp_path, broker):

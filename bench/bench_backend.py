@@ -1,0 +1,192 @@
+"""Backend service benchmark (not part of the test run).
+
+    .venv/bin/python bench/bench_backend.py [--model tiny|tenseal] [--messages 400] [--latency 40]
+
+Measures, with a real Mosquitto on loopback and real encrypted results (protected_nn.api):
+  1. decrypt only: OwnerModel.decrypt per second on one core (no MQTT, no rules);
+  2. service throughput: messages received, checked, decrypted, decided and stored per second,
+     with 1 and with 2 decryption processes (the whole `run` pipeline, in-process);
+  3. latency from the gateway's publish to the alert's arrival at a subscriber (median, p90),
+     with rules that make every message raise or clear an alert.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from backend_decryptor.config import BackendConfig  # noqa: E402
+from backend_decryptor.rules_config import AlertRules  # noqa: E402
+from backend_decryptor.service import Service  # noqa: E402
+from backend_decryptor.store import Store  # noqa: E402
+from protected_nn import api, envelope  # noqa: E402
+from tests.support.mosquitto import Mosquitto  # noqa: E402
+
+MODEL_ID = "bench"
+CARD = {"outputs": [{"name": "crowd_count", "index": 0, "kind": "count"},
+                    {"name": "incident", "index": 1, "kind": "logit"}]}
+
+
+def build_model(kind: str, path: Path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    if kind == "tenseal":
+        from protected_nn import zoo
+        zoo.save(zoo.tenseal_cnn(seed=0), path)
+        return (1, 1, 28, 28)
+    w = np.zeros((4, 2), np.float32)
+    w[0, 0], w[1, 1] = 30.0, 10.0
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "W", "b"], ["y"])], "crowd",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([0, -5], np.float32), "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return (1, 4)
+
+
+def envelope_bytes(fp: str, payload: bytes, seq: int, camera: str = "cam-1") -> tuple[str, bytes]:
+    env = envelope.Envelope(MODEL_ID, fp, "gw-1", camera, seq, time.time(), payload)
+    return f"fhe-edge/infer/gw-1/{camera}", envelope.encode(env)
+
+
+def service_config(work: Path, broker, workers: int, name: str) -> BackendConfig:
+    return BackendConfig.model_validate({
+        "store": str(work / "store"), "state_db": str(work / f"state-{name}.db"),
+        # own shared group per run: a stopped earlier run's persistent session would otherwise keep
+        # receiving its share of the stream (see docs/backend.md, "Scaling out")
+        "mqtt": {"host": broker.host, "port": broker.port, "client_id": f"bench-{name}", "max_in_flight": 64,
+                 "shared_group": f"bench-{name}", "session_expiry": 0},
+        "checks": {"allowed_gateways": ["gw-*"], "max_message_bytes": 64 << 20},
+        "decrypt": {"workers": workers}})
+
+
+def publisher(broker):
+    import paho.mqtt.client as mqtt
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect(broker.host, broker.port)
+    c.loop_start()
+    return c
+
+
+def throughput(work, broker, fp, payloads, workers: int, n: int) -> float:
+    rules = AlertRules.model_validate({})
+    svc = Service(service_config(work, broker, workers, f"w{workers}"), rules).start()
+    pub = publisher(broker)
+    try:
+        t0 = time.perf_counter()
+        for seq in range(n):
+            pub.publish(*envelope_bytes(fp, payloads[seq % len(payloads)], seq, f"cam-{seq % 8}"), qos=1)
+        while svc.metrics.value("backend_messages_processed") + svc.metrics.value(
+                "backend_messages_rejected", reason="decrypt_failed") < n:
+            time.sleep(0.01)
+            if time.perf_counter() - t0 > 600:
+                raise RuntimeError("throughput run did not finish in 10 minutes")
+        elapsed = time.perf_counter() - t0
+        assert svc.metrics.value("backend_messages_processed") == n, "messages failed to decrypt"
+        return n / elapsed
+    finally:
+        pub.disconnect()
+        pub.loop_stop()
+        svc.stop()
+
+
+def latency(work, broker, fp, high: bytes, low: bytes, threshold: float, n: int) -> list[float]:
+    import paho.mqtt.client as mqtt
+    rules = AlertRules.model_validate({"crowd": {"threshold": threshold, "hysteresis": 0, "consecutive": 1}})
+    svc = Service(service_config(work, broker, 1, "lat"), rules).start()
+    got = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.on_message = lambda *a: got.set()
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.connect(broker.host, broker.port)
+    sub.subscribe("fhe-edge/alerts/#", qos=1)
+    sub.loop_start()
+    subscribed.wait(10)
+    pub = publisher(broker)
+    out = []
+    try:
+        for seq in range(n):  # alternate high/low: every message raises or clears the crowd alert
+            got.clear()
+            topic, data = envelope_bytes(fp, high if seq % 2 == 0 else low, seq)
+            t0 = time.perf_counter()
+            pub.publish(topic, data, qos=1)
+            if not got.wait(30):
+                raise RuntimeError(f"no alert for message {seq}")
+            out.append(time.perf_counter() - t0)
+    finally:
+        for c in (pub, sub):
+            c.disconnect()
+            c.loop_stop()
+        svc.stop()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=["tiny", "tenseal"], default="tiny")
+    ap.add_argument("--messages", type=int, default=400, help="messages per throughput run")
+    ap.add_argument("--latency", type=int, default=40, help="messages for the latency run")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-backend-"))
+    onnx_path = work / "model.onnx"
+    shape = build_model(args.model, onnx_path)
+    t = time.perf_counter()
+    prot = api.protect(onnx_path, options=api.ProtectOptions(model_card=CARD))
+    print(f"protect: {time.perf_counter() - t:.1f} s", file=sys.stderr)
+    Store(work / "store").add_model(MODEL_ID, prot, hashlib.sha256(onnx_path.read_bytes()).hexdigest())
+    edge = api.EdgeModel(prot.artifacts)
+    rng = np.random.default_rng(0)
+    payloads = [edge.infer(rng.uniform(0, 1, shape).astype(np.float32)) for _ in range(4)]
+    owner = api.OwnerModel(prot.artifacts, prot.secret_key)
+    if args.model == "tiny":
+        high = edge.infer(np.array([[0.6, 0.1, 0, 0]], np.float32))   # count 18
+        low = edge.infer(np.array([[0.1, 0.1, 0, 0]], np.float32))    # count 3
+        threshold = 10.0
+    else:  # the two payloads with the lowest/highest output 0, threshold between them
+        outs = [float(owner.decrypt(p).reshape(-1)[0]) for p in payloads]
+        order = np.argsort(outs)
+        low, high = payloads[order[0]], payloads[order[-1]]
+        threshold = (outs[order[0]] + outs[order[-1]]) / 2
+
+    reps = max(20, args.messages // 4)
+    t = time.perf_counter()
+    for i in range(reps):
+        owner.decrypt(payloads[i % len(payloads)])
+    decrypt_rate = reps / (time.perf_counter() - t)
+
+    results = {"model": args.model, "result_bytes": len(payloads[0]), "decrypt_only_per_s_1core": decrypt_rate}
+    with Mosquitto() as broker:
+        for workers in (1, 2):
+            results[f"service_msgs_per_s_{workers}proc"] = throughput(work, broker, edge.key_fingerprint,
+                                                                     payloads, workers, args.messages)
+        lat = sorted(latency(work, broker, edge.key_fingerprint, high, low, threshold, args.latency))
+    if lat:
+        results["publish_to_alert_ms_median"] = 1000 * statistics.median(lat)
+        results["publish_to_alert_ms_p90"] = 1000 * lat[int(0.9 * (len(lat) - 1))]
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for k, v in results.items():
+            print(f"{k:32} {v:.1f}" if isinstance(v, float) else f"{k:32} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
