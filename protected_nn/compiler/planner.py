@@ -166,6 +166,7 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams) -> Plan:
                           "layout": src.layout.to_dict()})
             states[node.name] = _State(src.layout, src.level + 1, src.scale * src.scale / q)
             plan.layer_stats.append({"layer": node.name, "op": "x*x", "level": src.level + 1,
+                                     "shape": [node.size, node.size],
                                      "products": 1, "rotations": 0, "relins": 1, "sources": node.sources})
         elif isinstance(node, G.PolyNode):
             states[node.name] = _poly(node, states, steps, plan, drop_prime, target(node))
@@ -287,6 +288,7 @@ def _poly(node, states, steps, plan, drop_prime, delta):
                   "top": top, "terms": terms, "c0": float(coeffs[0]), "c0_scale": t_scale,
                   "layout": lay.to_dict()})
     plan.layer_stats.append({"layer": node.name, "op": f"poly deg {deg} ({node.op})", "level": top + 1,
+                             "shape": [node.size, node.size],
                              "products": len(recipe) + len(terms), "rotations": 0,
                              "relins": len(recipe), "sources": node.sources,
                              "fit_range": list(node.fit_range), "fit_max_error": node.fit_max_error})

@@ -77,15 +77,17 @@ def render(d: dict) -> str:
            f"{', '.join(d['encrypted']['public_constants']) or 'none'}",
            f"Input: {d['input_ciphertexts']} ciphertext(s) per frame; rotation keys for "
            f"{len(d['rotation_steps'])} steps {d['rotation_steps']}", "",
-           f"{'layer':<28}{'op':<30}{'level':>6}{'ct*ct':>7}{'rot':>5}{'relin':>6}{'est ms':>8}"]
+           f"{'layer':<22}{'op':<28}{'in->out':>11}{'level':>6}{'ct*ct':>7}{'rot':>5}{'relin':>6}"
+           f"{'est ms':>8}"]
     for r in d["layers"]:
-        out.append(f"{r['layer'][:27]:<28}{r['op'][:29]:<30}{r['level']:>6}{r['products']:>7}"
+        shape = f"{r['shape'][1]}->{r['shape'][0]}" if r.get("shape") else ""
+        out.append(f"{r['layer'][:21]:<22}{r['op'][:27]:<28}{shape:>11}{r['level']:>6}{r['products']:>7}"
                    f"{r['rotations']:>5}{r['relins']:>6}{r['est_ms']:>8}")
         if "fit_range" in r:
-            out.append(f"{'':<28}  fitted on [{r['fit_range'][0]:.3g}, {r['fit_range'][1]:.3g}], "
+            out.append(f"{'':<22}  fitted on [{r['fit_range'][0]:.3g}, {r['fit_range'][1]:.3g}], "
                        f"max fit error {r['fit_max_error']:.2e}")
     tot = lambda k: sum(r[k] for r in d["layers"])  # noqa: E731
-    out.append(f"{'total':<58}{tot('products'):>7}{tot('rotations'):>5}{tot('relins'):>6}"
+    out.append(f"{'total':<67}{tot('products'):>7}{tot('rotations'):>5}{tot('relins'):>6}"
                f"{d['estimated_latency_ms']:>8}")
     s = d["sizes_bytes"]
     f = d["fidelity"]
