@@ -14,6 +14,7 @@ def notify(message: str) -> bool:
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)  # a full or stuck receiver must never stall the service
             sock.sendto(message.encode(), address)
         return True
     except OSError:

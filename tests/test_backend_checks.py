@@ -112,3 +112,30 @@ def test_fingerprint_list_includes_rotated_keys(tmp_path, broker):
     finally:
         pub.close()
         svc.stop()
+
+
+class CrashingCodec(IdentityCodec):
+    """Kills its worker process on one particular payload, like a native crash in a decryptor."""
+
+    def decrypt(self, model_id, fingerprint, payload):
+        if payload == b"crash!!!":
+            import os
+            os._exit(3)
+        return super().decrypt(model_id, fingerprint, payload)
+
+
+def test_a_payload_that_kills_a_decryption_worker_costs_only_that_message(tmp_path, broker):
+    svc = Service(config(tmp_path, broker, decrypt={"workers": 1}), rules(),
+                  catalog=catalog(), decryptor=CrashingCodec()).start()
+    pub = MqttClient(broker)
+    try:
+        pub.publish(*message(1))
+        pub.publish(*message(2, payload=b"crash!!!"))
+        for seq in range(3, 8):
+            pub.publish(*message(seq))
+        wait_for(lambda: handled(svc) >= 7, timeout=60)
+        assert svc.metrics.value("backend_messages_rejected", reason="decrypt_failed") == 1
+        assert svc.metrics.value("backend_messages_processed") == 6
+    finally:
+        pub.close()
+        svc.stop()

@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -61,7 +63,8 @@ def test_two_replicas_split_200_messages_none_lost_or_doubled(tmp_path, broker):
 
 
 def test_restart_mid_stream_loses_nothing_and_re_raises_nothing(tmp_path, broker):
-    cfg = config(tmp_path, broker, client_id="backend-r")
+    # max_in_flight 30: even a broker that honours it hands over more than the 0.5 s drain budget
+    cfg = config(tmp_path, broker, client_id="backend-r", mqtt={"max_in_flight": 30})
     watcher = MqttClient(broker, subscribe=["fhe-edge/alerts/#"])
     pub = MqttClient(broker)
     svc = Service(cfg, rules(), catalog=catalog(), decryptor=SlowCodec()).start()
@@ -148,8 +151,23 @@ def test_run_command_serves_and_stops_cleanly_on_sigterm(tmp_path, broker):
         f"checks: {{allowed_gateways: ['gw-*']}}\ndecrypt: {{workers: 1}}\nalerts: {{rules_file: rules.yaml}}\n"
         f"metrics: {{listen: '127.0.0.1:{metrics_port}'}}\n")
     watcher = MqttClient(broker, subscribe=["fhe-edge/backend/#"])
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # stands in for systemd's notify socket
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(0.2)
+    notes: list[str] = []
+
+    def read_notes():
+        while True:
+            try:
+                notes.append(notify.recv(4096).decode())
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+    threading.Thread(target=read_notes, daemon=True).start()
+    env = {**os.environ, "NOTIFY_SOCKET": str(tmp_path / "notify.sock"), "WATCHDOG_USEC": "100000"}
     proc = subprocess.Popen([sys.executable, "-m", "backend_decryptor.cli", "run", "--config",
-                             str(tmp_path / "backend.yaml")], cwd=os.getcwd(),
+                             str(tmp_path / "backend.yaml")], cwd=os.getcwd(), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: (b"online" in [p for t, p, _ in list(watcher.messages)]) or proc.poll() is not None,
@@ -166,13 +184,17 @@ def test_run_command_serves_and_stops_cleanly_on_sigterm(tmp_path, broker):
                 return ""
         wait_for(lambda: 'backend_messages_rejected_total{reason="unknown_model"} 1.0' in scraped(),
                  what="rejection in /metrics")
+        wait_for(lambda: "WATCHDOG=1" in notes, what="watchdog pings")
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         assert time.monotonic() - t0 < 10
         wait_for(lambda: [p for t, p, _ in list(watcher.messages)][-1:] == [b"offline"], what="offline")
+        wait_for(lambda: notes[-1:] == ["STOPPING=1"], what="STOPPING=1")
+        assert notes[0].startswith("READY=1") and "WATCHDOG=1" in notes and notes[-1] == "STOPPING=1", notes
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         watcher.close()
+        notify.close()
