@@ -35,7 +35,8 @@ class StaticCatalog:
 class StoreCatalog:
     def __init__(self, store_root: str | Path, refresh_interval: float = 2.0):
         from backend_decryptor.store import Store  # owned by the store work; imported lazily
-        self._store = Store(store_root)
+        # The store is created by `protect`, never by the service: a wrong path fails at start.
+        self._store = Store(store_root, create=False)
         self._interval = refresh_interval
         self._lock = threading.Lock()
         self._fps: dict[str, set[str]] = {}

@@ -146,6 +146,8 @@ def test_late_subscriber_gets_retained_state_without_raw_values(tmp_path, broker
 def test_run_command_serves_and_stops_cleanly_on_sigterm(tmp_path, broker):
     metrics_port = free_port()
     (tmp_path / "rules.yaml").write_text("crowd: {threshold: 10}\n")
+    from backend_decryptor.store import Store
+    Store(tmp_path / "store")  # an empty store: every model unknown
     (tmp_path / "backend.yaml").write_text(
         f"store: store\nstate_db: state.db\nmqtt: {{host: {broker.host}, port: {broker.port}, client_id: b-run}}\n"
         f"checks: {{allowed_gateways: ['gw-*']}}\ndecrypt: {{workers: 1}}\nalerts: {{rules_file: rules.yaml}}\n"
