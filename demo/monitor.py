@@ -1,0 +1,170 @@
+"""What the demo watches, as an owner's dashboard would: the backend's alert and state topics, the
+gateway's availability/stats, and both services' Prometheus counters for the progress line.
+
+Nothing here can see a decrypted value: the state topic carries the coarse crowd band and whether
+an incident alert is active, the alert topic the alert events (docs/backend.md, "MQTT topics").
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+
+def scrape(port: int, names: tuple[str, ...]) -> dict[str, float] | None:
+    """Sum of each named metric over its labels from a Prometheus endpoint; None if unreachable."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return None
+    totals = dict.fromkeys(names, 0.0)
+    for line in text.splitlines():
+        if line.startswith("#") or " " not in line:
+            continue
+        key, value = line.rsplit(" ", 1)
+        name = key.split("{", 1)[0]
+        if name in totals:
+            try:
+                totals[name] += float(value)
+            except ValueError:
+                pass
+    return totals
+
+
+@dataclass
+class Observed:
+    """Everything received, with the time it arrived (for the plot and the final summary)."""
+    states: list[dict] = field(default_factory=list)    # state JSON of every state message
+    alerts: list[dict] = field(default_factory=list)    # alert JSON, de-duplicated on (id, event)
+    malformed: int = 0
+
+
+class Monitor:
+    def __init__(self, port: int, prefix: str, camera: str, on_alert=None):
+        self.prefix, self.camera = prefix, camera
+        self.observed = Observed()
+        self.on_alert = on_alert or (lambda alert: None)
+        self._seen_alerts: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+        self.camera_status: str | None = None
+        self.subscribed = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-monitor", protocol=mqtt.MQTTv5)
+        self.client.on_connect = self._on_connect
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port, keepalive=30)
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        p = self.prefix
+        client.subscribe([(f"{p}/alerts/#", 1), (f"{p}/state/#", 1), (f"{p}/status/+/+", 1)])
+
+    def _on_message(self, client, userdata, msg):
+        topic = msg.topic
+        if topic.startswith(f"{self.prefix}/status/"):
+            if topic.endswith("/" + self.camera):
+                self.camera_status = msg.payload.decode(errors="replace")
+            return
+        try:
+            data = json.loads(msg.payload)
+            if not isinstance(data, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            self.observed.malformed += 1
+            return
+        data["received"] = time.time()
+        if topic.startswith(f"{self.prefix}/state/"):
+            with self._lock:
+                self.observed.states.append(data)
+        elif topic.startswith(f"{self.prefix}/alerts/"):
+            key = (str(data.get("id")), str(data.get("event")))
+            with self._lock:
+                if key in self._seen_alerts:        # alerts are at-least-once: de-duplicate
+                    return
+                self._seen_alerts.add(key)
+                self.observed.alerts.append(data)
+            self.on_alert(data)
+
+    def wait_camera_online(self, timeout: float, check=lambda: None) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            check()
+            if self.camera_status == "online":
+                return True
+            time.sleep(0.1)
+        return False
+
+    def raised(self, kind: str) -> int:
+        with self._lock:
+            return sum(1 for a in self.observed.alerts if a.get("type") == kind and a.get("event") == "raised")
+
+    def last_level(self) -> str:
+        with self._lock:
+            return (self.observed.states[-1].get("crowd") or {}).get("level") or "-" if self.observed.states else "-"
+
+    def close(self) -> None:
+        try:
+            self.client.disconnect()
+        finally:
+            self.client.loop_stop()
+
+
+GATEWAY_METRICS = ("edge_agent_frames_sampled_total", "edge_agent_results_total",
+                   "edge_agent_frames_dropped_total")
+BACKEND_METRICS = ("backend_messages_processed_total", "backend_messages_rejected_total")
+
+
+class Progress:
+    """One progress line, rewritten in place on a terminal (a line every 10 s otherwise)."""
+
+    def __init__(self, stream=sys.stdout):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._last_print = 0.0
+        self._shown = False
+        self._lock = threading.Lock()       # alerts arrive on the MQTT thread
+        self.gateway: dict[str, float] = dict.fromkeys(GATEWAY_METRICS, 0.0)
+        self.backend: dict[str, float] = dict.fromkeys(BACKEND_METRICS, 0.0)
+
+    def update(self, gateway_port: int, backend_port: int) -> None:
+        self.gateway = scrape(gateway_port, GATEWAY_METRICS) or self.gateway
+        self.backend = scrape(backend_port, BACKEND_METRICS) or self.backend
+
+    def line(self, elapsed: float, total: float, monitor: Monitor) -> str:
+        g, b = self.gateway, self.backend
+        return (f"[{elapsed:5.0f}/{total:.0f} s] frames encrypted {g['edge_agent_results_total']:.0f} "
+                f"(dropped {g['edge_agent_frames_dropped_total']:.0f}) | results decrypted "
+                f"{b['backend_messages_processed_total']:.0f} | alerts raised: crowd {monitor.raised('crowd')}, "
+                f"incident {monitor.raised('incident')} | crowd band {monitor.last_level()}")
+
+    def show(self, text: str, force: bool = False) -> None:
+        with self._lock:
+            self._show(text, force)
+
+    def _show(self, text: str, force: bool) -> None:
+        if self.tty:
+            self.stream.write("\r\033[K" + text)
+            self.stream.flush()
+            self._shown = True
+        elif force or time.monotonic() - self._last_print >= 10:
+            self._last_print = time.monotonic()
+            print(text, file=self.stream, flush=True)
+
+    def message(self, text: str) -> None:
+        """A line of its own (an alert), above the progress line."""
+        with self._lock:
+            if self.tty and self._shown:
+                self.stream.write("\r\033[K")
+            print(text, file=self.stream, flush=True)
+
+    def end(self) -> None:
+        if self.tty and self._shown:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._shown = False
