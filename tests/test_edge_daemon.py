@@ -123,10 +123,8 @@ class Collector:
 def broker(tmp_path):
     persist = tmp_path / "mosq-db"
     persist.mkdir()
-    # `user root`: keep root (tests run as root) so mosquitto may write its persistence file.
+    # tests/support/mosquitto.py keeps the current user, so mosquitto may write its persistence file.
     extra = f"persistence true\npersistence_location {persist}/\n"
-    if os.geteuid() == 0:
-        extra = "user root\n" + extra
     with Mosquitto(extra_config=extra) as b:
         yield b
 
