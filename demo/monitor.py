@@ -53,6 +53,7 @@ class Monitor:
         self._seen_alerts: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self.camera_status: str | None = None
+        self.encrypted_results = 0     # ciphertext envelopes seen on the infer topic (opaque here)
         self.subscribed = threading.Event()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-monitor", protocol=mqtt.MQTTv5)
         self.client.on_connect = self._on_connect
@@ -63,10 +64,14 @@ class Monitor:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
         p = self.prefix
-        client.subscribe([(f"{p}/alerts/#", 1), (f"{p}/state/#", 1), (f"{p}/status/+/+", 1)])
+        client.subscribe([(f"{p}/alerts/#", 1), (f"{p}/state/#", 1), (f"{p}/status/+/+", 1),
+                          (f"{p}/infer/+/+", 0)])
 
     def _on_message(self, client, userdata, msg):
         topic = msg.topic
+        if topic.startswith(f"{self.prefix}/infer/"):
+            self.encrypted_results += 1        # counted only: without the secret key it is noise
+            return
         if topic.startswith(f"{self.prefix}/status/"):
             if topic.endswith("/" + self.camera):
                 self.camera_status = msg.payload.decode(errors="replace")
@@ -138,7 +143,8 @@ class Progress:
 
     def line(self, elapsed: float, total: float, monitor: Monitor) -> str:
         g, b = self.gateway, self.backend
-        return (f"[{elapsed:5.0f}/{total:.0f} s] frames encrypted {g['edge_agent_results_total']:.0f} "
+        encrypted = max(g["edge_agent_results_total"], monitor.encrypted_results)
+        return (f"[{min(elapsed, total):5.0f}/{total:.0f} s] frames encrypted {encrypted:.0f} "
                 f"(dropped {g['edge_agent_frames_dropped_total']:.0f}) | results decrypted "
                 f"{b['backend_messages_processed_total']:.0f} | alerts raised: crowd {monitor.raised('crowd')}, "
                 f"incident {monitor.raised('incident')} | crowd band {monitor.last_level()}")

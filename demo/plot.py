@@ -55,16 +55,15 @@ def draw(out_png: Path, header: dict, truth: list[dict], states: list[dict], ale
     ax.plot(tt, [r["count"] for r in truth], color="black", lw=1.4, label="people in view (rendered truth)")
 
     states = sorted((s for s in states if s.get("time") is not None), key=lambda s: s["time"])
-    first_band = True
-    for s in states:
-        label = (s.get("crowd") or {}).get("level")
-        if label not in limits:
-            continue
-        low, high = limits[label]
-        x = s["time"] - start
-        ax.plot([x, x], [low, high], color="tab:blue", lw=3, alpha=0.55, solid_capstyle="butt",
-                label="decrypted estimate, as the published band" if first_band else None)
-        first_band = False
+    banded = [(s["time"] - start, limits[lab]) for s in states
+              if (lab := (s.get("crowd") or {}).get("level")) in limits]
+    if banded:
+        xs = [x for x, _ in banded]
+        ax.fill_between(xs, [lo for _, (lo, _) in banded], [hi for _, (_, hi) in banded], step="post",
+                        color="tab:blue", alpha=0.3, lw=0,
+                        label="decrypted estimate, as the band the backend publishes")
+        ax.plot(xs, [0.25] * len(xs), "|", color="tab:blue", ms=6,
+                label="one decrypted result (capture time)")
     ax.axhline(threshold, color="tab:orange", lw=0.8, ls="--", label=f"crowd alert threshold ({threshold:g})")
 
     inc_truth = [1.0 if r["incident"] else 0.0 for r in truth]

@@ -193,7 +193,7 @@ class Demo:
             self.progress.update(ports.gateway_metrics, ports.backend_metrics)
             done = self.progress.backend["backend_messages_processed_total"] + \
                 self.progress.backend["backend_messages_rejected_total"]
-            if done >= self.progress.gateway["edge_agent_results_total"]:
+            if done >= self.monitor.encrypted_results:   # every published result has been handled
                 break
             time.sleep(0.5)
         time.sleep(0.5)                    # the last state/alert messages reach the monitor
@@ -209,7 +209,8 @@ class Demo:
     def _summary(self, ports, protect_s: float, start_s: float, run_s: float) -> str:
         g, b = self.progress.gateway, self.progress.backend
         crowd, incident = self.monitor.raised("crowd"), self.monitor.raised("incident")
-        note = (f"{g['edge_agent_results_total']:.0f} frames encrypted, {b['backend_messages_processed_total']:.0f} "
+        encrypted = max(g["edge_agent_results_total"], self.monitor.encrypted_results)
+        note = (f"{encrypted:.0f} frames encrypted, {b['backend_messages_processed_total']:.0f} "
                 f"results decrypted, {crowd} crowd and {incident} incident alert(s) raised")
         print(f"\n== done: {note}")
         print(f"   times: protect+export {protect_s:.0f} s, start-up {start_s:.0f} s, scene+drain {run_s:.0f} s")
