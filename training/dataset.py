@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 
 from training.features import MAX_FRAME_GAP, gray_small, model_input
-from training.scenes import KINDS, iter_sequence
+from training.scenes import KINDS, SceneRenderer
 
 KIND_WEIGHTS = {"calm": 0.1, "crowd": 0.3, "dispersal": 0.3, "fall": 0.3}
 
@@ -49,17 +49,38 @@ def kind_for_seed(seed: int) -> str:
     return str(rng.choice(list(KINDS), p=[KIND_WEIGHTS[k] for k in KINDS]))
 
 
+def _chosen_frames(seed: int, n_frames: int, chunks: int | None, chunk_len: int) -> set[int]:
+    """Which frames of a sequence get drawn: all of them, or a few short runs of consecutive
+    frames (many short glimpses of many scenes generalise better than long looks at few)."""
+    if chunks is None or chunks * chunk_len >= n_frames:
+        return set(range(n_frames))
+    rng = np.random.default_rng([int(seed), 5])
+    starts = rng.choice(n_frames - chunk_len + 1, size=chunks, replace=False)
+    return {int(s) + i for s in starts for i in range(chunk_len)}
+
+
 def synthetic_sequence(args: tuple) -> LabelledSet:
-    """One rendered sequence -> model inputs; motion gaps of 1..max_gap frames (seeded)."""
-    seed, n_frames, width, height, max_gap = args
+    """One rendered sequence -> model inputs; motion gaps of 1..max_gap frames (seeded).
+    args: (seed, n_frames, sizes, max_gap, chunks, chunk_len); sizes = ((w, h), ...) one of
+    which is picked per seed; chunks = None renders every frame."""
+    seed, n_frames, sizes, max_gap, chunks, chunk_len = args
     kind = kind_for_seed(seed)
+    pick = np.random.default_rng([int(seed), 4])
+    width, height = sizes[int(pick.integers(len(sizes)))]
     gap_rng = np.random.default_rng([int(seed), 3])
-    grays, xs, counts, incidents = [], [], [], []
-    for frame, label in iter_sequence(seed, n_frames, width, height, kind):
-        g = gray_small(frame)
-        grays.append(g)
-        gap = min(int(gap_rng.integers(1, max_gap + 1)), len(grays) - 1)
-        xs.append(model_input(g, grays[-1 - gap] if gap > 0 else None))
+    drawn = _chosen_frames(seed, n_frames, chunks, chunk_len)
+    renderer = SceneRenderer(seed, n_frames, width, height, kind)
+    grays, xs, counts, incidents = {}, [], [], []
+    for t in range(n_frames):
+        label = renderer.advance()
+        if t not in drawn:
+            continue
+        grays[t] = gray_small(renderer.render())
+        gaps = [g for g in range(1, max_gap + 1) if t - g in grays]
+        if t > 0 and not gaps:
+            continue                 # first frame of a run: only serves as the previous frame
+        gap = gaps[int(gap_rng.integers(len(gaps)))] if gaps else 0
+        xs.append(model_input(grays[t], grays[t - gap] if gap else None))
         counts.append(label["count"])
         incidents.append(float(label["incident"]))
     return LabelledSet(np.concatenate(xs), np.asarray(counts, np.float32),
@@ -67,14 +88,17 @@ def synthetic_sequence(args: tuple) -> LabelledSet:
 
 
 def synthetic_set(seeds, n_frames: int = 100, width: int = 160, height: int = 120,
-                  max_gap: int = MAX_FRAME_GAP, workers: int = 2) -> LabelledSet:
-    """Render one sequence per seed (forked workers; the result does not depend on `workers`)."""
-    jobs = [(int(s), n_frames, width, height, max_gap) for s in seeds]
+                  max_gap: int = MAX_FRAME_GAP, workers: int = 2, *, sizes=None,
+                  chunks: int | None = None, chunk_len: int = 5) -> LabelledSet:
+    """Render one sequence per seed (forked workers; the result does not depend on `workers`).
+    `sizes` (a list of (w, h)) overrides width/height with a per-seed choice."""
+    sizes = tuple(tuple(s) for s in (sizes or [(width, height)]))
+    jobs = [(int(s), n_frames, sizes, max_gap, chunks, chunk_len) for s in seeds]
     if workers <= 1 or len(jobs) < 4:
         parts = [synthetic_sequence(j) for j in jobs]
     else:
         with get_context("fork").Pool(workers) as pool:
-            parts = pool.map(synthetic_sequence, jobs, chunksize=4)
+            parts = pool.map(synthetic_sequence, jobs, chunksize=8)
     return LabelledSet.concat(parts)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from training.dataset import LabelledSet, synthetic_set
 
 HELDOUT_SEED_BASE = 1_000_000
+QUICK_SEQUENCES = 12          # the small held-out set the test suite re-measures (160x120)
 
 
 def heldout_set(n_sequences: int, n_frames: int = 100, width: int = 160, height: int = 120,
@@ -88,7 +89,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sequences", type=int, default=120)
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--size", action="append", default=[], help="WxH of the rendered scenes (repeatable)")
-    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--json", help="write the results (and the quick-check set's) here")
     args = ap.parse_args(argv)
     sizes = args.size or ["160x120", "320x240"]
     results = []
@@ -97,7 +98,9 @@ def main(argv=None) -> int:
         results.append(evaluate(args.model, args.sequences, w, h, args.frames))
     print(format_table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": str(args.model), "results": results}, indent=2) + "\n")
+        quick = evaluate(args.model, QUICK_SEQUENCES, 160, 120, args.frames)
+        doc = {"model": Path(args.model).name, "results": results, "quick_check": quick}
+        Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 
 

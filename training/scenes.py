@@ -81,13 +81,18 @@ class SceneRenderer:
         """Pixel boxes (figure + shadow) of the people the count label counts."""
         return [person_pixels(self.cam, p)["bbox"] for p in self.world.people if self.world.is_visible(p)]
 
-    def next_frame(self) -> tuple[np.ndarray, dict]:
+    def advance(self) -> dict:
+        """Move to the next frame without drawing it (cheap); returns its label."""
         if self._rendered >= self.n_frames:
             raise StopIteration("sequence finished")
         if self._rendered > 0:
             self.world.step()
         self._rendered += 1
-        return self.render(), self.label()
+        return self.label()
+
+    def next_frame(self) -> tuple[np.ndarray, dict]:
+        label = self.advance()
+        return self.render(), label
 
 
 def iter_sequence(seed: int, n_frames: int, width: int, height: int,
