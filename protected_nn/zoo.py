@@ -187,7 +187,6 @@ def random_cnn(seed: int, *, in_channels: int = 2, size: int = 16, activation: s
     h = b.conv(h, "conv3", c1, c3, 3, s3, pads3)
     h = act(h)
     h = b.node("Flatten", [h], "flatten", axis=1)
-    # Gain below 1 keeps the logits of relu-heavy nets (no shrinking x*x) inside the range.
     y = b.gemm(h, "fc", c3 * h3 * w3, n_outputs)
     model = _finish(b, y, (1, in_channels, size, size), (1, n_outputs), f"random_cnn_{seed}", None)
     return _limit_preactivations(model, seed)
