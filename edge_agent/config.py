@@ -148,19 +148,31 @@ class ConfigError(Exception):
         self.problems = problems
 
 
-def _to_python(node, path: tuple, lines: dict) -> object:
-    """Plain data from a composed YAML node, recording the 1-based line of every path."""
-    lines[path] = node.start_mark.line + 1
+def _record_lines(node, path: tuple, lines: dict, duplicates: list, seen: set) -> None:
+    """Record the 1-based line of every settings path of a composed YAML node (the data itself
+    comes from yaml.safe_load, which handles merge keys and refuses unhashable keys). Aliases can
+    make the node graph cyclic: each node is walked once. A key given twice in one mapping is
+    collected in `duplicates` as (path, line, first line): PyYAML silently keeps the last one."""
+    if id(node) in seen:
+        return
+    seen.add(id(node))
+    lines.setdefault(path, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
-        out = {}
+        first_line: dict = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = yaml.safe_load(yaml.serialize(key_node))  # one scalar: resolves tags like safe_load
-            out[key] = _to_python(value_node, path + (key,), lines)
-            lines[path + (key,)] = key_node.start_mark.line + 1
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_python(item, path + (i,), lines) for i, item in enumerate(node.value)]
-    return yaml.safe_load(yaml.serialize(node))
+            line = key_node.start_mark.line + 1
+            if key in first_line:
+                duplicates.append((path + (key,), line, first_line[key]))
+                continue
+            first_line[key] = line
+            lines[path + (key,)] = line
+            _record_lines(value_node, path + (key,), lines, duplicates, seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _record_lines(item, path + (i,), lines, duplicates, seen)
 
 
 def _line_of(loc: tuple, lines: dict) -> int:
@@ -186,14 +198,21 @@ def load_config(path: str | os.PathLike, base_dir: Path | None = None) -> EdgeCo
         raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError as exc:
+        data = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError([f"{where}: YAML syntax: {getattr(exc, 'problem', None) or exc}"]) from None
-    if node is None or not isinstance(node, yaml.MappingNode):
+        problem = getattr(exc, "problem", None) or ("aliases nested too deep" if isinstance(exc, RecursionError)
+                                                    else exc)
+        raise ConfigError([f"{where}: YAML syntax: {problem}"]) from None
+    if node is None or not isinstance(node, yaml.MappingNode) or not isinstance(data, dict):
         raise ConfigError([f"{path}:1: (top level): expected a mapping of settings"])
     lines: dict = {}
-    data = _to_python(node, (), lines)
+    duplicates: list = []
+    _record_lines(node, (), lines, duplicates, set())
+    if duplicates:
+        raise ConfigError([f"{path}:{line}: {_field_name(loc)}: given twice (first on line {first})"
+                           for loc, line, first in duplicates])
     data = _resolve_paths(data, base_dir or path.parent)
     try:
         return EdgeConfig.model_validate(data)
