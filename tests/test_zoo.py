@@ -64,10 +64,12 @@ def test_seed_changes_weights_and_is_reproducible():
     assert not np.array_equal(a["fc1.weight"], c["fc1.weight"])
 
 
+@pytest.mark.parametrize("size", [8, 16])
 @pytest.mark.parametrize("seed", range(8))
 @pytest.mark.parametrize("activation", ["square", "relu", "mixed"])
-def test_random_cnn_structure_and_ranges(seed, activation):
-    model = zoo.random_cnn(seed, activation=activation)
+def test_random_cnn_structure_and_ranges(seed, activation, size):
+    model = zoo.random_cnn(seed, activation=activation, size=size)
+    assert _input_shape(model) == (1, 2, size, size)
     onnx.checker.check_model(model, full_check=True)
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("Conv") >= 3 and "AveragePool" in ops and "BatchNormalization" in ops
