@@ -50,7 +50,11 @@ def _bsgs_split(ks: list[int], beta: int) -> tuple[set[int], set[int]]:
 
 
 def plan_linear(weights: list[sp.csr_matrix], bias: np.ndarray, layouts: list[Layout], slots: int,
-                level: int, cost: CostModel, known_steps: set[int]) -> LinearPacking:
+                level: int, cost: CostModel, known_steps: set[int], keep_zero_slots: bool = False
+                ) -> LinearPacking:
+    """`keep_zero_slots` (the model's output layer): leave at least half of the home slots
+    empty. They decrypt to ~0 only under the right key, which is how the owner tells a result
+    of another key, or an altered one, from a genuine result."""
     m = weights[0].shape[0]
     best: LinearPacking | None = None
     max_rep = [0] * len(layouts)
@@ -64,7 +68,8 @@ def plan_linear(weights: list[sp.csr_matrix], bias: np.ndarray, layouts: list[La
         lays = [_replicated(lay, r) for lay, r in zip(layouts, reps)]
         t_unit = max(lay.unit for lay in lays)
         g = 1
-        while m * g * t_unit <= slots:
+        room = slots // 2 if keep_zero_slots else slots
+        while m * g * t_unit <= room:
             cand = _pack(weights, bias, lays, reps, layouts, slots, g, t_unit, level, cost, known_steps)
             if best is None or cand.cost_ms < best.cost_ms:
                 best = cand
@@ -186,7 +191,8 @@ def _pack(weights, bias, lays, reps, orig_layouts, slots, g, t_unit, level, cost
                          relins=len(giants), steps=steps)
 
 
-def first_layer_free_layout(W: sp.csr_matrix, bias: np.ndarray, slots: int, cost: CostModel):
+def first_layer_free_layout(W: sp.csr_matrix, bias: np.ndarray, slots: int, cost: CostModel,
+                            keep_zero_slots: bool = False):
     """The gateway lays the plaintext frame out itself, so the first linear map needs no input
     rotation at all: input ciphertext c holds, in the work slots of row r, the pixels that row's
     c-th batch of non-zero weights reads (im2col, replicated per output channel). Rows sit at
@@ -197,7 +203,7 @@ def first_layer_free_layout(W: sp.csr_matrix, bias: np.ndarray, slots: int, cost
     best = None
     csr = W.tocsr()
     nnz_row = np.diff(csr.indptr)
-    min_period = next_pow2(m)
+    min_period = next_pow2(2 * m if keep_zero_slots else m)
     g = 1
     while slots // g >= min_period:
         period = slots // g

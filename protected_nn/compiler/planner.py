@@ -205,8 +205,8 @@ def _plan_input(node: G.InputNode, consumers, slots, cost, delta):
 
 def _first_layer(node, input_doc, plan, steps, add_weight, drop_prime, delta, rot_steps, slots, cost,
                  in_scale):
-    _, gather, wvecs, tree, bias_vec, out = first_layer_free_layout(node.weights[0], node.bias,
-                                                                   slots, cost)
+    _, gather, wvecs, tree, bias_vec, out = first_layer_free_layout(
+        node.weights[0], node.bias, slots, cost, keep_zero_slots=node.name == plan_output(plan))
     q = drop_prime(0)
     t_scale = delta * q
     w_scale = t_scale / in_scale
@@ -229,7 +229,8 @@ def _linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delt
             is_output=False):
     ins = [states[i] for i in node.inputs]
     level = max(s.level for s in ins)
-    pack = plan_linear(node.weights, node.bias, [s.layout for s in ins], slots, level, cost, rot_steps)
+    pack = plan_linear(node.weights, node.bias, [s.layout for s in ins], slots, level, cost, rot_steps,
+                       keep_zero_slots=is_output)
     q = drop_prime(level)
     t_scale = delta * q
     out_scale = t_scale / q

@@ -34,8 +34,10 @@ class Decoder:
             for copy in range(0, sk.slots, lay.period):
                 zero.extend(copy + j * lay.unit for j in range(lay.n, lay.period // lay.unit))
         self.zero_slots = np.asarray(zero[:64], dtype=np.int64)
-        bits = int(plan["ckks"]["qi_sizes"][0]) - int(plan["ckks"]["scale_bits"])
-        self.zero_bound = max(0.25, 2.0 ** (bits - 6))
+        # The first prime holds |value| < 2^(headroom - 1) at the result's scale; a result under
+        # another key decrypts to values spread over that whole range, a genuine one to ~1e-4.
+        headroom = int(plan["ckks"]["qi_sizes"][0]) - np.log2(float(plan["output"]["scale"]))
+        self.zero_bound = max(0.05, 2.0 ** (headroom - 6))
 
     def decode(self, payload: bytes) -> np.ndarray:
         if not isinstance(payload, (bytes, bytearray)) or not payload:
