@@ -168,7 +168,11 @@ class Daemon:
         self.health.start()
         sd_notify("READY=1")
         log.info("ready (%d worker(s) loaded)", self.pool.ready_workers)
-        self.stop_requested.wait()
+        # Wait in short slices: Python runs signal handlers only in the main thread, and when the
+        # kernel delivers SIGHUP/SIGTERM to another thread, a main thread blocked in an untimed
+        # wait never gets to run them (seen: SIGHUP reloads lost until the next signal).
+        while not self.stop_requested.wait(0.2):
+            pass
         return self.shutdown()
 
     def shutdown(self) -> int:
