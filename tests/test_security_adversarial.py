@@ -229,7 +229,7 @@ class BackendProcess:
     """`backend-decryptor run` on a config written here; metrics over HTTP, state in SQLite."""
 
     def __init__(self, root: Path, broker, client_id: str = "backend-1", rules: str | None = None,
-                 workers: int = 1, max_bytes: int = MAX_BYTES):
+                 workers: int = 1, max_bytes: int = MAX_BYTES, allowed_gateways=("gw-1", "gw-2")):
         self.root = root
         self.metrics_port = free_port()
         (root / "rules.yaml").write_text(rules or "crowd: {threshold: 10, consecutive: 2, hysteresis: 2}\n"
@@ -238,7 +238,7 @@ class BackendProcess:
         self.config.write_text(json.dumps({
             "store": str(root / "store"), "state_db": str(root / "state.db"),
             "mqtt": {"host": broker.host, "port": broker.port, "client_id": client_id, "max_in_flight": 32},
-            "checks": {"allowed_gateways": ["gw-1", "gw-2"], "max_message_bytes": max_bytes, "max_clock_skew": 300},
+            "checks": {"allowed_gateways": list(allowed_gateways), "max_message_bytes": max_bytes, "max_clock_skew": 300},
             "decrypt": {"workers": workers, "timeout": 30},
             "alerts": {"rules_file": str(root / "rules.yaml")},
             "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"}, "log_level": "WARNING"}))
