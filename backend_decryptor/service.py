@@ -89,9 +89,13 @@ class Service:
         log.info("backend-decryptor %s running: subscribed to %s", self.cfg.mqtt.client_id,
                  self.receiver.subscription)
         ping = sd_notify.watchdog_interval()
-        while not self._stop_requested.wait(ping or 3600):
-            if ping and self.pipeline.thread.is_alive():
+        next_ping = time.monotonic()
+        # Short waits: a signal the kernel hands to another thread runs its Python handler only
+        # when the main thread wakes up, so an untimed (or hour-long) wait would ignore SIGTERM.
+        while not self._stop_requested.wait(0.2):
+            if ping and time.monotonic() >= next_ping and self.pipeline.thread.is_alive():
                 sd_notify.notify("WATCHDOG=1")
+                next_ping = time.monotonic() + ping
         sd_notify.notify("STOPPING=1")
         log.info("stopping")
         return 0 if self.stop() else 1

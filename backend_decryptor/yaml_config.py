@@ -60,6 +60,25 @@ def _key_line(node: yaml.Node | None, loc: tuple) -> int | None:
     return None
 
 
+def _duplicate_keys(node: yaml.Node | None, path: tuple = ()) -> list[tuple[tuple, int, int]]:
+    """(path, line, first line) of every key given twice: PyYAML silently keeps the last one,
+    and an operator who sets a threshold twice must be told which one counts."""
+    found: list[tuple[tuple, int, int]] = []
+    if isinstance(node, yaml.MappingNode):
+        first: dict = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key in first:
+                found.append((path + (key,), key_node.start_mark.line + 1, first[key]))
+            elif key is not None:
+                first[key] = key_node.start_mark.line + 1
+            found += _duplicate_keys(value_node, path + (key,))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            found += _duplicate_keys(item, path + (i,))
+    return found
+
+
 def load_yaml_model(path: str | Path, model: type[M]) -> M:
     """Parse `path` and validate it as `model`; ConfigError naming file, line and field otherwise."""
     path = Path(path)
@@ -80,6 +99,11 @@ def load_yaml_text(text: str, model: type[M], source: str = "<config>") -> M:
         raise ConfigError(f"{source}:{line}: YAML syntax error: {exc.problem or exc}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{source}: YAML error: {exc}") from None
+    dups = _duplicate_keys(root)
+    if dups:
+        raise ConfigError("\n".join(
+            f"{source}:{line}: {'.'.join(str(p) for p in loc)}: given twice (first on line {first})"
+            for loc, line, first in dups))
     if data is None:
         data = {}
     if not isinstance(data, dict):

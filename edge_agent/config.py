@@ -98,7 +98,7 @@ class CaptureConfig(_Strict):
     read_timeout_s: float = Field(5.0, gt=0, le=120, description="A stream silent this long is "
                                   "considered gone: camera offline, reconnect.")
     reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect delay; doubles per failure.")
-    reconnect_max_s: float = Field(30.0, gt=0, description="Largest reconnect delay (retries go on forever).")
+    reconnect_max_s: float = Field(2.0, gt=0, description="Largest reconnect delay in seconds (retries go on forever); small so a camera that returns streams again within ~5 s.")
 
 
 class EdgeConfig(_Strict):

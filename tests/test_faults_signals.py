@@ -63,9 +63,6 @@ def test_gateway_stops_on_sigterm_received_by_a_worker_thread(tmp_path, broker):
         d.close()
 
 
-@pytest.mark.xfail(strict=True, reason="backend_decryptor/service.py run_forever waits on "
-                   "_stop_requested.wait(ping or 3600): a SIGTERM the kernel hands to a non-main thread "
-                   "is acted on only after the next watchdog ping (up to an hour without systemd)")
 def test_backend_stops_on_sigterm_received_by_a_worker_thread(tmp_path, broker):
     (tmp_path / "store").mkdir(mode=0o700)
     backend = BackendProcess(tmp_path, broker).start()

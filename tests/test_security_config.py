@@ -86,8 +86,6 @@ def test_backend_check_config_names_file_line_field(tmp_path, capsys, name, text
         assert f"{where}{fragment}" in out, (fragment, out)
 
 
-@pytest.mark.xfail(strict=True, reason="backend_decryptor/yaml_config.py: a setting given twice is silently "
-                                       "overridden by the last one (PyYAML default); edge-agent reports it")
 def test_backend_check_config_refuses_a_setting_given_twice(tmp_path, capsys):
     (tmp_path / "rules.yaml").write_text("crowd: {threshold: 10}\n")
     cfg = tmp_path / "backend.yaml"
