@@ -109,9 +109,7 @@ class AdversarialCorpus:
         return Message(kind, f"fhe-edge/infer/{GATEWAY}/cam-{kind.replace('_', '-')}", data, frozenset(reasons))
 
     def _flip(self, data: bytes, lo: int, hi: int) -> bytes:
-        b = bytearray(data)
-        b[self.rng.randrange(lo, hi)] ^= 1 << self.rng.randrange(8)
-        return bytes(b)
+        return self._flip_at(data, self.rng.randrange(lo, hi))
 
     # -- envelope level
     def _random_bytes(self, kind):
