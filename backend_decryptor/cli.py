@@ -8,7 +8,7 @@ import sys
 
 from backend_decryptor import service_cli
 from backend_decryptor.commands import decrypt, export, models, protect
-from protected_nn.errors import ProtectedNNError
+from protected_nn.service_support import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,19 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.error("a command is required (see --help)")  # exits 2 with the usage line
-    try:
-        return int(func(args) or 0)
-    except (ProtectedNNError, OSError, ValueError) as e:
-        # Expected failures (bad files, unknown ids, tampered data): one line, no traceback.
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from edge_agent import daemon_cli, infer_cmd
-from protected_nn.errors import ProtectedNNError
+from protected_nn.service_support import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,18 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.error("a command is required (see --help)")  # exits 2 with the usage line
-    try:
-        return int(func(args) or 0)
-    except (ProtectedNNError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return run_cli(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -1,54 +1,23 @@
 """Health: systemd notifications, Prometheus metrics, the periodic stats message.
 
-sd_notify speaks the NOTIFY_SOCKET datagram protocol directly (a few lines; no extra dependency).
+sd_notify and watchdog_interval are the shared ones (protected_nn.service_support).
 Outside systemd NOTIFY_SOCKET is unset and every notification is a no-op.
 """
 from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
 import threading
 import time
 from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from protected_nn.service_support import sd_notify, watchdog_interval  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-
-
-def sd_notify(message: str) -> bool:
-    """Send one notification ("READY=1", "WATCHDOG=1", "STATUS=..."); False if not under systemd."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return False
-    if address.startswith("@"):          # abstract namespace socket
-        address = "\0" + address[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            # Never block the caller (shutdown, watchdog thread) on a notify socket nobody reads.
-            s.setblocking(False)
-            s.connect(address)
-            s.send(message.encode("utf-8"))
-        return True
-    except OSError as exc:
-        log.warning("sd_notify(%s) failed: %s", message.split("=")[0], exc)
-        return False
-
-
-def watchdog_interval() -> float | None:
-    """Half the systemd watchdog period (WATCHDOG_USEC), or None when no watchdog is armed."""
-    usec = os.environ.get("WATCHDOG_USEC")
-    pid = os.environ.get("WATCHDOG_PID")
-    if not usec or (pid and pid != str(os.getpid())):
-        return None
-    try:
-        return max(0.5, int(usec) / 2e6)
-    except ValueError:
-        return None
 
 
 class Metrics:

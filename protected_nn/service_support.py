@@ -1,0 +1,60 @@
+"""Small pieces both services and both command lines share: systemd's notify protocol and the
+command-line error contract. (No Pyfhel here: the gateway imports this too.)"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+
+from protected_nn.errors import ProtectedNNError
+
+log = logging.getLogger(__name__)
+
+
+def sd_notify(message: str) -> bool:
+    """sd_notify(3) without a dependency: one datagram to $NOTIFY_SOCKET; False when not under
+    systemd or when the socket does not take it (never blocks the caller)."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):          # abstract namespace socket
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+            s.setblocking(False)         # a full or stuck receiver must never stall a shutdown
+            s.connect(address)
+            s.send(message.encode("utf-8"))
+        return True
+    except OSError as exc:
+        log.warning("sd_notify(%s) failed: %s", message.split("=")[0], exc)
+        return False
+
+
+def watchdog_interval() -> float | None:
+    """Half the systemd watchdog period (WATCHDOG_USEC), or None when no watchdog is armed."""
+    usec = os.environ.get("WATCHDOG_USEC")
+    pid = os.environ.get("WATCHDOG_PID")
+    if not usec or (pid and pid != str(os.getpid())):
+        return None
+    try:
+        return max(0.5, int(usec) / 2e6)
+    except ValueError:
+        return None
+
+
+def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    """Exit codes of both command lines: 0 ok, 2 bad usage or bad input (one `error: ...` line
+    on stderr, no traceback), 130 on Ctrl-C."""
+    args = parser.parse_args(argv)
+    func = getattr(args, "func", None)
+    if func is None:
+        parser.error("a command is required (see --help)")  # exits 2 with the usage line
+    try:
+        return int(func(args) or 0)
+    except (ProtectedNNError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
