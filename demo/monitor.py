@@ -50,7 +50,7 @@ class Monitor:
         self.prefix, self.camera = prefix, camera
         self.observed = Observed()
         self.on_alert = on_alert or (lambda alert: None)
-        self._seen_alerts: set[tuple[str, str]] = set()
+        self._seen_alerts: set[tuple[str, ...]] = set()
         self._lock = threading.Lock()
         self.camera_status: str | None = None
         self.encrypted_results = 0     # ciphertext envelopes seen on the infer topic (opaque here)
@@ -88,9 +88,11 @@ class Monitor:
             with self._lock:
                 self.observed.states.append(data)
         elif topic.startswith(f"{self.prefix}/alerts/"):
-            key = (str(data.get("id")), str(data.get("event")))
+            # Alerts are at-least-once: drop exact redeliveries. (id, event) alone would also drop
+            # the second "updated" of one alert, which is a new event with another level/time.
+            key = (str(data.get("id")), str(data.get("event")), str(data.get("level")), str(data.get("time")))
             with self._lock:
-                if key in self._seen_alerts:        # alerts are at-least-once: de-duplicate
+                if key in self._seen_alerts:
                     return
                 self._seen_alerts.add(key)
                 self.observed.alerts.append(data)

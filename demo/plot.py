@@ -20,8 +20,8 @@ matplotlib.use("Agg")          # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import yaml  # noqa: E402
 
-ALERT_STYLE = {  # (type, event) -> colour, line style
-    ("crowd", "raised"): ("tab:orange", "-"), ("crowd", "updated"): ("tab:orange", ":"),
+ALERT_STYLE = {  # (type, event) -> colour, line style; "updated" (a band change) shows in the band itself
+    ("crowd", "raised"): ("tab:orange", "-"),
     ("crowd", "cleared"): ("tab:green", "--"), ("incident", "raised"): ("tab:red", "-"),
     ("incident", "cleared"): ("tab:gray", "--"),
 }
@@ -40,7 +40,7 @@ def band_limits(rules_path: Path) -> tuple[dict[str, tuple[float, float]], float
     levels = sorted((crowd.get("levels") or {}).items(), key=lambda kv: kv[1])
     limits = {}
     for i, (label, low) in enumerate(levels):
-        high = levels[i + 1][1] if i + 1 < len(levels) else low + 10   # open top band: draw 10 more
+        high = levels[i + 1][1] if i + 1 < len(levels) else low + 10   # open top band ("30+"): drawn 10 high
         limits[label] = (float(low), float(high))
     return limits, float(crowd.get("threshold", 20))
 
@@ -49,7 +49,7 @@ def draw(out_png: Path, header: dict, truth: list[dict], states: list[dict], ale
          rules_path: Path, title_note: str = "") -> Path:
     start = header["start"]
     limits, threshold = band_limits(rules_path)
-    fig, (ax, ax_inc) = plt.subplots(2, 1, figsize=(11, 6.5), sharex=True,
+    fig, (ax, ax_inc) = plt.subplots(2, 1, figsize=(13, 6.5), sharex=True,
                                      gridspec_kw={"height_ratios": [3, 1]})
     tt = [r["t"] - start for r in truth]
     ax.plot(tt, [r["count"] for r in truth], color="black", lw=1.4, label="people in view (rendered truth)")
@@ -82,20 +82,19 @@ def draw(out_png: Path, header: dict, truth: list[dict], states: list[dict], ale
         x = a["time"] - start
         for axis in (ax, ax_inc):
             axis.axvline(x, color=style[0], ls=style[1], lw=1.2)
-        if a.get("event") != "updated":
-            ax.annotate(f"{a['type']} {a['event']}" + (f" ({a['level']})" if a["type"] == "crowd" else ""),
-                        (x, ymax), xytext=(3, -4), textcoords="offset points", rotation=90,
-                        va="top", ha="left", fontsize=8, color=style[0])
+        ax.annotate(f"{a['type']} {a['event']}" + (f" ({a['level']})" if a["type"] == "crowd" else ""),
+                    (x, ymax), xytext=(3, -4), textcoords="offset points", rotation=90,
+                    va="top", ha="left", fontsize=8, color=style[0])
 
     ax.set_ylim(0, ymax)
     ax.set_ylabel("people")
-    ax.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, framealpha=0.9)
     ax.grid(alpha=0.3)
     ax_inc.set_ylim(-0.05, 1.15)
     ax_inc.set_yticks([0, 1], ["no", "yes"])
     ax_inc.set_ylabel("incident")
     ax_inc.set_xlabel("seconds since the scene started")
-    ax_inc.legend(loc="upper left", fontsize=8, framealpha=0.9)
+    ax_inc.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, framealpha=0.9)
     ax_inc.grid(alpha=0.3)
     scenario = header.get("scenario", {})
     fig.suptitle(f"fhe-edge demo: encrypted CNN on the gateway, alerts from the backend "

@@ -201,6 +201,8 @@ class Demo:
                            force=True)
 
     def _show_alert(self, alert: dict) -> None:
+        if alert.get("event") == "updated":
+            return          # a band change of an active crowd alert: shown in the progress line
         t = (alert.get("time") or 0) - (self.scene_start or 0)
         level = f" level {alert.get('level')}" if alert.get("type") == "crowd" else ""
         self.progress.message(f"ALERT  t={t:5.1f} s  {alert.get('type')} {alert.get('event')}{level}  "
