@@ -1,9 +1,12 @@
 """Checks every inference message passes BEFORE any decryption work is spent on it.
 
 Order (cheapest and least trusting first): size -> envelope parse (magic, version, fields,
-lengths) -> topic agrees with the envelope -> gateway allow-list -> known model -> known key
-fingerprint -> capture time within the skew bound -> sequence not seen before. A failure raises
-`Rejected(reason)`; the reasons are the metrics labels and the words in the one log line.
+lengths) -> topic agrees with the envelope -> gateway allow-list -> camera allow-list of that
+gateway -> known model -> known key fingerprint -> capture time within the skew bound -> sequence
+not seen before -> the gateway's rate limit. The rate limit comes last so that only messages that
+would really be decrypted spend the gateway's tokens (garbage, replays and redeliveries do not).
+A failure raises `Rejected(reason)`; the reasons are the metrics labels and the words in the one
+log line.
 """
 from __future__ import annotations
 
@@ -15,13 +18,15 @@ from protected_nn import envelope as env_mod
 from protected_nn.errors import EnvelopeError
 
 from backend_decryptor.catalog import knows
-from backend_decryptor.config import ChecksConfig
+from backend_decryptor.config import ChecksConfig, LimitsConfig
+from backend_decryptor.rate_limit import GatewayRateLimiter
 
 # Every reason a message can be dropped for (before or after decryption), for docs and metrics.
 REASONS = (
     "too_large", "bad_magic", "bad_version", "truncated", "bad_field", "length_mismatch", "trailing_bytes",
-    "bad_topic", "topic_mismatch", "gateway_not_allowed", "unknown_model", "unknown_key", "clock_skew",
-    "replayed", "decrypt_failed", "bad_output", "internal_error",
+    "bad_topic", "topic_mismatch", "gateway_not_allowed", "camera_not_allowed", "unknown_model", "unknown_key",
+    "clock_skew", "replayed", "rate_limited", "decrypt_failed", "bad_output", "implausible_output",
+    "internal_error",
 )
 
 
@@ -33,9 +38,12 @@ class Rejected(Exception):
 
 class MessageChecker:
     def __init__(self, cfg: ChecksConfig, prefix: str, catalog, seen: Callable[[str, str, int], bool],
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, limits: LimitsConfig | None = None):
         """`seen(gateway, camera, sequence)` answers the replay question (SQLite + in-flight set)."""
         self.cfg = cfg
+        limits = limits if limits is not None else LimitsConfig()
+        self.limiter = (GatewayRateLimiter(limits.per_gateway_rate, limits.per_gateway_burst, cfg.max_clock_skew)
+                        if limits.per_gateway_rate is not None else None)
         self.prefix_parts = prefix.strip("/").split("/")
         self.catalog = catalog
         self.seen = seen
@@ -51,6 +59,12 @@ class MessageChecker:
     def gateway_allowed(self, gateway: str) -> bool:
         return any(fnmatch.fnmatchcase(gateway, pattern) for pattern in self.cfg.allowed_gateways)
 
+    def camera_allowed(self, gateway: str, camera: str) -> bool:
+        lists = [cams for pattern, cams in self.cfg.gateway_cameras.items() if fnmatch.fnmatchcase(gateway, pattern)]
+        if not lists:
+            return not self.cfg.cameras_required
+        return any(fnmatch.fnmatchcase(camera, c) for cams in lists for c in cams)
+
     def check(self, topic: str, data: bytes) -> env_mod.Envelope:
         if len(data) > self.cfg.max_message_bytes:
             raise Rejected("too_large", f"{len(data)} bytes on {topic[:120]!r} exceeds {self.cfg.max_message_bytes}")
@@ -64,6 +78,9 @@ class MessageChecker:
                                              f"but arrived on {gateway}/{camera}")
         if not self.gateway_allowed(env.gateway_id):
             raise Rejected("gateway_not_allowed", f"gateway {env.gateway_id} is not on checks.allowed_gateways")
+        if not self.camera_allowed(env.gateway_id, env.camera_id):
+            raise Rejected("camera_not_allowed", f"camera {env.camera_id} is not on checks.gateway_cameras "
+                                                 f"for gateway {env.gateway_id}")
         if self.catalog.fingerprints(env.model_id) is None:
             raise Rejected("unknown_model", f"model {env.model_id} (from {env.gateway_id}) is not in the store")
         if not knows(self.catalog, env.model_id, env.key_fingerprint):
@@ -75,4 +92,7 @@ class MessageChecker:
                                          f"{skew:+.0f} s from the backend clock (limit {self.cfg.max_clock_skew:.0f} s)")
         if self.seen(env.gateway_id, env.camera_id, env.sequence):
             raise Rejected("replayed", f"{env.gateway_id}/{env.camera_id} #{env.sequence} was already handled")
+        if self.limiter is not None and not self.limiter.allow(env.gateway_id, env.capture_time, self.clock()):
+            raise Rejected("rate_limited", f"{env.gateway_id}/{env.camera_id} #{env.sequence}: gateway over "
+                                           f"{self.limiter.rate:g} msg/s (burst {self.limiter.burst:g})")
         return env

@@ -67,12 +67,42 @@ class ChecksConfig(Strict):
         default_factory=list,
         description="gateway ids allowed to send inferences (shell patterns such as 'gw-*' allowed); empty = none")
 
+    gateway_cameras: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="camera allow-list per gateway: gateway id (or shell pattern) -> the camera ids (or "
+                    "patterns) it may send for; a gateway matching several keys gets the union; a gateway "
+                    "matching none may send for any camera unless cameras_required")
+    cameras_required: bool = Field(
+        False, description="reject every message of a gateway that has no gateway_cameras entry "
+                           "(otherwise such a gateway may use any camera id)")
+
     @field_validator("allowed_gateways")
     @classmethod
     def _no_blank(cls, v: list[str]) -> list[str]:
         if any(not g.strip() for g in v):
             raise ValueError("gateway ids must not be blank")
         return v
+
+    @field_validator("gateway_cameras")
+    @classmethod
+    def _no_blank_cameras(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for gateway, cameras in v.items():
+            if not gateway.strip():
+                raise ValueError("gateway ids must not be blank")
+            if any(not c.strip() for c in cameras):
+                raise ValueError(f"gateway {gateway}: camera ids must not be blank")
+        return v
+
+
+class LimitsConfig(Strict):
+    per_gateway_rate: float | None = Field(
+        10.0, gt=0,
+        description="messages per second one gateway may have decrypted, all its cameras together "
+                    "(token bucket on capture time; null = no limit); the default fits a gateway with "
+                    "5 cameras at 2 fps. Per replica: N replicas let a gateway through N times this")
+    per_gateway_burst: int = Field(
+        30, ge=1, description="token bucket size: messages a gateway may send beyond the rate at once "
+                              "(out-of-order results, several cameras in the same instant)")
 
 
 class DecryptConfig(Strict):
@@ -108,6 +138,8 @@ class BackendConfig(Strict):
                                        "on one host share it")
     mqtt: MQTTConfig = Field(default_factory=MQTTConfig, description="broker connection")
     checks: ChecksConfig = Field(default_factory=ChecksConfig, description="checks run before any decryption")
+    limits: LimitsConfig = Field(default_factory=LimitsConfig,
+                                 description="per-gateway rate limit, checked before any decryption")
     decrypt: DecryptConfig = Field(default_factory=DecryptConfig, description="decryption pool")
     alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules and publishing")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics")

@@ -4,7 +4,9 @@ The network thread runs the checks (no decryption work for a message that fails 
 valid messages to the decryption pool; one decision thread takes the messages in ARRIVAL order
 (so a camera's consecutive-inference rules see its inferences in order, and QoS 1 acks go out in
 the order MQTT requires), waits for each decryption, applies the rules in one SQLite transaction,
-publishes, and only then acknowledges. Every failure is a counted reason and one log line.
+publishes, and only then acknowledges. Every failure is a counted reason and one log line
+(rate-limited per reason, so a flood of bad or over-limit messages cannot flood the log).
+A decrypted result must be plausible (model card ranges) before the rules see it.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from protected_nn.envelope import Envelope
 from backend_decryptor import alerts
 from backend_decryptor.checks import MessageChecker, Rejected
 from backend_decryptor.decrypt_pool import Job
-from backend_decryptor.model_card import CardError, OutputError, read_outputs
+from backend_decryptor.model_card import CardError, ImplausibleOutput, OutputError, check_plausible, read_outputs
+from backend_decryptor.rate_limit import LogLimiter
 
 log = logging.getLogger(__name__)
 _STOP = object()
@@ -41,7 +44,8 @@ class Pipeline:
         self.cfg, self.rules, self.catalog, self.pool = cfg, rules, catalog, pool
         self.db, self.metrics, self.publisher, self.ack = db, metrics, publisher, ack
         self.clock = clock
-        self.checker = MessageChecker(cfg.checks, cfg.mqtt.prefix, catalog, self._seen, clock)
+        self.checker = MessageChecker(cfg.checks, cfg.mqtt.prefix, catalog, self._seen, clock, cfg.limits)
+        self.drop_log = LogLimiter(log)
         self._queue: queue.Queue = queue.Queue()
         self._in_flight: set[tuple[str, str, int]] = set()
         self._lock = threading.Lock()
@@ -117,7 +121,7 @@ class Pipeline:
             self.db.count_rejection(exc.reason)
         except Exception:
             log.exception("could not count a rejection in the history")
-        log.warning("dropped message on %s: %s: %s", item.topic[:120], exc.reason, exc)
+        self.drop_log.warning(exc.reason, "dropped message on %s: %s: %s", item.topic[:120], exc.reason, exc)
 
     def _handle(self, item: Item) -> None:
         if item.rejection is not None:
@@ -132,8 +136,12 @@ class Pipeline:
         rules = self.rules.for_camera(env.camera_id)
         try:
             card = self.catalog.card(env.model_id)
+            check_plausible(card, output)
             reading = read_outputs(card, output, rules.crowd.output if rules.crowd.enabled else None,
                                    rules.incident.output if rules.incident.enabled else None)
+        except ImplausibleOutput as exc:
+            return self._reject(item, Rejected("implausible_output", f"{env.gateway_id}/{env.camera_id} "
+                                                                     f"#{env.sequence} model {env.model_id}: {exc}"))
         except (CardError, OutputError) as exc:
             return self._reject(item, Rejected("bad_output", f"model {env.model_id}: {exc}"))
         self._decide(item, env, rules, reading)
@@ -172,6 +180,7 @@ class Pipeline:
 
     def _housekeeping(self) -> None:
         self.db.mark_published(self.publisher.poll())
+        self.drop_log.flush()
         now = self.clock()
         if now - self._last_prune > 60:
             self._last_prune = now

@@ -60,6 +60,12 @@ def cmd_check_config(args) -> int:
     print(f"  store {cfg.store}  state {cfg.state_db}  decrypt workers {cfg.decrypt.workers}")
     gateways = ", ".join(cfg.checks.allowed_gateways) or "NONE (every message will be rejected)"
     print(f"  allowed gateways: {gateways}")
+    for gateway, cameras in cfg.checks.gateway_cameras.items():
+        print(f"  cameras of {gateway}: {', '.join(cameras) or 'NONE'}")
+    if cfg.checks.cameras_required:
+        print("  gateways without a camera list: rejected (cameras_required)")
+    rate = cfg.limits.per_gateway_rate
+    print(f"  per-gateway limit: {f'{rate:g} msg/s, burst {cfg.limits.per_gateway_burst}' if rate else 'NONE'}")
     print(f"  rules {cfg.alerts.rules_file}: crowd >= {rules.crowd.threshold} x{rules.crowd.consecutive}, "
           f"incident >= {rules.incident.probability} x{rules.incident.consecutive}; "
           f"{len(rules.zones)} zone(s), {len(rules.cameras)} camera override(s)")
@@ -105,7 +111,7 @@ def cmd_alerts(args) -> int:
     if args.json:
         from backend_decryptor.alerts import alert_json
         for r in rows:
-            print(json.dumps(alert_json(r.event)))
+            print(json.dumps(alert_json(r.event, public=False)))
         return 0
     print(f"{'time (UTC)':25} {'camera':16} {'type':9} {'event':8} {'level':10} alert id")
     for r in rows:

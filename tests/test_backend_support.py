@@ -50,7 +50,10 @@ def config(tmp_path, broker, client_id="backend-1", **over) -> BackendConfig:
     data = {"store": str(tmp_path / "store"), "state_db": str(tmp_path / "state.db"),
             "mqtt": {"host": broker.host, "port": broker.port, "client_id": client_id, "max_in_flight": 8},
             "checks": {"allowed_gateways": ["gw-*"], "max_message_bytes": 4096, "max_clock_skew": 300},
-            "decrypt": {"workers": 0, "timeout": 30}}
+            "decrypt": {"workers": 0, "timeout": 30},
+            # The plumbing tests publish hundreds of messages of one gateway within a second; the
+            # per-gateway limit is what test_backend_limits.py tests, not what these do.
+            "limits": {"per_gateway_rate": None}}
     for key, value in over.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
     return BackendConfig.model_validate(data)
