@@ -64,6 +64,11 @@ class AlertEvent:
     meta: dict = field(default_factory=dict)  # non-decrypted context: gateway, model id, sequence
 
 
+# Kept in the history, never published: the sequence number tells an observer exactly which
+# inference (which probe of a gateway using the backend as a decryption oracle) caused an event.
+UNPUBLISHED_META = frozenset({"sequence"})
+
+
 def new_alert_id() -> str:
     return uuid.uuid4().hex
 
@@ -130,6 +135,9 @@ def public_state(camera: str, zone: str | None, state: CameraState) -> dict:
     }
 
 
-def alert_json(ev: AlertEvent) -> dict:
+def alert_json(ev: AlertEvent, public: bool = True) -> dict:
+    """The published alert message (docs/backend.md "Alert JSON"); `public=False` adds what only the
+    history keeps (the operator's `backend-decryptor alerts --json`)."""
+    meta = {k: v for k, v in ev.meta.items() if not public or k not in UNPUBLISHED_META}
     return {"id": ev.id, "camera": ev.camera, "zone": ev.zone, "type": ev.type, "event": ev.event,
-            "level": ev.level, "time": ev.time, "raised_at": ev.raised_at, **ev.meta}
+            "level": ev.level, "time": ev.time, "raised_at": ev.raised_at, **meta}

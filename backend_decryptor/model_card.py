@@ -13,6 +13,12 @@ Card fields this service reads (anything else in the card is ignored):
 - `kind`: `count` (a level, used as is, times optional `scale`), `logit` (score = sigmoid),
   `probability` (score, clipped to [0, 1]), `class_scores` (`size` values from `index`; the level
   is the argmax class number, its label from the output's `labels` or the card's `labels[name]`).
+- `min`, `max` (optional): the plausible range. For `count` it bounds the count (after `scale`)
+  and `min` defaults to -0.5 (CKKS noise makes 0 come out as a tiny negative); for the other
+  kinds it bounds each raw decrypted value (the logit, the probability before clipping, each class
+  score) and both default to none. A value outside, or not finite, is `ImplausibleOutput`: the
+  message is dropped (`implausible_output`) and never reaches the rules - a result a real frame
+  cannot produce is a forgery or a probe (docs/threat-model.md).
 The decoded values never leave the backend; only the coarse labels chosen by the rules do.
 """
 from __future__ import annotations
@@ -23,6 +29,9 @@ from typing import Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+COUNT_DEFAULT_MIN = -0.5
 
 
 class CardError(ValueError):
@@ -37,12 +46,23 @@ class OutputSpec(BaseModel):
     size: int = Field(1, ge=1, description="number of values (class_scores only)")
     scale: float = Field(1.0, description="multiplier for count outputs (e.g. density map sum -> people)")
     labels: list[str] | None = Field(None, description="class labels (class_scores only)")
+    min: float | None = Field(None, description="lowest plausible value (count: after scale, default -0.5; "
+                                                "other kinds: each raw value, default none)")
+    max: float | None = Field(None, description="highest plausible value (count: after scale; other kinds: "
+                                                "each raw value); default none")
 
     @model_validator(mode="after")
     def _size_for_classes(self):
         if self.kind != "class_scores" and self.size != 1:
             raise ValueError(f"output {self.name}: size applies only to class_scores")
+        lo, hi = self.bounds()
+        if math.isnan(lo) or math.isnan(hi) or lo > hi or lo == math.inf or hi == -math.inf:
+            raise ValueError(f"output {self.name}: min {lo} and max {hi} are not a range")
         return self
+
+    def bounds(self) -> tuple[float, float]:
+        lo = self.min if self.min is not None else (COUNT_DEFAULT_MIN if self.kind == "count" else -math.inf)
+        return lo, self.max if self.max is not None else math.inf
 
 
 class ModelCard(BaseModel):
@@ -77,7 +97,32 @@ class Reading:
 
 
 class OutputError(ValueError):
-    """A decrypted tensor that does not fit the card (too short, NaN...)."""
+    """A decrypted tensor that does not fit the card (too short...)."""
+
+
+class ImplausibleOutput(OutputError):
+    """A decrypted value that is not finite or lies outside its card range."""
+
+
+def check_plausible(card: ModelCard, output: np.ndarray) -> None:
+    """Every output the card lists (that the tensor has) must be finite and within its range;
+    raises ImplausibleOutput naming the first one that is not. Runs before the rules see anything."""
+    flat = np.asarray(output).reshape(-1)
+    for spec in card.outputs:
+        end = spec.index + spec.size
+        if end > flat.size:
+            continue  # a missing output is read_outputs' business (bad_output if a rule needs it)
+        values = flat[spec.index:end].astype(np.float64)
+        if not np.all(np.isfinite(values)):
+            raise ImplausibleOutput(f"output {spec.name} is not finite")
+        if spec.kind == "count":
+            values = values * spec.scale
+        lo, hi = spec.bounds()
+        if values.min() < lo or values.max() > hi:
+            bad = values.min() if values.min() < lo else values.max()
+            # the value itself is a decrypted result: it must not reach the log either
+            raise ImplausibleOutput(f"output {spec.name} is outside its plausible range [{lo:g}, {hi:g}]"
+                                    f" ({'below' if bad < lo else 'above'})")
 
 
 def _value(spec: OutputSpec, flat: np.ndarray, card: ModelCard) -> tuple[float, list[str] | None]:
@@ -86,7 +131,7 @@ def _value(spec: OutputSpec, flat: np.ndarray, card: ModelCard) -> tuple[float, 
         raise OutputError(f"output {spec.name} needs {end} values, the result has {flat.size}")
     values = flat[spec.index:end].astype(np.float64)
     if not np.all(np.isfinite(values)):
-        raise OutputError(f"output {spec.name} is not finite")
+        raise ImplausibleOutput(f"output {spec.name} is not finite")
     if spec.kind == "count":
         return float(values[0]) * spec.scale, None
     if spec.kind == "logit":
