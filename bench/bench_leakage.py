@@ -160,8 +160,9 @@ def main(argv=None) -> int:
                if k.startswith("crowd") and v.get("applicable", True))
     out["bits_per_hour"] = {f"{rate:g} msg/s": round(3600 * rate / best)
                             for rate in (1.0, 2.0, args.backend_rate)}
-    out["bits_per_hour_note"] = ("per camera id; the backend enforces no per-gateway rate, so a gateway "
-                                 "can send as fast as the backend decrypts and can invent camera ids")
+    out["bits_per_hour_note"] = ("per gateway at the given message rate; the backend caps each gateway at "
+                                 "limits.per_gateway_rate (default 10 msg/s, --backend-rate) and can "
+                                 "restrict the camera ids it may use (checks.gateway_cameras)")
     print(json.dumps(out, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
