@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
     add_store_argument(p)
     p.add_argument("--calibration", metavar="X.npy",
                    help="calibration inputs, shape (N, *input shape) or the input shape; "
-                        "default: samples drawn in the input range")
+                        "default: MODEL.calibration.npy beside the model if present, else samples "
+                        "drawn uniformly in the input range")
     p.add_argument("--poly-degree", type=int, metavar="K", help="degree of polynomials replacing activations")
     p.add_argument("--tolerance", type=float, metavar="T",
                    help="max |encrypted - onnxruntime| as a fraction of the output range")
@@ -51,7 +52,13 @@ def run(args) -> int:
     model = Path(args.model)
     if not model.is_file():
         raise CommandError(f"model file not found: {model}")
-    calibration = load_npy(args.calibration, "calibration") if args.calibration else None
+    cal_path = Path(args.calibration) if args.calibration else model.with_suffix(".calibration.npy")
+    calibration = None
+    if args.calibration or cal_path.is_file():
+        # Representative inputs matter: activation fits, the output range (hence the size of
+        # the result prime) and the self-check all come from them.
+        calibration = load_npy(str(cal_path), "calibration")
+        print(f"calibration: {cal_path} ({len(calibration) if calibration.ndim > 1 else 1} input(s))")
     options = _options(args)
     card_path = Path(args.card) if args.card else card_beside(model)
     if card_path is not None:
