@@ -25,7 +25,7 @@ import numpy as np
 from training.features import MAX_FRAME_GAP, gray_small, model_input
 from training.scenes import KINDS, SceneRenderer
 
-KIND_WEIGHTS = {"calm": 0.1, "crowd": 0.3, "dispersal": 0.3, "fall": 0.3}
+KIND_WEIGHTS = {"calm": 0.1, "crowd": 0.35, "dispersal": 0.3, "fall": 0.25}
 
 
 @dataclass
