@@ -66,6 +66,10 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
 
     opts = options or ProtectOptions()
     model = _load_model(onnx_path)
+    if calibration is None and isinstance(onnx_path, (str, Path)):
+        beside = Path(onnx_path).with_suffix(".calibration.npy")   # shipped with the model
+        if beside.is_file():
+            calibration = np.load(beside, allow_pickle=False)
     t0 = time.perf_counter()
     graph = load_onnx(model, calibration=calibration, poly_degree=opts.poly_degree,
                       input_range=opts.input_range, calibration_samples=opts.calibration_samples)
