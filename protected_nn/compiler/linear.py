@@ -25,6 +25,8 @@ import scipy.sparse as sp
 
 from protected_nn.compiler.layout import CostModel, Layout, next_pow2
 
+ZERO_HOMES = 6   # empty output slots kept for the owner's wrong-key check (runtime/owner.py)
+
 
 @dataclass
 class LinearPacking:
@@ -52,9 +54,9 @@ def _bsgs_split(ks: list[int], beta: int) -> tuple[set[int], set[int]]:
 def plan_linear(weights: list[sp.csr_matrix], bias: np.ndarray, layouts: list[Layout], slots: int,
                 level: int, cost: CostModel, known_steps: set[int], keep_zero_slots: bool = False
                 ) -> LinearPacking:
-    """`keep_zero_slots` (the model's output layer): leave at least half of the home slots
-    empty. They decrypt to ~0 only under the right key, which is how the owner tells a result
-    of another key, or an altered one, from a genuine result."""
+    """`keep_zero_slots` (the model's output layer): leave at least ZERO_HOMES home slots empty.
+    They decrypt to ~0 only under the right key (each passes by chance with probability ~2^-6
+    under another key), which is how the owner tells a foreign or altered result from a genuine one."""
     m = weights[0].shape[0]
     best: LinearPacking | None = None
     max_rep = [0] * len(layouts)
@@ -68,8 +70,8 @@ def plan_linear(weights: list[sp.csr_matrix], bias: np.ndarray, layouts: list[La
         lays = [_replicated(lay, r) for lay, r in zip(layouts, reps)]
         t_unit = max(lay.unit for lay in lays)
         g = 1
-        room = slots // 2 if keep_zero_slots else slots
-        while m * g * t_unit <= room:
+        spare = ZERO_HOMES if keep_zero_slots else 0
+        while (m + spare) * g * t_unit <= slots:
             cand = _pack(weights, bias, lays, reps, layouts, slots, g, t_unit, level, cost, known_steps)
             if best is None or cand.cost_ms < best.cost_ms:
                 best = cand
@@ -203,7 +205,7 @@ def first_layer_free_layout(W: sp.csr_matrix, bias: np.ndarray, slots: int, cost
     best = None
     csr = W.tocsr()
     nnz_row = np.diff(csr.indptr)
-    min_period = next_pow2(2 * m if keep_zero_slots else m)
+    min_period = next_pow2(m + ZERO_HOMES if keep_zero_slots else m)
     g = 1
     while slots // g >= min_period:
         period = slots // g
