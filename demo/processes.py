@@ -12,6 +12,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -128,10 +129,24 @@ class NotifySocket:
             child.check_alive()
             try:
                 if "READY=1" in self.sock.recv(4096).decode(errors="replace").split("\n"):
+                    self._keep_draining()
                     return
             except socket.timeout:
                 continue
         raise ChildFailed(f"{child.name} did not report ready within {timeout:.0f} s:\n{child.log_tail()}")
+
+    def _keep_draining(self) -> None:
+        """Read (and drop) the STATUS/WATCHDOG messages that follow READY, as systemd would: a full
+        socket buffer makes the daemon's notifications fail (and log a warning every time)."""
+        def drain() -> None:
+            while True:
+                try:
+                    self.sock.recv(4096)
+                except socket.timeout:
+                    continue
+                except OSError:          # closed: the demo is ending
+                    return
+        threading.Thread(target=drain, name=f"notify-{self.path.name}", daemon=True).start()
 
     def close(self) -> None:
         self.sock.close()

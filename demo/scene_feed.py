@@ -8,7 +8,7 @@ scene runs on the wall clock: frame i is shown at start + i/fps; when rendering 
 world still advances (frames are skipped, as a loaded camera would), so scene time = wall time.
 After the last frame the picture freezes until the process is stopped.
 
-The truth file gets one JSON line per scene frame: {"i", "t" (unix s), "count", "incident"},
+The truth file gets one JSON line per scene frame: {"i", "t" (unix s), "count", "incident", "shown"},
 after a first line {"start", "fps", "frames", "width", "height", "seed", "scenario"}. This is the
 renderer's ground truth; it never passes through the encrypted pipeline.
 """
@@ -63,12 +63,13 @@ def run(args) -> int:
                             "scenario": dataclasses.asdict(scenario)}) + "\n")
     i = 0
     while not stop.is_set():
-        truth.write(json.dumps({"i": i, "t": round(start + i / FPS, 3), **label}) + "\n")
+        due = start + i / FPS
+        drawn = time.time() - due < 1 / FPS   # on time (or nearly): draw it; else skip the drawing
+        # "shown": whether this frame reached the camera (a skipped one doubles the next frame's motion)
+        truth.write(json.dumps({"i": i, "t": round(due, 3), **label, "shown": drawn}) + "\n")
         if i % 10 == 0:
             truth.flush()
-        due = start + i / FPS
-        late = time.time() - due
-        if late < 1 / FPS:                 # on time (or nearly): draw it; else skip the drawing
+        if drawn:
             frame = renderer.render()
             time.sleep(max(0.0, due - time.time()))
             if not _write(out, frame):
