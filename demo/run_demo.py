@@ -258,7 +258,7 @@ class Demo:
 
 def _parse(argv):
     p = argparse.ArgumentParser(prog="demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=float, default=150, help="seconds the scene runs (default 150)")
+    p.add_argument("--duration", type=float, default=90, help="seconds the scene runs (default 90)")
     p.add_argument("--out", type=Path, default=REPO / "demo-out", help="output folder (default demo-out/)")
     p.add_argument("--model", type=Path, default=REPO / "models" / "crowd_incident.onnx", help="ONNX model")
     p.add_argument("--incident", choices=("dispersal", "fall"), default="dispersal", help="the scene's incident")
