@@ -1,6 +1,6 @@
 """The one-command demo (scripts/demo.sh runs this after set-up): the whole system on one machine.
 
-    python -m demo.run_demo [--duration 150] [--out demo-out] [--incident dispersal|fall]
+    python -m demo.run_demo [--duration 90] [--out demo-out] [--incident dispersal|fall]
 
 1. owner: `backend-decryptor protect` the shipped model into demo-out/store (skipped when the store
    already holds this exact model file; --fresh protects again) and `export` the signed bundle;

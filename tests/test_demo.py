@@ -151,6 +151,13 @@ def test_demo_runs_to_completion_and_raises_both_alerts_from_the_backend(finishe
     history = {(s.event.type, s.event.id) for s in StateDB(run.out / "backend" / "state.db").alerts()
                if s.event.event == "raised"}
     assert raised <= history
+    # In the shortened scene the dispersal lasts ~3 s; an incident alert must fall inside it (a
+    # false alarm elsewhere alone would not do): capture time within the true window + 2 s.
+    truth = [json.loads(line) for line in (run.out / "truth.jsonl").read_text().splitlines()[1:]]
+    window = [r["t"] for r in truth if r["incident"]]
+    incident_times = [a["time"] for a in observed["alerts"] if a["type"] == "incident" and a["event"] == "raised"]
+    assert window and any(window[0] - 0.5 <= t <= window[-1] + 2.0 for t in incident_times), \
+        (incident_times, window[0], window[-1])
     # One state per decrypted result, and no decrypted value in what left the backend.
     assert len(observed["states"]) >= 20
     for state in observed["states"]:
