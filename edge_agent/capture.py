@@ -12,6 +12,7 @@ import os
 import re
 import threading
 import time
+from collections import deque
 from typing import Callable
 
 # FFmpeg reads this when a stream is opened: RTSP over TCP (UDP loses packets across NATs and
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 ONLINE, OFFLINE = "online", "offline"
 # A reference frame further back than this many gaps (stalled stream) gives no motion channel.
 MAX_REFERENCE_GAPS = 3.0
+RECENT_FRAMES = 16       # frames kept to pick the motion reference from (~1.6 s at 10 fps)
 
 # camera id, BGR frame, unix time, reference BGR frame (~reference_gap_s earlier) or None
 FrameCallback = Callable[[str, np.ndarray, float, "np.ndarray | None"], None]
@@ -110,33 +112,53 @@ class CameraCapture:
             delay = min(delay * 2, self.settings.reconnect_max_s)
 
     def _read_until_failure(self, cap: cv2.VideoCapture) -> bool:
-        """Read every frame; emit the newest one each sampling period, together with a reference
-        frame taken `reference_gap_s` earlier from the same stream (the motion channel's
-        "previous frame", at the spacing the model was trained with, whatever max_fps is)."""
+        """Read every frame; emit the newest one each sampling period (wall clock, max_fps),
+        together with a reference frame `reference_gap_s` earlier in the STREAM (the motion
+        channel's "previous frame", at the spacing the model was trained with).
+
+        The reference is chosen on the stream's own timestamps when it has them: under CPU load
+        frames are read in bursts, and read times would pick frames several frames apart, which
+        the model reads as motion. A sample without a proper reference waits for the next frame
+        (zero motion makes the model undercount)."""
         period = 1.0 / self.camera.max_fps
         next_sample = 0.0
-        reference: tuple[np.ndarray, float] | None = None
+        recent: deque[tuple[np.ndarray, float]] = deque(maxlen=RECENT_FRAMES)
         got_frames = False
+        read_clock = time.monotonic()
+        last_t = -1.0
         while not self._stop.is_set():
             ok, frame = cap.read()
             if not ok or frame is None or frame.size == 0:
                 log.warning("camera %s: stream ended or timed out", self.camera.id)
                 return got_frames
             now = time.time()
+            pts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+            t = pts if pts > last_t and pts > 0 else last_t + (time.monotonic() - read_clock)
+            read_clock = time.monotonic()
+            last_t = t
             got_frames = True
             self._set_status(ONLINE)
             self.on_read(self.camera.id)
-            gap = self.reference_gap_s
             if now >= next_sample:
-                ref = None
-                if reference is not None and now - reference[1] <= MAX_REFERENCE_GAPS * gap:
-                    ref = reference[0]
-                try:
-                    self.on_frame(self.camera.id, frame, now, ref)
-                except Exception:
-                    log.exception("frame handler failed for camera %s", self.camera.id)
-                next_sample = now + period
-                reference = (frame, now)
-            elif now <= next_sample - gap:
-                reference = (frame, now)     # the latest frame at least `gap` before the next sample
+                ref = self._reference(recent, t)
+                if ref is not None:
+                    try:
+                        self.on_frame(self.camera.id, frame, now, ref)
+                    except Exception:
+                        log.exception("frame handler failed for camera %s", self.camera.id)
+                    next_sample = now + period
+            recent.append((frame, t))
         return got_frames
+
+    def _reference(self, recent, t: float) -> np.ndarray | None:
+        """The recent frame closest to `reference_gap_s` before stream time t, if it is at least
+        half a gap and at most MAX_REFERENCE_GAPS gaps earlier."""
+        gap = self.reference_gap_s
+        best, best_err = None, None
+        for frame, tf in recent:
+            dt = t - tf
+            if 0.5 * gap <= dt <= MAX_REFERENCE_GAPS * gap:
+                err = abs(dt - gap)
+                if best_err is None or err < best_err:
+                    best, best_err = frame, err
+        return best
