@@ -143,9 +143,9 @@ def test_tenseal_reference_matches_onnxruntime():
     tutorial's scale-2^26 precision (~1% of the range; a wrong im2col/packing order would be off
     by ~100%); so does the head on a fresh ciphertext; the full tutorial chain adds TenSEAL's own
     ~1e-2 absolute error (its mm leaves values in unused slots, see tenseal_ref.head)."""
+    ref = _tenseal_ref()
     import tenseal as ts
 
-    ref = _tenseal_ref()
     model = zoo.tenseal_cnn(seed=0)
     runner = ref.TenSEALInference(model, n_threads=2)
     assert runner.poly_modulus_degree == 8192
