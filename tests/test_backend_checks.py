@@ -5,28 +5,11 @@ from __future__ import annotations
 
 import time
 
-import pytest
 
 from backend_decryptor.service import Service
-from tests.support.mosquitto import Mosquitto
 from tests.test_backend_support import (
-    FP, IdentityCodec, catalog, config, handled, message, rules, wait_for)
+    FP, CountingCodec, IdentityCodec, catalog, config, handled, message, rules, wait_for)
 from tests.test_backend_support import MQTTTestClient as MqttClient
-
-
-class CountingCodec(IdentityCodec):
-    """Counts decryptions, to prove rejected messages never reach the pool (in-process pool only)."""
-    calls = 0
-
-    def decrypt(self, model_id, fingerprint, payload):
-        CountingCodec.calls += 1
-        return super().decrypt(model_id, fingerprint, payload)
-
-
-@pytest.fixture
-def broker():
-    with Mosquitto() as b:
-        yield b
 
 
 def test_each_bad_message_rejected_with_reason_and_valid_ones_processed(tmp_path, broker):

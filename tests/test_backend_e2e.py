@@ -13,7 +13,6 @@ import pytest
 
 from backend_decryptor.catalog import StoreCatalog
 from backend_decryptor.service import Service
-from tests.support.mosquitto import Mosquitto
 from tests.test_backend_support import config, handled, rules, wait_for
 from tests.test_backend_support import MQTTTestClient as MqttClient
 
@@ -55,12 +54,6 @@ def inference(edge, seq: int, count: float, logit: float, camera="cam-1") -> tup
     x = np.array([[count / 30.0, (logit + 5.0) / 10.0, 0.0, 0.0]], np.float32)
     env = envelope.Envelope(MODEL, edge.key_fingerprint, "gw-1", camera, seq, time.time(), edge.infer(x))
     return f"fhe-edge/infer/gw-1/{camera}", envelope.encode(env)
-
-
-@pytest.fixture
-def broker():
-    with Mosquitto() as b:
-        yield b
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,7 @@ from backend_decryptor.checks import MessageChecker
 from backend_decryptor.config import BackendConfig, ChecksConfig, LimitsConfig
 from backend_decryptor.rate_limit import GatewayRateLimiter, LogLimiter
 from backend_decryptor.service import Service
-from tests.support.mosquitto import Mosquitto
-from tests.test_backend_support import IdentityCodec, catalog, config, handled, message, rules, wait_for
+from tests.test_backend_support import CountingCodec, catalog, config, handled, message, rules, wait_for
 from tests.test_backend_support import MQTTTestClient as MqttClient
 
 
@@ -115,20 +114,6 @@ def test_shipped_config_has_limits_and_camera_lists():
 
 
 # ----------------------------------------------------------------------------- real broker
-class CountingCodec(IdentityCodec):
-    calls = 0
-
-    def decrypt(self, model_id, fingerprint, payload):
-        CountingCodec.calls += 1
-        return super().decrypt(model_id, fingerprint, payload)
-
-
-@pytest.fixture
-def broker():
-    with Mosquitto() as b:
-        yield b
-
-
 def test_a_flood_from_one_gateway_is_rate_limited_while_another_is_fully_processed(tmp_path, broker, caplog):
     CountingCodec.calls = 0
     cfg = config(tmp_path, broker, client_id="backend-lim", mqtt={"max_in_flight": 32},

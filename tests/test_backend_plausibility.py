@@ -18,7 +18,6 @@ import pytest
 from backend_decryptor import alerts
 from backend_decryptor.model_card import CardError, ImplausibleOutput, check_plausible, parse_card
 from backend_decryptor.service import Service
-from tests.support.mosquitto import Mosquitto
 from tests.test_backend_support import config, handled, rules, wait_for
 from tests.test_backend_support import MQTTTestClient as MqttClient
 
@@ -76,12 +75,6 @@ def bounded_model(tmp_path_factory):
     prot = api.protect(path)
     Store(root / "store").add_model(MODEL, prot, hashlib.sha256(path.read_bytes()).hexdigest())
     return root / "store", api.EdgeModel(prot.artifacts)
-
-
-@pytest.fixture
-def broker():
-    with Mosquitto() as b:
-        yield b
 
 
 def envelope_for(edge, seq: int, count: float, logit: float) -> tuple[str, bytes]:

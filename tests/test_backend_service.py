@@ -16,10 +16,9 @@ import threading
 import time
 import urllib.request
 
-import pytest
 
 from backend_decryptor.service import Service
-from tests.support.mosquitto import Mosquitto, free_port
+from tests.support.mosquitto import free_port
 from tests.test_backend_support import (
     IdentityCodec, catalog, config, handled, message, rules, wait_for)
 from tests.test_backend_support import MQTTTestClient as MqttClient
@@ -31,12 +30,6 @@ class SlowCodec(IdentityCodec):
     def decrypt(self, model_id, fingerprint, payload):
         time.sleep(0.05)
         return super().decrypt(model_id, fingerprint, payload)
-
-
-@pytest.fixture
-def broker():
-    with Mosquitto() as b:
-        yield b
 
 
 def test_two_replicas_split_200_messages_none_lost_or_doubled(tmp_path, broker):

@@ -38,6 +38,15 @@ class IdentityCodec:
         return np.frombuffer(payload, "<f8").reshape(1, -1)
 
 
+class CountingCodec(IdentityCodec):
+    """Counts decryptions, to prove rejected messages never reach the pool (in-process pool only)."""
+    calls = 0
+
+    def decrypt(self, model_id, fingerprint, payload):
+        CountingCodec.calls += 1
+        return super().decrypt(model_id, fingerprint, payload)
+
+
 def identity_payload(count: float, incident_logit: float = -5.0) -> bytes:
     return np.array([count, incident_logit], "<f8").tobytes()
 

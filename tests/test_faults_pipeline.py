@@ -21,7 +21,6 @@ import shutil
 import signal
 import time
 
-import numpy as np
 import pytest
 
 from tests.support.mosquitto import Mosquitto

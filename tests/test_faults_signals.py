@@ -11,11 +11,9 @@ import ctypes
 import os
 import signal
 import time
-from pathlib import Path
 
 import pytest
 
-from tests.support.mosquitto import Mosquitto
 from tests.test_security_adversarial import BackendProcess
 
 SYS_TGKILL = {"x86_64": 234, "aarch64": 131}.get(os.uname().machine)
@@ -38,12 +36,6 @@ def _stops_within(proc, seconds: float) -> bool:
         return True
     except Exception:
         return False
-
-
-@pytest.fixture
-def broker():
-    with Mosquitto() as b:
-        yield b
 
 
 def test_gateway_stops_on_sigterm_received_by_a_worker_thread(tmp_path, broker):

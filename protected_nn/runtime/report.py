@@ -34,7 +34,6 @@ def build_report(graph, plan, artifacts, fidelity: dict, timings: dict, toleranc
     cost = CostModel(params.n, params.depth)
     n_weights = sum(1 for w in plan.weights if w.kind == "weight")
     n_bias = sum(1 for w in plan.weights if w.kind == "bias")
-    trained = sum(int(s.get("weight_cts", 0)) for s in plan.layer_stats)
     sizes = {k: len(v) for k, v in artifacts.as_members().items()}
     est_ms = 0.0
     rows = []
