@@ -44,6 +44,10 @@ class MQTTConfig(Strict):
     keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds")
     session_expiry: Seconds = Field(3600.0, ge=0, description="how long the broker keeps this replica's session "
                                                              "(and queues its messages) while it is down")
+    reconnect_max_s: Seconds = Field(2.0, ge=1, le=60,
+                                     description="longest wait between reconnection attempts; keep it below the "
+                                                 "gateways' mqtt.resume_delay_s: after a broker restart Mosquitto "
+                                                 "(2.0.11) has lost the shared subscription until this replica is back")
     max_in_flight: int = Field(16, ge=1, le=65535,
                                description="MQTT 5 receive maximum: messages delivered but not yet acknowledged; "
                                            "bounds memory and lets the broker spread load across replicas")

@@ -46,7 +46,7 @@ class Receiver:
                       cert_reqs=ssl.CERT_REQUIRED)
             c.tls_insecure_set(cfg.tls.insecure)
         c.will_set(self.availability_topic, "offline", qos=1, retain=True)
-        c.reconnect_delay_set(1, 30)
+        c.reconnect_delay_set(1, max(1, int(cfg.reconnect_max_s)))
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message

@@ -74,6 +74,11 @@ class MqttConfig(_Strict):
     client_id: str | None = Field(None, description="MQTT client id; default edge-<gateway_id>.")
     max_inflight: int = Field(16, ge=1, le=1000, description="Results handed to the broker and not "
                               "yet acknowledged, at most; the rest wait in the spool.")
+    resume_delay_s: float = Field(5.0, ge=0, le=300, description="After each (re)connection, results "
+                                  "wait this long in the spool before they are sent. Mosquitto 2.0.11 does "
+                                  "not restore shared subscriptions after a restart: until a backend replica "
+                                  "has subscribed again, a result sent would be dropped by the broker. Keep "
+                                  "it above the backend's mqtt.reconnect_max_s.")
 
     _files = field_validator("password_file")(_existing_file)
 

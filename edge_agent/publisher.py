@@ -8,6 +8,9 @@ acknowledged them (QoS 1 PUBACK), so a restart resends whatever was not acknowle
 sequence check discards the rare duplicate). paho resends its own unacknowledged messages after a
 reconnect, so we never hand the same message to paho twice within one run.
 
+After every (re)connect, results wait `resume_delay_s` in the spool before they flow again (see
+the field's description: Mosquitto does not restore shared subscriptions after a restart).
+
 Retained state (availability, camera status) is re-published on every connect; the last will
 marks the gateway `offline` if the connection dies without a goodbye.
 """
@@ -68,6 +71,7 @@ class Publisher:
         self._direct: dict[int, tuple[str, bytes, float | None, float]] = {}  # mid -> message
         self._from_spool: dict[int, int] = {}                     # mid -> spool id
         self._handed_spool_ids: set[int] = set()
+        self._resume_at = 0.0          # monotonic time after a (re)connect when results may flow
         self.acked = 0
         self.client = self._make_client(gateway_id, password)
         self._sender = threading.Thread(target=self._send_loop, name="mqtt-sender", daemon=True)
@@ -109,6 +113,9 @@ class Publisher:
             statuses = dict(self._camera_status)
         for cam, status in statuses.items():
             client.publish(self.topics.status(cam), status, qos=1, retain=True)
+        # Give backend replicas time to subscribe again: after a broker restart Mosquitto 2.0.11
+        # has forgotten their shared subscription, and a result sent before they return is dropped.
+        self._resume_at = time.monotonic() + self.cfg.resume_delay_s
         self.connected.set()
         self.metrics.mqtt_connected.set(1)
         self._wake.set()
@@ -190,7 +197,8 @@ class Publisher:
         return [i for i in self.spool.ids() if i not in self._handed_spool_ids]
 
     def _can_send(self) -> bool:
-        return self.connected.is_set() and self.unacked < self.cfg.max_inflight
+        return (self.connected.is_set() and time.monotonic() >= self._resume_at
+                and self.unacked < self.cfg.max_inflight)
 
     def _process_incoming(self) -> None:
         while True:

@@ -13,6 +13,9 @@ from protected_nn.errors import ProtectedNNError
 log = logging.getLogger(__name__)
 
 
+_reported_failures: set[tuple] = set()
+
+
 def sd_notify(message: str) -> bool:
     """sd_notify(3) without a dependency: one datagram to $NOTIFY_SOCKET; False when not under
     systemd or when the socket does not take it (never blocks the caller)."""
@@ -28,7 +31,11 @@ def sd_notify(message: str) -> bool:
             s.send(message.encode("utf-8"))
         return True
     except OSError as exc:
-        log.warning("sd_notify(%s) failed: %s", message.split("=")[0], exc)
+        # Once per kind of failure, not once a second: a stuck notify socket must not fill the log.
+        key = (message.split("=")[0], type(exc).__name__, getattr(exc, "errno", None))
+        if key not in _reported_failures:
+            _reported_failures.add(key)
+            log.warning("sd_notify(%s) failed: %s (further failures of this kind not logged)", key[0], exc)
         return False
 
 

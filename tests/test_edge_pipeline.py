@@ -219,6 +219,48 @@ def test_publisher_order_spool_and_availability(tmp_path):
             late.close()
 
 
+def test_spooled_results_wait_for_a_shared_subscriber_after_a_broker_restart(tmp_path, resume=3.0):
+    """Mosquitto 2.0.11 restores a persistent session after a restart but not its SHARED
+    subscription: what arrives before the backend subscribes again is dropped. The gateway
+    (resume_delay_s) holds its spool until a backend reconnecting within that delay is back.
+    With resume=0 this test loses the spooled results (checked when the fix was written)."""
+    (tmp_path / "mosq-db").mkdir()
+    persistent = f"persistence true\npersistence_location {tmp_path / 'mosq-db'}/\n"
+    with Mosquitto(extra_config=persistent) as broker:
+        backend = Subscriber(broker, "$share/backend/fhe-edge/infer/+/+")
+        spool = Spool(tmp_path / "spool", 10 ** 7)
+        pub = Publisher(MqttConfig(host=broker.host, port=broker.port, resume_delay_s=resume), "gw",
+                        spool, Metrics()).start()
+        try:
+            wait_for(pub.connected.is_set, 10, "connect")
+            pub.submit_result("c1", b"r0")
+            assert backend.get(timeout=10)[1] == b"r0"
+            backend.client.loop_stop()                      # the backend is away during the restart
+            broker.stop()
+            wait_for(lambda: not pub.connected.is_set(), 10, "disconnect")
+            for i in range(1, 6):
+                pub.submit_result("c1", f"r{i}".encode())
+            wait_for(lambda: len(spool) == 5, 5, "spooled results")
+            broker.start()
+            wait_for(pub.connected.is_set, 15, "the gateway reconnected")
+            time.sleep(1.0)                                 # the backend comes back a second later
+            backend.client.reconnect()
+            backend.client.loop_start()
+            got = []
+            deadline = time.monotonic() + 20
+            while len(got) < 5 and time.monotonic() < deadline:
+                try:
+                    payload = backend.get(timeout=1)[1]
+                except queue.Empty:
+                    continue
+                if payload != b"r0":
+                    got.append(payload)
+            assert got == [f"r{i}".encode() for i in range(1, 6)]
+        finally:
+            pub.close(timeout=2)
+            backend.close()
+
+
 def test_publisher_stats_json_roundtrip(tmp_path):
     with Mosquitto() as broker:
         sub = Subscriber(broker, "fhe-edge/gateway/gw/stats")
