@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=240)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--incident", choices=("dispersal", "fall"), default="dispersal")
-    parser.add_argument("--peak", type=int, default=30, help="people in view at the crowd's peak")
+    parser.add_argument("--peak", type=int, default=40, help="people in view at the crowd's peak")
     return run(parser.parse_args(argv))
 
 

@@ -22,7 +22,7 @@ __all__ = ["DEFAULT_FPS", "KINDS", "Scenario", "SceneRenderer", "demo_scenario",
            "iter_sequence"]
 
 
-def demo_scenario(incident: str = "dispersal", peak_count: int = 30) -> Scenario:
+def demo_scenario(incident: str = "dispersal", peak_count: int = 40) -> Scenario:
     """A crowd builds up from a few people, holds, then an incident happens at 65% of the run."""
     if incident not in ("dispersal", "fall"):
         raise ValueError(f"demo incident must be 'dispersal' or 'fall', got {incident!r}")
