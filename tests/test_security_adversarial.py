@@ -229,7 +229,7 @@ class BackendProcess:
 
     def __init__(self, root: Path, broker, client_id: str = "backend-1", rules: str | None = None,
                  workers: int = 1, max_bytes: int = MAX_BYTES, allowed_gateways=("gw-1", "gw-2"),
-                 limits: dict | None = None):
+                 limits: dict | None = None, mqtt: dict | None = None):
         self.root = root
         self.metrics_port = free_port()
         (root / "rules.yaml").write_text(rules or "crowd: {threshold: 10, consecutive: 2, hysteresis: 2}\n"
@@ -237,7 +237,7 @@ class BackendProcess:
         self.config = root / "backend.yaml"
         self.config.write_text(json.dumps({**({"limits": limits} if limits is not None else {}),
             "store": str(root / "store"), "state_db": str(root / "state.db"),
-            "mqtt": {"host": broker.host, "port": broker.port, "client_id": client_id, "max_in_flight": 32},
+            "mqtt": {"host": broker.host, "port": broker.port, "client_id": client_id, "max_in_flight": 32, **(mqtt or {})},
             "checks": {"allowed_gateways": list(allowed_gateways), "max_message_bytes": max_bytes, "max_clock_skew": 300},
             "decrypt": {"workers": workers, "timeout": 30},
             "alerts": {"rules_file": str(root / "rules.yaml")},
