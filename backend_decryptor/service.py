@@ -12,7 +12,6 @@ import signal
 import threading
 import time
 
-from backend_decryptor import sd_notify
 from backend_decryptor.catalog import StoreCatalog
 from backend_decryptor.config import BackendConfig
 from backend_decryptor.decrypt_pool import DecryptPool, StoreDecryptor
@@ -22,6 +21,7 @@ from backend_decryptor.pipeline import Pipeline
 from backend_decryptor.publish import Publisher
 from backend_decryptor.receiver import Receiver
 from backend_decryptor.rules_config import AlertRules
+from protected_nn.service_support import sd_notify, watchdog_interval
 
 log = logging.getLogger(__name__)
 STOP_BUDGET = 10.0
@@ -85,17 +85,17 @@ class Service:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         self.start(connect_timeout=None)
-        sd_notify.notify("READY=1\nSTATUS=receiving")
+        sd_notify("READY=1\nSTATUS=receiving")
         log.info("backend-decryptor %s running: subscribed to %s", self.cfg.mqtt.client_id,
                  self.receiver.subscription)
-        ping = sd_notify.watchdog_interval()
+        ping = watchdog_interval()
         next_ping = time.monotonic()
         # Short waits: a signal the kernel hands to another thread runs its Python handler only
         # when the main thread wakes up, so an untimed (or hour-long) wait would ignore SIGTERM.
         while not self._stop_requested.wait(0.2):
             if ping and time.monotonic() >= next_ping and self.pipeline.thread.is_alive():
-                sd_notify.notify("WATCHDOG=1")
+                sd_notify("WATCHDOG=1")
                 next_ping = time.monotonic() + ping
-        sd_notify.notify("STOPPING=1")
+        sd_notify("STOPPING=1")
         log.info("stopping")
         return 0 if self.stop() else 1

@@ -53,6 +53,13 @@ def _load_model(onnx_path):
         raise ModelError(f"cannot read ONNX model {onnx_path}: {exc}") from None
 
 
+def calibration_beside(onnx_path) -> Path | None:
+    """MODEL.calibration.npy next to MODEL.onnx (representative inputs shipped with the model),
+    if there is one: the default calibration set of `protect`."""
+    path = Path(onnx_path).with_suffix(".calibration.npy")
+    return path if path.is_file() else None
+
+
 def protect(onnx_path, *, calibration: np.ndarray | None = None,
             options: ProtectOptions | None = None) -> Protected:
     """Owner side: compile, generate keys for exactly the plan's rotations, encrypt every trained
@@ -67,8 +74,8 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     opts = options or ProtectOptions()
     model = _load_model(onnx_path)
     if calibration is None and isinstance(onnx_path, (str, Path)):
-        beside = Path(onnx_path).with_suffix(".calibration.npy")   # shipped with the model
-        if beside.is_file():
+        beside = calibration_beside(onnx_path)
+        if beside is not None:
             calibration = np.load(beside, allow_pickle=False)
     t0 = time.perf_counter()
     graph = load_onnx(model, calibration=calibration, poly_degree=opts.poly_degree,

@@ -52,9 +52,9 @@ def run(args) -> int:
     model = Path(args.model)
     if not model.is_file():
         raise CommandError(f"model file not found: {model}")
-    cal_path = Path(args.calibration) if args.calibration else model.with_suffix(".calibration.npy")
+    cal_path = Path(args.calibration) if args.calibration else api.calibration_beside(model)
     calibration = None
-    if args.calibration or cal_path.is_file():
+    if cal_path is not None:
         # Representative inputs matter: activation fits, the output range (hence the size of
         # the result prime) and the self-check all come from them.
         calibration = load_npy(str(cal_path), "calibration")
