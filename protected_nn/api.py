@@ -35,6 +35,7 @@ class ProtectOptions:
     input_range: tuple[float, float] = (0.0, 1.0)
     check_samples: int = 2             # calibration inputs run through the encrypted path
     model_card: dict | None = None     # overrides/extends the card read from ONNX metadata
+    seeded: bool = True                # keys and weight ciphertexts stored seeded (half the bundle)
 
 
 @dataclass
@@ -89,11 +90,11 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     plan.doc["input"]["shape"] = list(input_shape)     # exactly what onnxruntime takes
     t_compile = time.perf_counter() - t0
     params = CkksParams.from_dict(plan.doc["ckks"])
-    sk = SecretCkks.generate(params, set(plan.doc["rotation_steps"]))
+    sk = SecretCkks.generate(params, set(plan.doc["rotation_steps"]), evaluation_keys=not opts.seeded)
     t1 = time.perf_counter()
-    weight_blobs = encrypt_weights(sk, plan.weights)
+    weight_blobs = encrypt_weights(sk, plan.weights, seeded=opts.seeded)
     t_encrypt = time.perf_counter() - t1
-    pub = sk.public_bytes()
+    pub = sk.public_bytes(seeded_keys=opts.seeded)
     card = model_card_from(model, graph, opts.model_card)
     artifacts = ModelArtifacts(plan=json.dumps(plan.doc).encode(), context=pub["context"],
                                public_key=pub["public_key"], relin_key=pub["relin_key"],

@@ -2,8 +2,8 @@
 # One-time (idempotent) set-up of a fresh Debian machine for fhe-edge:
 #  - Debian packages: Pyfhel's offline build deps, Mosquitto, GStreamer's RTSP server, systemd-analyze
 #  - .venv at the repo root with the project and its test extras
-#  - Pyfhel 3.5.0 built offline (see docs/pyfhel-offline.md) once, the wheel cached under
-#    ${FHE_EDGE_WHEELS:-~/.cache/fhe-edge/wheels} so a second set-up does not rebuild it.
+#  - Pyfhel 3.5.0 with the patches in scripts/pyfhel/, built offline by scripts/build-pyfhel.sh
+#    once, the wheel cached under ${FHE_EDGE_WHEELS:-~/.cache/fhe-edge/wheels}.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -11,7 +11,7 @@ WHEELS=${FHE_EDGE_WHEELS:-$HOME/.cache/fhe-edge/wheels}
 EXTRAS=${FHE_EDGE_EXTRAS:-test}
 
 APT_PACKAGES=(
-  build-essential cmake git pkg-config python3 python3-venv python3-dev
+  build-essential cmake git patch pkg-config python3 python3-venv python3-dev
   libmsgsl-dev libzstd-dev zlib1g-dev            # Pyfhel/SEAL offline build
   mosquitto mosquitto-clients                    # the broker (tests, demo)
   python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-tools
@@ -39,16 +39,9 @@ fi
 VPY=$ROOT/.venv/bin/python
 "$VPY" -m pip install -q --upgrade pip wheel setuptools
 
-mkdir -p "$WHEELS"
-if ! ls "$WHEELS"/pyfhel-3.5.0-*.whl >/dev/null 2>&1; then
-  echo "setup: building Pyfhel 3.5.0 offline (once, ~6 min on 2 cores) into $WHEELS"
-  tmp=$(mktemp -d)
-  printf 'set(SEAL_BUILD_DEPS OFF)\n' > "$tmp/seal-offline.cmake"   # SEAL uses Debian's GSL/zlib/zstd
-  CMAKE_TOOLCHAIN_FILE="$tmp/seal-offline.cmake" \
-  LDFLAGS="-Wl,--no-as-needed -lz -lzstd" \
-    "$VPY" -m pip wheel -q --no-deps pyfhel==3.5.0 -w "$WHEELS"
-  rm -rf "$tmp"
-fi
-"$VPY" -m pip install -q --find-links "$WHEELS" "pyfhel==3.5.0"
+# Pyfhel 3.5.0 with the project's patches (seeded keys and ciphertexts), built once and cached.
+# Installing the wheel by path replaces a plain 3.5.0 (or an older patch level) in an existing venv.
+PYFHEL_WHEEL=$(FHE_EDGE_WHEELS="$WHEELS" scripts/build-pyfhel.sh "$VPY")
+"$VPY" -m pip install -q "$PYFHEL_WHEEL"
 "$VPY" -m pip install -q --find-links "$WHEELS" -e ".[$EXTRAS]"
 echo "setup: ok ($("$VPY" -c 'import Pyfhel, onnxruntime; print("Pyfhel", Pyfhel.__version__, "onnxruntime", onnxruntime.__version__)'))"

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 from Pyfhel import Pyfhel, PyCtxt, PyPtxt
 
+from protected_nn.ckks import seeded
 from protected_nn.ckks.params import CkksParams, check_128_bit
 from protected_nn.errors import KeyError_, PlanError, ResultError
 
@@ -72,7 +73,12 @@ class Ckks:
             he.from_bytes_relin_key(relin_key)
         if rotation_keys:
             he.from_bytes_rotate_key(rotation_keys)
-        return cls(he, params, rotation_steps)
+        ckks = cls(he, params, rotation_steps)
+        missing = seeded.missing_rotation_steps(he, ckks.rotation_steps - {0})
+        if missing:
+            raise KeyError_(f"the rotation keys lack the Galois keys for steps {missing} that the "
+                            f"plan uses")
+        return ckks
 
     # --- encryption and plaintexts --------------------------------------------------------
     def encrypt(self, values: np.ndarray, scale: float, level: int = 0) -> PyCtxt:
@@ -182,14 +188,18 @@ class SecretCkks(Ckks):
             raise KeyError_("SecretCkks needs a secret key")
 
     @classmethod
-    def generate(cls, params: CkksParams, rotation_steps: set[int]) -> "SecretCkks":
+    def generate(cls, params: CkksParams, rotation_steps: set[int],
+                 evaluation_keys: bool = True) -> "SecretCkks":
+        """evaluation_keys=False: no relinearization/Galois keys in memory (the owner does not
+        evaluate; public_bytes(seeded_keys=True) makes fresh seeded ones for the bundle)."""
         he = cls.new_context(params)
         he.keyGen()
-        he.relinKeyGen()
         slots = params.slots
         steps = sorted({normalize_step(k, slots) for k in rotation_steps} - {0})
-        if steps:
-            he.rotateKeyGen(rot_steps=steps)
+        if evaluation_keys:
+            he.relinKeyGen()
+            if steps:
+                he.rotateKeyGen(rot_steps=steps)
         return cls(he, params, set(steps))
 
     @classmethod
@@ -205,13 +215,31 @@ class SecretCkks(Ckks):
             he.from_bytes_rotate_key(rotation_keys)
         return cls(he, params, set(rotation_steps))
 
-    def public_bytes(self) -> dict[str, bytes]:
+    def public_bytes(self, seeded_keys: bool = True) -> dict[str, bytes]:
+        """seeded_keys: fresh public/relinearization/Galois keys in SEAL's seeded form (about
+        half the bytes; needs the patched Pyfhel, see ckks/seeded.py), else the keys in memory."""
+        if seeded_keys:
+            steps = sorted(self.rotation_steps - {0})
+            return {
+                "context": self.he.to_bytes_context(COMPRESSION),
+                "public_key": seeded.seeded_public_key(self.he, COMPRESSION),
+                "relin_key": seeded.seeded_relin_key(self.he, COMPRESSION),
+                "rotation_keys": seeded.seeded_galois_keys(self.he, steps, COMPRESSION) if steps else b"",
+            }
         return {
             "context": self.he.to_bytes_context(COMPRESSION),
             "public_key": self.he.to_bytes_public_key(COMPRESSION),
             "relin_key": self.he.to_bytes_relin_key(COMPRESSION),
             "rotation_keys": self.he.to_bytes_rotate_key(COMPRESSION) if self.rotation_steps else b"",
         }
+
+    def encrypt_to_bytes(self, values: np.ndarray, scale: float, level: int = 0,
+                         seeded_ct: bool = True) -> bytes:
+        """A serialized ciphertext at `level`: seeded symmetric-key encryption (half the bytes,
+        needs the patched Pyfhel) or public-key encryption then mod-switching."""
+        if seeded_ct:
+            return seeded.encrypt_symmetric_seeded(self.he, values, scale, level, COMPRESSION)
+        return self.ct_to_bytes(self.encrypt(values, scale, level))
 
     def secret_bytes(self) -> bytes:
         return self.he.to_bytes_secret_key(COMPRESSION)

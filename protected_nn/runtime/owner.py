@@ -11,14 +11,11 @@ from protected_nn.errors import ResultError
 MAX_RESULT_BYTES = 4 << 20
 
 
-def encrypt_weights(sk: SecretCkks, weights) -> list[bytes]:
+def encrypt_weights(sk: SecretCkks, weights, seeded: bool = True) -> list[bytes]:
     """Each weight vector becomes a ciphertext at the level where the plan uses it (fewer
-    primes: smaller bundle, cheaper products), zstd-serialized."""
-    out = []
-    for w in weights:
-        ct = sk.encrypt(w.values, w.scale, w.level)
-        out.append(sk.ct_to_bytes(ct))
-    return out
+    primes: smaller bundle, cheaper products), zstd-serialized; seeded (symmetric-key, half the
+    bytes again) unless `seeded` is False."""
+    return [sk.encrypt_to_bytes(w.values, w.scale, w.level, seeded_ct=seeded) for w in weights]
 
 
 class Decoder:
