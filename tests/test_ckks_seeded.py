@@ -138,3 +138,15 @@ def test_protect_stores_a_seeded_bundle_that_infers_correctly():
     assert np.max(np.abs(y - ref)) / max(float(np.ptp(ref)), 1e-6) <= 1e-2
     for member, blob in small.as_members().items():
         assert prot.secret_key not in blob, member
+
+
+def test_installed_pyfhel_is_built_from_this_checkouts_patches():
+    """scripts/build-pyfhel.sh versions the wheel by the patches' hash: a venv left with an older
+    build (or plain 3.5.0) after a patch change fails here, not somewhere obscure."""
+    import hashlib
+    from importlib import metadata
+    from pathlib import Path
+
+    patches = sorted((Path(__file__).resolve().parents[1] / "scripts" / "pyfhel").glob("*.patch"))
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in patches)).hexdigest()[:8]
+    assert metadata.version("pyfhel") == f"3.5.0+fheedge.h{digest}", "re-run scripts/setup.sh"

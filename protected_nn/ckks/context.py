@@ -2,7 +2,8 @@
 shared/notes/pyfhel.md:
 
 - rotate/relinearize on a key set without that key silently *generates* a garbage key: we keep
-  the set of rotation steps ourselves and raise before calling Pyfhel;
+  the set of rotation steps ourselves and raise before calling Pyfhel, and at load time check
+  that SEAL's key set holds every one of them (seeded.missing_rotation_steps);
 - decrypt on an object without a secret key segfaults: only `SecretCkks` has `decrypt`;
 - encryptFrac mis-reads strided arrays: we always pass contiguous float64;
 - contextGen does not raise on insecure parameters: we check its status and our own table;
