@@ -1,8 +1,9 @@
 """`edge-agent run` and `edge-agent check-config` (the gateway daemon). Registered by cli.py."""
 from __future__ import annotations
 
-import logging
 import sys
+
+from protected_nn.service_support import configure_logging
 
 
 def register(subparsers) -> None:
@@ -56,7 +57,6 @@ def _run(args) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 2
-    logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(cfg.log_level)
     from edge_agent.daemon import Daemon
     return Daemon(cfg).run()

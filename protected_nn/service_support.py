@@ -15,6 +15,14 @@ log = logging.getLogger(__name__)
 
 _reported_failures: set[tuple] = set()
 
+# One log line format for both services: journald adds its own time, but `run` in the foreground,
+# log files and `journalctl -o cat` need one, and two services' lines must read alike.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str | int) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr, format=LOG_FORMAT)
+
 
 def sd_notify(message: str) -> bool:
     """sd_notify(3) without a dependency: one datagram to $NOTIFY_SOCKET; False when not under
