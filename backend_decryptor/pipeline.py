@@ -135,7 +135,7 @@ class Pipeline:
         self.metrics.decrypt_seconds.observe(time.monotonic() - item.received)
         rules = self.rules.for_camera(env.camera_id)
         try:
-            card = self.catalog.card(env.model_id)
+            card = self.catalog.card(env.model_id, env.key_fingerprint)  # the card of that key version
             check_plausible(card, output)
             reading = read_outputs(card, output, rules.crowd.output if rules.crowd.enabled else None,
                                    rules.incident.output if rules.incident.enabled else None)

@@ -347,3 +347,25 @@ def test_reprotect_adds_key_version_and_old_results_still_decrypt(protected_pair
         run(BACKEND, "decrypt", "model-a", str(tmp_path / name), "--out", str(tmp_path / f"{name}.npy"),
             "--store", str(store))
         _close(np.load(tmp_path / f"{name}.npy"), run_a(x))
+
+
+def test_models_lists_versions_and_retire_stops_a_key(tmp_path):
+    from backend_decryptor.store import Store
+    from tests.test_store import fake_protected
+    store = Store(tmp_path / "store")
+    fp1 = store.add_model("m", fake_protected(1), "0" * 64)
+    fp2 = store.add_model("m", fake_protected(2), "0" * 64)
+    s = ["--store", str(store.root)]
+    out = run(BACKEND, "export", "m", "--out", str(tmp_path / "m.bundle"), *s).stdout
+    assert "version: 2" in out
+    manifest, _ = bundle.read_bundle(tmp_path / "m.bundle", bundle.load_owner_public_key(tmp_path / "m.bundle.owner.pub"))
+    assert manifest["version"] == 2 and manifest["key_fingerprint"] == fp2
+    lines = run(BACKEND, "models", *s).stdout.splitlines()
+    assert [line.split()[:3] for line in lines] == [["m", "v1", fp1], ["m", "v2", fp2]]
+    assert "old (accepted)" in lines[0] and "active" in lines[1]
+    err = run(BACKEND, "models", "retire", "m", "--key-version", "2", *s, ok=False).stderr
+    assert "is the active one" in err
+    out = run(BACKEND, "models", *s, "retire", "m", "--key-version", "1").stdout     # --store before too
+    assert f"retired model m key version 1 ({fp1})" in out
+    assert "retired" in run(BACKEND, "models", *s).stdout.splitlines()[0]
+    assert Store(store.root).fingerprints("m") == [fp2]

@@ -71,8 +71,8 @@ def owner():
         signing_key = key
         public_key = d / "owner.pub"
 
-        def bundle(self, path: Path, model_id: str) -> Path:
-            bundle.write_bundle(path, model_id, prot.artifacts, key)
+        def bundle(self, path: Path, model_id: str, version: int = 1) -> Path:
+            bundle.write_bundle(path, model_id, prot.artifacts, key, version=version)
             return path
 
         def decrypt(self, payload: bytes) -> np.ndarray:
@@ -179,6 +179,12 @@ class Daemon:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith(name) and not line.startswith("#"))
+
+    def wait_metric(self, name: str, at_least: float, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.metric(name) < at_least:
+            time.sleep(0.2)
+        assert self.metric(name) >= at_least, f"{name} < {at_least}: {self.output()}"
 
     def workers(self) -> list[int]:
         # /proc lists children per thread that forked them (the pool thread): look at all threads.
@@ -345,10 +351,24 @@ def test_bundle_reload_refuses_tampered_accepts_signed_and_sequences_survive_res
         while time.monotonic() < deadline and d.metric('edge_agent_bundle_loads_total{result="refused"}') < 2:
             time.sleep(0.2)
         assert d.metric('edge_agent_bundle_loads_total{result="refused"}') >= 2
-        # properly signed new model id -> picked up without restart
-        owner.bundle(tmp, "tiny-v2")
+        # properly signed, but another model -> refused (model pinned at first start)
+        owner.bundle(tmp, "tiny-v2", version=5)
         os.replace(tmp, d.bundle)
-        sub.until(lambda t, p: "/infer/" in t and decode(p, 64 << 20).model_id == "tiny-v2", 60, "model tiny-v2")
+        d.wait_metric('edge_agent_bundle_refused_total{reason="model_mismatch"}', 1)
+        # a newer version of the running model -> picked up without restart
+        owner.bundle(tmp, "tiny-v1", version=2)
+        os.replace(tmp, d.bundle)
+        d.wait_metric('edge_agent_bundle_version', 2)
+        assert d.metric('edge_agent_bundle_loads_total{result="loaded"}') == 2
+        # and the older one again (a validly signed rollback) -> refused, version 2 keeps running
+        owner.bundle(tmp, "tiny-v1", version=1)
+        os.replace(tmp, d.bundle)
+        d.wait_metric('edge_agent_bundle_refused_total{reason="rollback"}', 1)
+        assert "REFUSED (rollback)" in d.output() and d.metric('edge_agent_bundle_version') == 2
+        assert sub.results(2, timeout=30)[-1].model_id == "tiny-v1"
+        owner.bundle(tmp, "tiny-v1", version=2)
+        os.replace(tmp, d.bundle)
+        d.wait_metric('edge_agent_bundle_loads_total{result="loaded"}', 3)
         last = max(e.sequence for e in sub.results(2, timeout=30))
         assert d.terminate() < 10
     finally:
