@@ -298,6 +298,7 @@ def test_a_gateway_cannot_fill_the_broker_with_retained_messages(broker):
     finally:
         gw.close()
     grown = broker.rss() - before
+    print(f"broker RSS grew by {grown / 2**20:.1f} MiB")
     assert grown < 30 << 20, f"broker grew by {grown / 2**20:.0f} MiB"
     assert _retained(broker, "dashboard", ["fhe-edge/status/#", "fhe-edge/gateway/+/stats",
                                            "fhe-edge/gateway/+/availability"]) == [
