@@ -49,7 +49,8 @@ class Service:
         self.pool.warm_up()
         self.receiver = Receiver(self.cfg.mqtt, on_message=lambda *a: self.pipeline.on_message(*a),
                                  on_peers=self.metrics.set_peers)
-        publisher = Publisher(self.receiver, self.cfg.mqtt.prefix, self.cfg.alerts.home_assistant)
+        publisher = Publisher(self.receiver, self.cfg.mqtt.prefix, self.cfg.alerts.home_assistant,
+                              state_interval=self.cfg.alerts.state_interval)
         self.pipeline = Pipeline(self.cfg, self.rules, self.catalog, self.pool, self.db, self.metrics,
                                  publisher, self.receiver.ack, self.clock)
         self.pipeline.start()

@@ -111,6 +111,9 @@ class EdgeConfig(_Strict):
                             "and envelope field.")
     bundle: Path = Field(description="Signed model bundle (from `backend-decryptor export`). "
                          "Replaced files are picked up without restart.")
+    model_id: str | None = Field(None, pattern=ID_PATTERN, description="Model id every bundle must "
+                                 "carry; a bundle of another model is refused. Default: the id of the first "
+                                 "bundle this gateway ran (recorded in state_dir/bundle.json).")
     owner_public_key: Path = Field(description="The owner's Ed25519 public key (PEM); bundles not "
                                    "signed with it are refused.")
     cameras: list[CameraConfig] = Field(min_length=1, description="The cameras of this gateway.")

@@ -55,16 +55,18 @@ class Daemon:
         for capture in getattr(self, "captures", []):
             capture.reference_gap_s = spec.motion_interval_s
 
-    def _on_new_model(self, model: Model) -> None:
+    def _on_new_model(self, model: Model) -> bool:
         try:
             spec = self._input_spec(model)
         except InputSpecError as exc:
             log.error("new bundle REFUSED, the running model stays: %s", exc)
             self.metrics.bundle_loads.labels(result="refused").inc()
-            return
+            self.metrics.bundle_refused.labels(reason="input_spec").inc()
+            return False
         self.pool.swap_model(model)            # assigns model.generation
         self._install_spec(spec, model.generation)
         self.model = model
+        return True
 
     # -- pipeline callbacks -----------------------------------------------------------------------
     def _on_frame(self, camera_id: str, frame, capture_time: float, reference) -> None:
@@ -103,6 +105,7 @@ class Daemon:
         online = sum(1 for c in self.captures if c.status == ONLINE)
         return {
             "gateway_id": self.cfg.gateway_id, "model_id": self.model.model_id if self.model else None,
+            "model_version": self.watcher.version,
             "uptime_s": round(time.time() - self.started, 1),
             "fps": round(self.health.fps(m.total(m.results)), 3),
             "queue_depth": self.pool.depth, "workers_ready": self.pool.ready_workers,
@@ -132,7 +135,7 @@ class Daemon:
     def run(self) -> int:
         cfg = self.cfg
         self.watcher = BundleWatcher(cfg.bundle, cfg.owner_public_key, cfg.bundle_poll_s,
-                                     self._on_new_model, self.metrics)
+                                     self._on_new_model, self.metrics, cfg.state_dir, cfg.model_id)
         try:
             self.model = self.watcher.load_initial()
             spec = self._input_spec(self.model)

@@ -23,22 +23,32 @@ def add_parser(sub) -> None:
     p.add_argument("input", metavar="INPUT.npy", help="shape = model input (batch 1), or (N, *model input)")
     p.add_argument("--bundle", required=True, metavar="BUNDLE", help="signed model bundle")
     p.add_argument("--out", required=True, metavar="RESULT", help="result file (or folder when N inputs)")
-    p.add_argument("--owner-key", metavar="owner.pub",
-                   help="owner public key (PEM) the bundle must be signed with "
-                        "(default: BUNDLE.owner.pub beside the bundle, if present)")
+    key = p.add_mutually_exclusive_group(required=True)
+    key.add_argument("--owner-key", metavar="owner.pub",
+                     help="owner public key (PEM) the bundle must be signed with")
+    key.add_argument("--config", metavar="edge.yaml",
+                     help="take the owner public key from this gateway config (owner_public_key)")
+    key.add_argument("--allow-unsigned", action="store_true",
+                     help="do NOT check the bundle signature (testing only; a warning is printed)")
     p.add_argument("--gateway-id", default="local", help="gateway id written into the result (default: local)")
     p.add_argument("--camera-id", default="file", help="camera id written into the result (default: file)")
     p.set_defaults(func=run)
 
 
-def _owner_key(bundle_path: Path, owner_key: str | None):
-    """The key to verify with, and a line telling the user which (or that none) was used."""
-    if owner_key:
-        return bundle.load_owner_public_key(owner_key), f"bundle signature verified with {owner_key}"
-    beside = bundle_path.with_name(bundle_path.name + ".owner.pub")
-    if beside.is_file():
-        return bundle.load_owner_public_key(beside), f"bundle signature verified with {beside} (found beside the bundle)"
-    return None, "warning: no owner key given and none beside the bundle: the bundle signature was NOT checked"
+def _owner_key(args):
+    """The key to verify with, and a line telling the user which (or that none) was used. Only an
+    explicit choice: a key file lying beside the bundle proves nothing (whoever could put the
+    bundle there could put the key there too)."""
+    if args.owner_key:
+        return bundle.load_owner_public_key(args.owner_key), f"bundle signature verified with {args.owner_key}"
+    if args.config:
+        from edge_agent.config import ConfigError, load_config
+        try:
+            path = load_config(args.config).owner_public_key
+        except ConfigError as e:
+            raise InputError(f"--config {args.config}: {e}") from None
+        return bundle.load_owner_public_key(path), f"bundle signature verified with {path} (from {args.config})"
+    return None, "warning: --allow-unsigned: the bundle signature was NOT checked"
 
 
 def load_input(path) -> np.ndarray:
@@ -87,7 +97,7 @@ def run(args) -> int:
         if not envelope.valid_field(getattr(args, name)):
             raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)!r}: expected 1..64 chars of [A-Za-z0-9._-]")
     bundle_path = Path(args.bundle)
-    key, key_note = _owner_key(bundle_path, args.owner_key)
+    key, key_note = _owner_key(args)
     manifest, artifacts = bundle.read_bundle(bundle_path, key)
     print(key_note, file=sys.stderr if key is None else sys.stdout)
     x = load_input(args.input)
