@@ -39,7 +39,7 @@ def machine() -> str:
 
 
 def bench_messages(work: Path, n_bad: int, n_valid: int, seed: int) -> dict:
-    fp, payload, other_payload, other_fp, _ = protected_store(work)
+    fp, payload, other_payload, other_fp, _, plan = protected_store(work)
     with Mosquitto(extra_config=BROKER_QUEUE) as broker:
         # One gateway sends the whole campaign: the per-gateway rate limit would (rightly) drop
         # most of it as rate_limited; here every message must be judged on its content.
@@ -47,7 +47,7 @@ def bench_messages(work: Path, n_bad: int, n_valid: int, seed: int) -> dict:
         client = publisher(broker)
         try:
             t0 = time.perf_counter()
-            sent = run_campaign(AdversarialCorpus(fp, payload, other_payload, other_fp, seed=seed), client,
+            sent = run_campaign(AdversarialCorpus(fp, payload, other_payload, other_fp, plan, seed=seed), client,
                                 n_bad, n_valid)
             backend.wait_handled(len(sent), timeout=max(600, len(sent) / 5))
             elapsed = time.perf_counter() - t0
