@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, replace
 
 from protected_nn.envelope import Envelope
+from protected_nn.runtime.result_checks import ResultRejected
 
 from backend_decryptor import alerts
 from backend_decryptor.checks import MessageChecker, Rejected
@@ -44,7 +45,8 @@ class Pipeline:
         self.cfg, self.rules, self.catalog, self.pool = cfg, rules, catalog, pool
         self.db, self.metrics, self.publisher, self.ack = db, metrics, publisher, ack
         self.clock = clock
-        self.checker = MessageChecker(cfg.checks, cfg.mqtt.prefix, catalog, self._seen, clock, cfg.limits)
+        self.checker = MessageChecker(cfg.checks, cfg.mqtt.prefix, catalog, self._seen, clock, cfg.limits,
+                                      bind=db.bind_camera)
         self.drop_log = LogLimiter(log)
         self._queue: queue.Queue = queue.Queue()
         self._in_flight: set[tuple[str, str, int]] = set()
@@ -141,8 +143,9 @@ class Pipeline:
         try:
             output = self.pool.result(item.job)
         except Exception as exc:  # ResultError, timeout, or a worker crash the retry did not cure
-            return self._reject(item, Rejected("decrypt_failed", f"{env.gateway_id}/{env.camera_id} "
-                                                                 f"#{env.sequence}: {type(exc).__name__}: {exc}"))
+            reason = exc.reason if isinstance(exc, ResultRejected) else "decrypt_failed"
+            return self._reject(item, Rejected(reason, f"{env.gateway_id}/{env.camera_id} "
+                                                       f"#{env.sequence}: {type(exc).__name__}: {exc}"))
         self.metrics.decrypt_seconds.observe(time.monotonic() - item.received)
         rules = self.rules.for_camera(env.camera_id)
         try:

@@ -18,7 +18,7 @@ from protected_nn.errors import ProtectedNNError
 
 from edge_agent.bundle_watch import BundleWatcher
 from edge_agent.capture import ONLINE, CameraCapture
-from edge_agent.config import EdgeConfig, read_password
+from edge_agent.config import ConfigError, EdgeConfig, read_password, read_signing_key
 from edge_agent.health import HealthReporter, Metrics, sd_notify
 from edge_agent.pool import Job, Model, WorkerPool
 from edge_agent.preprocess import InputSpec, InputSpecError, Preprocessor
@@ -91,7 +91,7 @@ class Daemon:
             data = encode(Envelope(model_id=model.model_id, key_fingerprint=model.key_fingerprint,
                                    gateway_id=self.cfg.gateway_id, camera_id=job.camera_id,
                                    sequence=self.sequences.next(job.camera_id),
-                                   capture_time=job.capture_time, payload=payload))
+                                   capture_time=job.capture_time, payload=payload), self.signing_key)
         except ProtectedNNError as exc:
             log.error("cannot wrap the result of camera %s: %s", job.camera_id, exc)
             self.metrics.frames_dropped.labels(camera=job.camera_id, reason="envelope").inc()
@@ -134,6 +134,11 @@ class Daemon:
 
     def run(self) -> int:
         cfg = self.cfg
+        try:
+            self.signing_key = read_signing_key(cfg)   # every result is signed: no key, no start
+        except ConfigError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
         self.watcher = BundleWatcher(cfg.bundle, cfg.owner_public_key, cfg.bundle_poll_s,
                                      self._on_new_model, self.metrics, cfg.state_dir, cfg.model_id)
         try:

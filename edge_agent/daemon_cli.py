@@ -36,6 +36,14 @@ def _check_config(args) -> int:
     cfg = _load(args.file)
     if cfg is None:
         return 2
+    import os
+    from edge_agent.config import ConfigError, read_signing_key
+    if cfg.signing_key_file is not None or os.environ.get("CREDENTIALS_DIRECTORY"):
+        try:
+            read_signing_key(cfg)
+        except ConfigError as exc:
+            print(f"error: {args.file}: {exc}", file=sys.stderr)
+            return 2
     from edge_agent.bundle_watch import load_model
     from edge_agent.preprocess import InputSpec, InputSpecError
     from protected_nn.bundle import load_owner_public_key

@@ -27,6 +27,7 @@ from paho.mqtt.properties import Properties
 
 from protected_nn import api, bundle
 from protected_nn.envelope import decode
+from tests.support.gateway_keys import write_key
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.rtsp_camera import RtspCamera, gstreamer_available
 
@@ -139,6 +140,7 @@ class Daemon:
         self.metrics_port = free_port()
         cfg = {
             "gateway_id": "gw-test", "bundle": str(self.bundle), "owner_public_key": str(owner.public_key),
+            "signing_key_file": str(write_key(tmp_path / "signing.key", settings.get("gateway_id", "gw-test"))),
             "cameras": [{"id": k, "url": v, "max_fps": 2} for k, v in cameras.items()],
             "mqtt": {"host": broker.host, "port": broker.port},
             "workers": 2, "queue_size": 4, "state_dir": str(tmp_path / "state"),
