@@ -278,8 +278,9 @@ def test_infer_needs_an_explicit_owner_key_or_allow_unsigned(protected_pair, tmp
     assert "signature does not verify" in run(*args, *owner_key(store), ok=False).stderr
     # The gateway config's owner key counts as explicit.
     cfg = tmp_path / "edge.yaml"
+    run(EDGE, "keygen", "--out", str(tmp_path / "signing.key"), "--gateway-id", "gw")
     cfg.write_text(f"gateway_id: gw\nbundle: copy.bundle\nowner_public_key: {store / 'owner_ed25519.pub.pem'}\n"
-                   "cameras: [{id: c, url: 'rtsp://h/s'}]\nmqtt: {host: h}\n")
+                   "signing_key_file: signing.key\ncameras: [{id: c, url: 'rtsp://h/s'}]\nmqtt: {host: h}\n")
     assert "signature does not verify" in run(*args, "--config", str(cfg), ok=False).stderr
     proc = run(*args, "--allow-unsigned")
     assert "NOT checked" in proc.stderr
