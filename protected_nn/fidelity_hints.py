@@ -111,7 +111,8 @@ def fidelity_hint(model, graph: ir.Graph, inputs: np.ndarray, opts) -> str:
                      "level per activation, and the model fails when it needs more levels than "
                      "the largest ring has); or give --calibration inputs like the real ones.")
     else:
-        lines.append("remedies: give --calibration inputs like the real ones.")
+        lines.append("remedies: give --calibration inputs like the real ones (the result's "
+                     "precision is sized to the output range they produce).")
     lines.append(f"or accept the error: --tolerance T (now {opts.tolerance:g}), or --force to "
                  f"store anyway.")
     return "\n".join(lines)
