@@ -52,12 +52,8 @@ def _owner_key(args):
 
 
 def load_input(path) -> np.ndarray:
-    try:
-        x = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"input file not found: {path}") from None
-    except (ValueError, EOFError, OSError) as e:
-        raise InputError(f"input file {path} is not a readable .npy array: {e}") from None
+    from protected_nn.npy_files import load_array
+    x = load_array(path, "input")
     if not np.issubdtype(x.dtype, np.floating):
         raise InputError(f"input {path} has dtype {x.dtype}, expected a floating type (float32)")
     if not np.all(np.isfinite(x)):
@@ -66,14 +62,38 @@ def load_input(path) -> np.ndarray:
 
 
 def split_batch(x: np.ndarray, input_shape: tuple[int, ...], source) -> tuple[list[np.ndarray], bool]:
-    """-> (inputs, batched). Exactly the model input shape, or a stack of them."""
+    """-> (inputs, batched). Exactly the model input shape, or a stack of them: (N, *input
+    shape), or - when the model's batch is 1, as `protect --calibration` takes it - a batch
+    (N, *input shape[1:]), e.g. (N, C, H, W) for a (1, C, H, W) model."""
     input_shape = tuple(int(d) for d in input_shape)
     if x.shape == input_shape:
         return [x], False
     if x.ndim == len(input_shape) + 1 and x.shape[1:] == input_shape and x.shape[0] >= 1:
         return list(x), True
+    if input_shape and input_shape[0] == 1 and x.ndim == len(input_shape) \
+            and x.shape[1:] == input_shape[1:] and x.shape[0] >= 1:
+        return [item[None] for item in x], True
+    rest = ", ".join(map(str, input_shape[1:]))
+    batch = f" or (N, {rest})" if input_shape and input_shape[0] == 1 else ""
     raise InputError(f"input {source} has shape {x.shape}; expected the model input shape {input_shape} "
-                     f"or a stack (N, {', '.join(map(str, input_shape))})")
+                     f"or a stack (N, {', '.join(map(str, input_shape))}){batch}")
+
+
+def range_warning(x: np.ndarray, card: dict, source) -> str | None:
+    """A warning when the input leaves the range the model was calibrated on (recorded by
+    `protect` in the model card): fitted activations and the result's headroom hold only there."""
+    rng = card.get("calibrated_input_range")
+    if not (isinstance(rng, list) and len(rng) == 2):
+        return None
+    lo, hi = float(rng[0]), float(rng[1])
+    slack = 1e-6 * max(1.0, hi - lo)
+    x_lo, x_hi = float(np.min(x)), float(np.max(x))
+    if x_lo >= lo - slack and x_hi <= hi + slack:
+        return None
+    return (f"warning: input {source} spans [{x_lo:g}, {x_hi:g}], outside the calibrated input range "
+            f"[{lo:g}, {hi:g}] of this model: results may be wrong or fail to decrypt (overflow); "
+            f"scale the input like the calibration data, or protect again with --input-range or "
+            f"--calibration covering such inputs")
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -103,6 +123,9 @@ def run(args) -> int:
     x = load_input(args.input)
     model = EdgeModel(artifacts)
     inputs, batched = split_batch(x, model.input_shape, args.input)
+    warning = range_warning(x, model.model_card, args.input)
+    if warning:
+        print(warning, file=sys.stderr)
     out = Path(args.out)
     folder = _result_folder(out) if batched else None
     times, sizes = [], []

@@ -291,7 +291,7 @@ def test_infer_needs_an_explicit_owner_key_or_allow_unsigned(protected_pair, tmp
 @needs_api
 @pytest.mark.parametrize("array,expect", [
     (np.zeros((1, 9), np.float32), "(1, 9)"),
-    (np.zeros((2, 8), np.float32), "(2, 8)"),
+    (np.zeros((2, 3, 8), np.float32), "(2, 3, 8)"),   # (2, 8) is a batch of 2 since (N, C...) is accepted
     (np.zeros((1, 8), np.int64), "int64"),
     (np.full((1, 8), np.nan, np.float32), "NaN"),
 ])
