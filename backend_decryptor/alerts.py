@@ -9,6 +9,11 @@ Crowd:    level >= threshold for `consecutive` inferences in a row -> raised; wh
           -> cleared; in between, the alert simply stays active.
 Incident: score >= probability for `consecutive` in a row -> raised, unless within `cooldown` of
           the previous raise; score < probability for `clear_consecutive` in a row -> cleared.
+
+Every event of one alert carries its number `event_no` (1 = raised, then 2, 3, ... for each
+update, the clear last), counted in the persisted camera state, so a consumer that keeps per
+alert id only the highest-numbered event it has seen has the true current level whatever the
+broker duplicates (at-least-once) or reorders.
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ class CameraState:
     incident_raised_at: float | None = None
     incident_cooldown_until: float = float("-inf")
     updated_at: float | None = None      # capture time of the last reading
+    crowd_events: int = 0                # events of the active crowd alert so far (its last event_no)
+    incident_events: int = 0
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -61,7 +68,7 @@ class AlertEvent:
     level: str         # coarse label (crowd) or "incident"
     time: float        # capture time of the inference that caused the event
     raised_at: float
-    meta: dict = field(default_factory=dict)  # non-decrypted context: gateway, model id, sequence
+    meta: dict = field(default_factory=dict)  # event_no, and non-decrypted context: gateway, model id, sequence
 
 
 # Kept in the history, never published: the sequence number tells an observer exactly which
@@ -82,19 +89,25 @@ def _crowd(rules: CameraRuleSet, s: CameraState, r: Reading, t: float, new_id) -
     events = []
     streak = s.crowd_streak + 1 if level >= rule.threshold else 0
     alert, raised_at = s.crowd_alert, s.crowd_raised_at
+    # A state persisted before event numbers existed: its active alert has had at least its raise.
+    number = max(s.crowd_events, 1) if alert is not None else 0
 
     def ev(kind: str) -> AlertEvent:
-        return AlertEvent(alert, rules.camera, rules.zone, "crowd", kind, label, t, raised_at)
+        return AlertEvent(alert, rules.camera, rules.zone, "crowd", kind, label, t, raised_at,
+                          {"event_no": number})
 
     if alert is None and streak >= rule.consecutive:
-        alert, raised_at = new_id(), t
+        alert, raised_at, number = new_id(), t, 1
         events.append(ev("raised"))
     elif alert is not None and level < rule.threshold - rule.hysteresis:
+        number += 1
         events.append(ev("cleared"))
-        alert, raised_at = None, None
+        alert, raised_at, number = None, None, 0
     elif alert is not None and level >= rule.threshold and label != s.crowd_level:
+        number += 1
         events.append(ev("updated"))
-    return replace(s, crowd_streak=streak, crowd_alert=alert, crowd_raised_at=raised_at, crowd_level=label), events
+    return replace(s, crowd_streak=streak, crowd_alert=alert, crowd_raised_at=raised_at, crowd_level=label,
+                   crowd_events=number), events
 
 
 def _incident(rules: CameraRuleSet, s: CameraState, r: Reading, t: float, new_id) -> tuple[CameraState, list]:
@@ -105,15 +118,19 @@ def _incident(rules: CameraRuleSet, s: CameraState, r: Reading, t: float, new_id
     streak = s.incident_streak + 1 if hit else 0
     clear_streak = 0 if hit else s.incident_clear_streak + 1
     alert, raised_at, cooldown_until = s.incident_alert, s.incident_raised_at, s.incident_cooldown_until
+    number = max(s.incident_events, 1) if alert is not None else 0
     events = []
     if alert is None and streak >= rule.consecutive and t >= cooldown_until:
-        alert, raised_at, cooldown_until = new_id(), t, t + rule.cooldown
-        events.append(AlertEvent(alert, rules.camera, rules.zone, "incident", "raised", "incident", t, raised_at))
+        alert, raised_at, cooldown_until, number = new_id(), t, t + rule.cooldown, 1
+        events.append(AlertEvent(alert, rules.camera, rules.zone, "incident", "raised", "incident", t, raised_at,
+                                 {"event_no": number}))
     elif alert is not None and clear_streak >= rule.clear_consecutive:
-        events.append(AlertEvent(alert, rules.camera, rules.zone, "incident", "cleared", "clear", t, raised_at))
-        alert, raised_at = None, None
+        events.append(AlertEvent(alert, rules.camera, rules.zone, "incident", "cleared", "clear", t, raised_at,
+                                 {"event_no": number + 1}))
+        alert, raised_at, number = None, None, 0
     return replace(s, incident_streak=streak, incident_clear_streak=clear_streak, incident_alert=alert,
-                   incident_raised_at=raised_at, incident_cooldown_until=cooldown_until), events
+                   incident_raised_at=raised_at, incident_cooldown_until=cooldown_until,
+                   incident_events=number), events
 
 
 def step(rules: CameraRuleSet, state: CameraState, reading: Reading, t: float,
@@ -125,7 +142,8 @@ def step(rules: CameraRuleSet, state: CameraState, reading: Reading, t: float,
 
 
 def public_state(camera: str, zone: str | None, state: CameraState) -> dict:
-    """The retained per-camera state: coarse labels and alert ids only, never decoded values."""
+    """The retained per-camera state: coarse labels and alert ids only, never decoded values
+    (publish.Publisher adds the `dropped` summary)."""
     return {
         "camera": camera,
         "zone": zone,

@@ -1,11 +1,14 @@
 """Which models and key fingerprints the backend can decrypt, and their model cards.
 
-`StoreCatalog` reads the protected model store (backend_decryptor/store.py) and re-reads it when a
-message names a model or fingerprint it has not seen (at most every `refresh_interval` seconds),
-so a newly protected model or a rotated key is picked up without a restart, while a flood of
-messages with made-up ids costs at most one store scan per interval. Every fingerprint the store
-still holds for a model is accepted: after a key rotation, messages under the old fingerprint keep
-decrypting until the owner removes the old key from the store.
+`StoreCatalog` reads the protected model store (backend_decryptor/store.py) and re-reads it at
+most every `refresh_interval` seconds (when asked, never on its own), so a newly protected model,
+a rotated key or a retired one is picked up without a restart, while a flood of messages with
+made-up ids costs at most one store scan per interval. Every key version the store has not retired
+is accepted: after a key rotation, messages under the old fingerprint keep decrypting until the
+owner runs `backend-decryptor models retire`. Model cards are per key version: a result is
+checked against the card of the key it was encrypted under, so a re-protected model's new card
+(say, new plausibility bounds) applies to its results from the first one on, and the results of
+the old key still draining keep the card they were made for.
 
 `StaticCatalog` is a fixed table, for the plumbing tests and the benchmark.
 """
@@ -28,7 +31,7 @@ class StaticCatalog:
         """None if the model is unknown."""
         return self._fps.get(model_id)
 
-    def card(self, model_id: str) -> ModelCard:
+    def card(self, model_id: str, fingerprint: str | None = None) -> ModelCard:
         return self._cards[model_id]
 
 
@@ -40,7 +43,8 @@ class StoreCatalog:
         self._interval = refresh_interval
         self._lock = threading.Lock()
         self._fps: dict[str, set[str]] = {}
-        self._cards: dict[str, ModelCard] = {}
+        self._active: dict[str, str] = {}
+        self._cards: dict[tuple[str, str], ModelCard] = {}   # (model id, fingerprint) -> card
         self._loaded_at = float("-inf")
         self._refresh(force=True)
 
@@ -53,28 +57,27 @@ class StoreCatalog:
             fps = {}
             for model_id in self._store.model_ids():
                 fps[model_id] = set(self._store.fingerprints(model_id))
+                self._active[model_id] = self._store.active_fingerprint(model_id)
             self._fps = fps
-            self._cards = {m: c for m, c in self._cards.items() if m in fps}
+            self._cards = {k: c for k, c in self._cards.items() if k[1] in fps.get(k[0], ())}
 
     def fingerprints(self, model_id: str) -> set[str] | None:
-        fps = self._fps.get(model_id)
-        if fps is None:
-            self._refresh()
-            fps = self._fps.get(model_id)
-        return fps
+        self._refresh()  # rate-limited: a retired key stops being accepted within the interval
+        return self._fps.get(model_id)
 
     def knows(self, model_id: str, fingerprint: str) -> bool:
         fps = self.fingerprints(model_id)
-        if fps is not None and fingerprint not in fps:
-            self._refresh()
-            fps = self._fps.get(model_id)
         return fps is not None and fingerprint in fps
 
-    def card(self, model_id: str) -> ModelCard:
-        card = self._cards.get(model_id)
+    def card(self, model_id: str, fingerprint: str | None = None) -> ModelCard:
+        """The card of that key version (default: the model's active one)."""
+        self._refresh()
+        fingerprint = fingerprint or self._active.get(model_id) or self._store.active_fingerprint(model_id)
+        key = (model_id, fingerprint)
+        card = self._cards.get(key)
         if card is None:
-            card = parse_card(model_id, self._store.model_card(model_id))
-            self._cards[model_id] = card
+            card = parse_card(model_id, self._store.model_card(model_id, fingerprint))
+            self._cards[key] = card
         return card
 
 

@@ -71,20 +71,45 @@ class ChecksConfig(Strict):
         default_factory=list,
         description="gateway ids allowed to send inferences (shell patterns such as 'gw-*' allowed); empty = none")
 
+    gateway_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="each gateway's Ed25519 public key ('ed25519:<base64>', printed by `edge-agent keygen`), "
+                    "by exact gateway id; every result must carry a valid signature by its gateway's key "
+                    "(checked before anything else is believed), else unsigned / unknown_gateway / bad_signature")
     gateway_cameras: dict[str, list[str]] = Field(
         default_factory=dict,
         description="camera allow-list per gateway: gateway id (or shell pattern) -> the camera ids (or "
-                    "patterns) it may send for; a gateway matching several keys gets the union; a gateway "
-                    "matching none may send for any camera unless cameras_required")
+                    "patterns) it may send for; a gateway matching several keys gets the union. An exact "
+                    "camera id under an exact gateway id is reserved for that gateway; any other camera is "
+                    "bound to the first gateway that sends a valid result for it (persisted in state_db)")
     cameras_required: bool = Field(
-        False, description="reject every message of a gateway that has no gateway_cameras entry "
-                           "(otherwise such a gateway may use any camera id)")
+        True, description="reject every message of a gateway that has no gateway_cameras entry (false: such "
+                          "a gateway may use camera ids no other gateway holds, at most max_cameras_per_gateway)")
+    max_cameras_per_gateway: int = Field(
+        64, ge=1, le=100000,
+        description="camera ids one gateway may hold at most (bounds the retained state and Home Assistant "
+                    "configs invented ids could leave in the broker); beyond it: too_many_cameras")
 
     @field_validator("allowed_gateways")
     @classmethod
     def _no_blank(cls, v: list[str]) -> list[str]:
         if any(not g.strip() for g in v):
             raise ValueError("gateway ids must not be blank")
+        return v
+
+    @field_validator("gateway_keys")
+    @classmethod
+    def _valid_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        from protected_nn.envelope import valid_field
+        from protected_nn.gateway_key import parse_public_key
+        for gateway, key in v.items():
+            if not valid_field(gateway):
+                raise ValueError(f"gateway id {gateway!r}: expected 1..64 chars of [A-Za-z0-9._-] (no patterns: "
+                                 "one key per gateway)")
+            try:
+                parse_public_key(key)
+            except ValueError as exc:
+                raise ValueError(f"gateway {gateway}: {exc}") from None
         return v
 
     @field_validator("gateway_cameras")
@@ -95,7 +120,23 @@ class ChecksConfig(Strict):
                 raise ValueError("gateway ids must not be blank")
             if any(not c.strip() for c in cameras):
                 raise ValueError(f"gateway {gateway}: camera ids must not be blank")
+        owners: dict[str, str] = {}
+        for gateway, camera in reserved_pairs(v):
+            if owners.setdefault(camera, gateway) != gateway:
+                raise ValueError(f"camera {camera} is listed for gateways {owners[camera]} and {gateway}: "
+                                 "a camera belongs to one gateway")
         return v
+
+
+def is_pattern(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def reserved_pairs(gateway_cameras: dict[str, list[str]]):
+    """(gateway, camera) for every exact camera id listed under an exact gateway id."""
+    for gateway, cameras in gateway_cameras.items():
+        if not is_pattern(gateway):
+            yield from ((gateway, c) for c in cameras if not is_pattern(c))
 
 
 class LimitsConfig(Strict):

@@ -1,4 +1,5 @@
-"""The backend's SQLite state: seen sequences, per-camera rule state, alert history, counters.
+"""The backend's SQLite state: seen sequences, camera owners, per-camera rule state, alert history,
+counters.
 
 One file, WAL mode, shared by the replicas on one host. Everything an inference changes (its
 sequence marked seen, the camera's rule state, the alert events, the counters) is written in ONE
@@ -35,6 +36,9 @@ CREATE INDEX IF NOT EXISTS alerts_time ON alerts (time);
 CREATE TABLE IF NOT EXISTS counters (
     camera TEXT PRIMARY KEY, messages INTEGER NOT NULL DEFAULT 0, raised INTEGER NOT NULL DEFAULT 0,
     updated INTEGER NOT NULL DEFAULT 0, cleared INTEGER NOT NULL DEFAULT 0, last_time REAL);
+CREATE TABLE IF NOT EXISTS camera_owner (
+    camera TEXT PRIMARY KEY, gateway TEXT NOT NULL, bound_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS camera_owner_gateway ON camera_owner (gateway);
 CREATE TABLE IF NOT EXISTS rejections (reason TEXT PRIMARY KEY, count INTEGER NOT NULL DEFAULT 0);
 """
 
@@ -82,6 +86,36 @@ class StateDB:
     def prune_seen(self, older_than: float) -> int:
         """Forget sequences captured before `older_than`: the skew check rejects those anyway."""
         return self._conn().execute("DELETE FROM seen WHERE capture_time < ?", (older_than,)).rowcount
+
+    def bind_camera(self, gateway: str, camera: str, limit: int) -> str | None:
+        """The gateway `camera` belongs to; binds it to `gateway` first if it belongs to none and
+        `gateway` holds fewer than `limit` cameras (None when over the limit). One transaction, so
+        two replicas (or two gateways) racing for one camera id agree on a single owner."""
+        conn = self._conn()
+        row = conn.execute("SELECT gateway FROM camera_owner WHERE camera=?", (camera,)).fetchone()
+        if row:
+            return row[0]
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT gateway FROM camera_owner WHERE camera=?", (camera,)).fetchone()
+            if row is None:
+                held = conn.execute("SELECT COUNT(*) FROM camera_owner WHERE gateway=?", (gateway,)).fetchone()[0]
+                if held >= limit:
+                    conn.execute("ROLLBACK")
+                    return None
+                conn.execute("INSERT INTO camera_owner VALUES (?, ?, ?)", (camera, gateway, time.time()))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return row[0] if row else gateway
+
+    def camera_owners(self) -> dict[str, str]:
+        return dict(self._conn().execute("SELECT camera, gateway FROM camera_owner").fetchall())
+
+    def unbind_camera(self, camera: str) -> bool:
+        """Free a camera id (it moved to another gateway); True if it was bound."""
+        return self._conn().execute("DELETE FROM camera_owner WHERE camera=?", (camera,)).rowcount > 0
 
     def count_rejection(self, reason: str) -> None:
         self._conn().execute("INSERT INTO rejections (reason, count) VALUES (?, 1) "

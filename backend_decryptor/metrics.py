@@ -16,7 +16,13 @@ class Metrics:
                               ["type", "event"], registry=r)
         self.decrypt_seconds = Histogram("backend_decrypt_seconds", "time from receipt to decrypted result",
                                          buckets=(.01, .05, .1, .25, .5, 1, 2, 5, 10, 30), registry=r)
+        self.peer_replicas = Gauge("backend_peer_replicas", "other backend replicas seen on the broker, by their "
+                                   "last availability word", ["state"], registry=r)
         self.in_flight = Gauge("backend_messages_in_flight", "messages received and not yet acknowledged", registry=r)
+
+    def set_peers(self, peers: dict[str, str]) -> None:
+        for state in {"online", "offline"} | set(peers.values()):
+            self.peer_replicas.labels(state=state).set(sum(1 for v in peers.values() if v == state))
 
     def value(self, name: str, **labels) -> float:
         """Current value of a counter (tests, CLI)."""

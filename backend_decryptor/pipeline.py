@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass, replace
 
 from protected_nn.envelope import Envelope
+from protected_nn.runtime.result_checks import ResultRejected
 
 from backend_decryptor import alerts
 from backend_decryptor.checks import MessageChecker, Rejected
@@ -44,7 +45,8 @@ class Pipeline:
         self.cfg, self.rules, self.catalog, self.pool = cfg, rules, catalog, pool
         self.db, self.metrics, self.publisher, self.ack = db, metrics, publisher, ack
         self.clock = clock
-        self.checker = MessageChecker(cfg.checks, cfg.mqtt.prefix, catalog, self._seen, clock, cfg.limits)
+        self.checker = MessageChecker(cfg.checks, cfg.mqtt.prefix, catalog, self._seen, clock, cfg.limits,
+                                      bind=db.bind_camera)
         self.drop_log = LogLimiter(log)
         self._queue: queue.Queue = queue.Queue()
         self._in_flight: set[tuple[str, str, int]] = set()
@@ -122,6 +124,17 @@ class Pipeline:
         except Exception:
             log.exception("could not count a rejection in the history")
         self.drop_log.warning(exc.reason, "dropped message on %s: %s: %s", item.topic[:120], exc.reason, exc)
+        if item.envelope is not None:  # it passed the checks: show the drop in the camera's state (drops.py)
+            env = item.envelope
+            try:
+                self.publisher.dropped(env.camera_id, exc.reason, lambda: self._public_state(env.camera_id),
+                                       env.gateway_id)
+            except Exception:
+                log.exception("could not publish the drop in the state of camera %s", env.camera_id)
+
+    def _public_state(self, camera: str) -> dict:
+        zone, state = self.db.camera_states().get(camera, (self.rules.for_camera(camera).zone, None))
+        return alerts.public_state(camera, zone, alerts.CameraState.from_dict(state))
 
     def _handle(self, item: Item) -> None:
         if item.rejection is not None:
@@ -130,12 +143,13 @@ class Pipeline:
         try:
             output = self.pool.result(item.job)
         except Exception as exc:  # ResultError, timeout, or a worker crash the retry did not cure
-            return self._reject(item, Rejected("decrypt_failed", f"{env.gateway_id}/{env.camera_id} "
-                                                                 f"#{env.sequence}: {type(exc).__name__}: {exc}"))
+            reason = exc.reason if isinstance(exc, ResultRejected) else "decrypt_failed"
+            return self._reject(item, Rejected(reason, f"{env.gateway_id}/{env.camera_id} "
+                                                       f"#{env.sequence}: {type(exc).__name__}: {exc}"))
         self.metrics.decrypt_seconds.observe(time.monotonic() - item.received)
         rules = self.rules.for_camera(env.camera_id)
         try:
-            card = self.catalog.card(env.model_id)
+            card = self.catalog.card(env.model_id, env.key_fingerprint)  # the card of that key version
             check_plausible(card, output)
             reading = read_outputs(card, output, rules.crowd.output if rules.crowd.enabled else None,
                                    rules.incident.output if rules.incident.enabled else None)
@@ -154,7 +168,7 @@ class Pipeline:
             state = alerts.CameraState.from_dict(old)
             before.append(state)
             new, events = alerts.step(rules, state, reading, env.capture_time)
-            return new.to_dict(), [replace(ev, meta=meta) for ev in events]
+            return new.to_dict(), [replace(ev, meta={**ev.meta, **meta}) for ev in events]  # keeps event_no
 
         result = self.db.apply(env.gateway_id, env.camera_id, env.sequence, env.capture_time, rules.zone, decide)
         if result is None:  # another replica (or an earlier run) committed it first
@@ -175,7 +189,7 @@ class Pipeline:
         now = self.clock()
         stale = published_at is None or (interval > 0 and now - published_at >= interval)
         if changed or stale:
-            self.publisher.state(env.camera_id, new_public)
+            self.publisher.state(env.camera_id, new_public, env.gateway_id)
             self.db.mark_state_published(env.camera_id, now)
 
     def _housekeeping(self) -> None:

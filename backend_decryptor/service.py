@@ -47,8 +47,10 @@ class Service:
         self.db = StateDB(self.cfg.state_db, replica=self.cfg.mqtt.client_id)
         self.pool = DecryptPool(self.decryptor, self.cfg.decrypt.workers, self.cfg.decrypt.timeout)
         self.pool.warm_up()
-        self.receiver = Receiver(self.cfg.mqtt, on_message=lambda *a: self.pipeline.on_message(*a))
-        publisher = Publisher(self.receiver, self.cfg.mqtt.prefix, self.cfg.alerts.home_assistant)
+        self.receiver = Receiver(self.cfg.mqtt, on_message=lambda *a: self.pipeline.on_message(*a),
+                                 on_peers=self.metrics.set_peers)
+        publisher = Publisher(self.receiver, self.cfg.mqtt.prefix, self.cfg.alerts.home_assistant,
+                              state_interval=self.cfg.alerts.state_interval)
         self.pipeline = Pipeline(self.cfg, self.rules, self.catalog, self.pool, self.db, self.metrics,
                                  publisher, self.receiver.ack, self.clock)
         self.pipeline.start()

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
-import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+
+from protected_nn.service_support import configure_logging
 
 DEFAULT_CONFIG = "/etc/backend-decryptor/backend.yaml"
 
@@ -42,8 +42,7 @@ def _load(path: str):
 def cmd_run(args) -> int:
     from backend_decryptor.service import Service
     cfg, rules = _load(args.config)
-    logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")  # journald adds the time
+    configure_logging(cfg.log_level)
     cfg.mqtt.password()  # an unreadable password file is a start-up error, not a reconnect loop
     return Service(cfg, rules).run_forever()
 

@@ -9,7 +9,13 @@
         secret_key                mode 0600; the only place a secret key is ever written
 
 Protecting a model again under the same id adds a new key version and makes it active; old
-versions stay so that results still in flight (encrypted under the old key) can be decrypted.
+versions stay so that results still in flight (encrypted under the old key) can be decrypted,
+until the owner retires them (`retire`: the key folder, secret key included, is deleted and the
+index row kept, marked retired, so the backend stops accepting results under that key).
+
+Every key version has a number, 1 for a model's first `protect` and one more for each later one,
+never reused (retired rows keep theirs). It is the bundle's `version` (protected_nn/bundle.py):
+gateways refuse a bundle older than the one they run, so an old key cannot be rolled back in.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
     model_id TEXT NOT NULL, key_fingerprint TEXT NOT NULL, created TEXT NOT NULL,
     active INTEGER NOT NULL, onnx_sha256 TEXT NOT NULL, report_json TEXT NOT NULL,
+    version INTEGER, retired TEXT,
     PRIMARY KEY (model_id, key_fingerprint));
 CREATE TABLE IF NOT EXISTS exports (
     model_id TEXT NOT NULL, key_fingerprint TEXT NOT NULL, path TEXT NOT NULL,
@@ -51,7 +58,7 @@ class UnknownModelError(StoreError):
 
 
 class UnknownKeyError(StoreError):
-    """A key fingerprint the model does not have (reason "unknown_key")."""
+    """A key fingerprint the model does not have, or a retired one (reason "unknown_key")."""
 
 
 def validate_model_id(model_id) -> str:
@@ -73,6 +80,19 @@ def _write_private(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def _migrate(db) -> None:
+    """Stores made before key versions were numbered: add the columns, number by age."""
+    columns = {r[1] for r in db.execute("PRAGMA table_info(models)")}
+    if "version" in columns:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("ALTER TABLE models ADD COLUMN version INTEGER")
+    db.execute("ALTER TABLE models ADD COLUMN retired TEXT")
+    db.execute("UPDATE models SET version = (SELECT COUNT(*) FROM models AS o WHERE o.model_id = models.model_id "
+               "AND (o.created < models.created OR (o.created = models.created AND o.rowid <= models.rowid)))")
+    db.execute("COMMIT")
+
+
 class Store:
     def __init__(self, root, create: bool = True):
         self.root = Path(root)
@@ -88,6 +108,7 @@ class Store:
         self._owner_models: dict[tuple[str, str], object] = {}
         with self._db() as db:
             db.executescript(_SCHEMA)
+            _migrate(db)
 
     # ------------------------------------------------------------ internals
     def _db(self):
@@ -115,6 +136,11 @@ class Store:
         if fingerprint is None:
             return self.active_fingerprint(model_id)
         if fingerprint not in self.fingerprints(model_id):
+            retired = self._query("SELECT version, retired FROM models WHERE model_id = ? AND key_fingerprint = ? "
+                                  "AND retired IS NOT NULL", model_id, fingerprint)
+            if retired:
+                raise UnknownKeyError(f"key {fingerprint} (version {retired[0]['version']}) of model {model_id!r} "
+                                      f"was retired on {retired[0]['retired']}")
             raise UnknownKeyError(f"model {model_id!r} has no key {fingerprint!r} "
                                   f"(its keys: {', '.join(self.fingerprints(model_id))})")
         return fingerprint
@@ -128,7 +154,8 @@ class Store:
         if not protected.secret_key:
             raise StoreError("protected model has no secret key; refusing to store it")
         final = self._model_dir(model_id, fingerprint)
-        if final.exists():
+        if final.exists() or self._query("SELECT 1 FROM models WHERE model_id = ? AND key_fingerprint = ?",
+                                         model_id, fingerprint):
             raise StoreError(f"model {model_id!r} already has key {fingerprint}")
         (self.root / "models").mkdir(mode=0o700, exist_ok=True)
         final.parent.mkdir(mode=0o700, exist_ok=True)
@@ -147,8 +174,12 @@ class Store:
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
             db.execute("UPDATE models SET active = 0 WHERE model_id = ?", (model_id,))
-            db.execute("INSERT INTO models VALUES (?, ?, ?, 1, ?, ?)",
-                       (model_id, fingerprint, _now(), onnx_sha256, report))
+            # MAX over every row, retired ones too: a version number is never handed out twice.
+            version = db.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM models WHERE model_id = ?",
+                                 (model_id,)).fetchone()[0]
+            db.execute("INSERT INTO models (model_id, key_fingerprint, created, active, onnx_sha256, report_json, "
+                       "version) VALUES (?, ?, ?, 1, ?, ?, ?)",
+                       (model_id, fingerprint, _now(), onnx_sha256, report, version))
             db.execute("COMMIT")
         return fingerprint
 
@@ -156,10 +187,45 @@ class Store:
         return [r[0] for r in self._query("SELECT DISTINCT model_id FROM models ORDER BY model_id")]
 
     def fingerprints(self, model_id: str) -> list[str]:
-        """Key versions of a model, oldest first."""
+        """Key versions of a model that are not retired (what the backend accepts), oldest first."""
         self._require_model(model_id)
         return [r[0] for r in self._query(
-            "SELECT key_fingerprint FROM models WHERE model_id = ? ORDER BY created, rowid", model_id)]
+            "SELECT key_fingerprint FROM models WHERE model_id = ? AND retired IS NULL ORDER BY version",
+            model_id)]
+
+    def key_version(self, model_id: str, fingerprint: str | None = None) -> int:
+        """The key version's number (1, 2, ...): the bundle version gateways compare."""
+        fingerprint = self._resolve(model_id, fingerprint)
+        return self._query("SELECT version FROM models WHERE model_id = ? AND key_fingerprint = ?",
+                           model_id, fingerprint)[0][0]
+
+    def retire(self, model_id: str, key: str) -> dict:
+        """Retire a key version (`key` = its fingerprint or version number): its folder, secret key
+        included, is deleted, so results encrypted under it can never be decrypted again; the
+        index row stays (marked retired) so that its version number is never reused. The active
+        version cannot be retired (protect a new one first). Returns the retired row."""
+        self._require_model(model_id)
+        rows = [r for r in self.models() if r["model_id"] == model_id
+                and (r["key_fingerprint"] == key or str(r["version"]) == str(key))]
+        if not rows:
+            versions = ", ".join(f"{r['version']} ({r['key_fingerprint']})" for r in self.models()
+                                 if r["model_id"] == model_id)
+            raise UnknownKeyError(f"model {model_id!r} has no key version {key!r} (its versions: {versions})")
+        row = rows[0]
+        if row["retired"]:
+            raise StoreError(f"key version {row['version']} of model {model_id!r} was already retired on {row['retired']}")
+        if row["active"]:
+            raise StoreError(f"key version {row['version']} is the active one of model {model_id!r}; protect "
+                             "the model again (a new version) and roll it out before retiring this one")
+        with self._db() as db:
+            db.execute("UPDATE models SET retired = ? WHERE model_id = ? AND key_fingerprint = ?",
+                       (_now(), model_id, row["key_fingerprint"]))
+        with self._lock:
+            self._owner_models.pop((model_id, row["key_fingerprint"]), None)
+        # After the index says retired (so no reader goes looking for the files any more).
+        shutil.rmtree(self._model_dir(model_id, row["key_fingerprint"]))
+        return [r for r in self.models() if r["model_id"] == model_id
+                and r["key_fingerprint"] == row["key_fingerprint"]][0]
 
     def active_fingerprint(self, model_id: str) -> str:
         self._require_model(model_id)
@@ -201,9 +267,9 @@ class Store:
                 self._owner_models[key] = api.OwnerModel(self.artifacts(*key), self.secret_key(*key))
             return self._owner_models[key]
 
-    def model_card(self, model_id: str) -> dict:
-        """The active key version's card; reads only that member (the service asks often)."""
-        fingerprint = self.active_fingerprint(model_id)
+    def model_card(self, model_id: str, fingerprint: str | None = None) -> dict:
+        """A key version's card (default: the active one); reads only that member."""
+        fingerprint = self._resolve(model_id, fingerprint)
         try:
             data = (self._model_dir(model_id, fingerprint) / "model_card").read_bytes()
             return json.loads(data) if data else {}
@@ -217,9 +283,10 @@ class Store:
         return json.loads(rows[0][0])
 
     def models(self) -> list[dict]:
-        """Every key version: model_id, key_fingerprint, created, active, onnx_sha256."""
-        rows = self._query("SELECT model_id, key_fingerprint, created, active, onnx_sha256 FROM models "
-                           "ORDER BY model_id, created, rowid")
+        """Every key version: model_id, key_fingerprint, version, created, active, retired (time or
+        None), onnx_sha256."""
+        rows = self._query("SELECT model_id, key_fingerprint, version, created, active, retired, onnx_sha256 "
+                           "FROM models ORDER BY model_id, version")
         return [dict(r) | {"active": bool(r["active"])} for r in rows]
 
     # ------------------------------------------------------------ owner signing key

@@ -7,7 +7,10 @@ Measures, with a real Mosquitto on loopback and real encrypted results (protecte
   2. service throughput: messages received, checked, decrypted, decided and stored per second,
      with 1 and with 2 decryption processes (the whole `run` pipeline, in-process);
   3. latency from the gateway's publish to the alert's arrival at a subscriber (median, p90),
-     with rules that make every message raise or clear an alert.
+     with rules that make every message raise or clear an alert;
+  4. the signature check's share of the backend's time per result (issue 15, target < 1%):
+     envelope parse + Ed25519 verify per result, timed interleaved with decrypt (including the
+     decoder's result checks), against the service's wall time per result with 1 process.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from backend_decryptor.config import BackendConfig  # noqa: E402
 from backend_decryptor.rules_config import AlertRules  # noqa: E402
 from backend_decryptor.service import Service  # noqa: E402
 from backend_decryptor.store import Store  # noqa: E402
-from protected_nn import api, envelope  # noqa: E402
+from protected_nn import api, envelope, gateway_key  # noqa: E402
 from tests.support.mosquitto import Mosquitto  # noqa: E402
 
 MODEL_ID = "bench"
@@ -57,9 +60,12 @@ def build_model(kind: str, path: Path):
     return (1, 4)
 
 
+GATEWAY_KEY = gateway_key.generate()     # the simulated gateway's result-signing key
+
+
 def envelope_bytes(fp: str, payload: bytes, seq: int, camera: str = "cam-1") -> tuple[str, bytes]:
     env = envelope.Envelope(MODEL_ID, fp, "gw-1", camera, seq, time.time(), payload)
-    return f"fhe-edge/infer/gw-1/{camera}", envelope.encode(env)
+    return f"fhe-edge/infer/gw-1/{camera}", envelope.encode(env, GATEWAY_KEY)
 
 
 def service_config(work: Path, broker, workers: int, name: str) -> BackendConfig:
@@ -69,7 +75,9 @@ def service_config(work: Path, broker, workers: int, name: str) -> BackendConfig
         # receiving its share of the stream (see docs/backend.md, "Scaling out")
         "mqtt": {"host": broker.host, "port": broker.port, "client_id": f"bench-{name}", "max_in_flight": 64,
                  "shared_group": f"bench-{name}", "session_expiry": 0},
-        "checks": {"allowed_gateways": ["gw-*"], "max_message_bytes": 64 << 20},
+        "checks": {"allowed_gateways": ["gw-*"], "max_message_bytes": 64 << 20,
+                   "gateway_keys": {"gw-1": gateway_key.public_key_text(GATEWAY_KEY)},
+                   "gateway_cameras": {"gw-1": [f"cam-{i}" for i in range(8)]}},
         # throughput is measured from one simulated gateway: the per-gateway rate limit (a defence
         # against decryption-oracle abuse, 10 msg/s by default) would measure itself instead
         "limits": {"per_gateway_rate": None},
@@ -140,6 +148,35 @@ def latency(work, broker, fp, high: bytes, low: bytes, threshold: float, n: int)
     return out
 
 
+def signature_cost(owner, fp: str, payloads: list[bytes], reps: int) -> dict:
+    """Per result, interleaved (the machine's load hits all three alike): parse + verify the
+    envelope as the checks do, and decrypt it (with the decoder's result checks)."""
+    pub = GATEWAY_KEY.public_key()
+    messages = [envelope_bytes(fp, payloads[i % len(payloads)], i)[1] for i in range(reps)]
+    parse, verify, decrypt, verify_cpu, decrypt_cpu = [], [], [], [], []
+    for data in messages:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        env = envelope.decode(data, max_size=64 << 20)
+        t1, c1 = time.perf_counter(), time.thread_time()
+        envelope.verify(data, env, pub)
+        t2, c2 = time.perf_counter(), time.thread_time()
+        owner.decrypt(env.payload)
+        t3, c3 = time.perf_counter(), time.thread_time()
+        parse.append(t1 - t0)
+        verify.append(t2 - t1)
+        decrypt.append(t3 - t2)
+        verify_cpu.append(c2 - c1)
+        decrypt_cpu.append(c3 - c2)
+    med = statistics.median
+    # CPU time (this thread only) is what other jobs on a shared machine disturb least
+    return {"envelope_bytes": len(messages[0]), "parse_us_median": 1e6 * med(parse),
+            "verify_us_median": 1e6 * med(verify), "decrypt_with_checks_us_median": 1e6 * med(decrypt),
+            "verify_share_of_decrypt_pct": 100 * med(verify) / med(decrypt),
+            "verify_cpu_us_total_mean": 1e6 * sum(verify_cpu) / len(verify_cpu),
+            "decrypt_cpu_us_total_mean": 1e6 * sum(decrypt_cpu) / len(decrypt_cpu),
+            "verify_share_of_decrypt_cpu_pct": 100 * sum(verify_cpu) / sum(decrypt_cpu)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=["tiny", "tenseal"], default="tiny")
@@ -175,10 +212,14 @@ def main() -> int:
     decrypt_rate = reps / (time.perf_counter() - t)
 
     results = {"model": args.model, "result_bytes": len(payloads[0]), "decrypt_only_per_s_1core": decrypt_rate}
+    results.update(signature_cost(owner, edge.key_fingerprint, payloads, reps))
     with Mosquitto() as broker:
         for workers in (1, 2):
             results[f"service_msgs_per_s_{workers}proc"] = throughput(work, broker, edge.key_fingerprint,
                                                                      payloads, workers, args.messages)
+        per_result_ms = 1000 / results["service_msgs_per_s_1proc"]
+        results["service_ms_per_result_1proc"] = per_result_ms
+        results["verify_share_of_service_time_pct"] = 100 * results["verify_us_median"] / 1000 / per_result_ms
         lat = sorted(latency(work, broker, edge.key_fingerprint, high, low, threshold, args.latency))
     if lat:
         results["publish_to_alert_ms_median"] = 1000 * statistics.median(lat)

@@ -2,13 +2,18 @@
 
     .venv/bin/python bench/bench_faults.py --messages 10000 [--valid 500] [--bundle-changes 1000] [--json FILE]
 
-1. messages: `--messages` hostile inference messages of 22 kinds (tests/test_security_adversarial.py:
+1. messages: `--messages` hostile inference messages of 37 kinds (tests/test_security_adversarial.py:
    random bytes, truncated and bit-flipped envelopes and ciphertexts, ciphertexts under another key,
-   unknown model, oversized, replayed sequence, wrong version, huge declared lengths, ...) with
-   `--valid` valid encrypted results spread among them, published to a real Mosquitto and handled
-   by `backend-decryptor run` (a subprocess with a real protected model). Reported: crashes
-   (process exits), false alerts (the valid stream is a quiet scene: any alert is false), valid
-   results processed, rejections by reason, messages per second.
+   unknown model, oversized, replayed sequence, wrong version, huge declared lengths, ...; and
+   issue 15's, tests/support/forged_messages.py: transparent ciphertexts built from the plan alone,
+   scale +inf or wrong, all-zero coefficients, degenerate c1, wrong level, not NTT, unsigned,
+   forged signatures, another gateway's key, unknown gateway, re-labelled replays, spliced
+   payloads, another gateway's camera, sequence >= 2^63) with `--valid` valid signed encrypted
+   results spread among them, published to a real Mosquitto and handled by `backend-decryptor run`
+   (a subprocess with a real protected model). Reported: crashes (process exits), false alerts
+   (the valid stream is a quiet scene and every forgery carries alarm values: any alert is false),
+   hostile messages accepted (processed beyond the valid ones), valid results processed,
+   rejections by reason, messages per second.
 2. bundles: `--bundle-changes` random single-byte changes (position and new value uniform over the
    whole file) to a real signed bundle, each checked by `read_bundle` with the owner key (what the
    gateway's reload path runs): how many were refused, how many raised something other than
@@ -39,7 +44,7 @@ def machine() -> str:
 
 
 def bench_messages(work: Path, n_bad: int, n_valid: int, seed: int) -> dict:
-    fp, payload, other_payload, other_fp, _ = protected_store(work)
+    fp, payload, other_payload, other_fp, _, plan = protected_store(work)
     with Mosquitto(extra_config=BROKER_QUEUE) as broker:
         # One gateway sends the whole campaign: the per-gateway rate limit would (rightly) drop
         # most of it as rate_limited; here every message must be judged on its content.
@@ -47,7 +52,7 @@ def bench_messages(work: Path, n_bad: int, n_valid: int, seed: int) -> dict:
         client = publisher(broker)
         try:
             t0 = time.perf_counter()
-            sent = run_campaign(AdversarialCorpus(fp, payload, other_payload, other_fp, seed=seed), client,
+            sent = run_campaign(AdversarialCorpus(fp, payload, other_payload, other_fp, plan, seed=seed), client,
                                 n_bad, n_valid)
             backend.wait_handled(len(sent), timeout=max(600, len(sent) / 5))
             elapsed = time.perf_counter() - t0
@@ -58,6 +63,7 @@ def bench_messages(work: Path, n_bad: int, n_valid: int, seed: int) -> dict:
             v["stop_s"] = round(backend.terminate(), 2)
             v["exit_code"] = backend.proc.returncode
             v["crashes"] = 0 if v["alive"] and v["exit_code"] == 0 else 1
+            v["hostile_accepted"] = max(0, int(v["processed"]) - v["valid"])
             return v
         finally:
             client.disconnect()
@@ -115,6 +121,7 @@ def main(argv=None) -> int:
             out["messages"] = m = bench_messages(work, args.messages, n_valid, args.seed)
             print(f"messages: {m['bad']} hostile + {m['valid']} valid in {m['seconds']} s "
                   f"({m['messages_per_s']}/s): crashes {m['crashes']}, false alerts {m['alerts']}, "
+                  f"hostile accepted {m['hostile_accepted']}/{m['bad']}, "
                   f"valid processed {m['valid_processed']}/{m['valid']}, processed total {m['processed']:.0f}, "
                   f"rejected {sum(m['rejected'].values()):.0f}, internal errors {m['internal_errors']:.0f}, "
                   f"SIGTERM stop {m['stop_s']} s (exit {m['exit_code']})")
@@ -123,6 +130,7 @@ def main(argv=None) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(out, indent=2))
         ok = (not args.messages or (out["messages"]["crashes"] == 0 and out["messages"]["alerts"] == 0
+                                    and out["messages"]["hostile_accepted"] == 0
                                     and out["messages"]["valid_processed"] == out["messages"]["valid"])) and \
              (not args.bundle_changes or out["bundles"]["refused"] == args.bundle_changes)
         return 0 if ok else 1

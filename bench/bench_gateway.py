@@ -110,7 +110,9 @@ def daemon_latency(bundle_path: Path, owner_pub: Path, seconds: float, workers: 
     lat, sizes = [], []
     with tempfile.TemporaryDirectory() as d, Mosquitto() as broker, RtspCamera(fps=10, width=640, height=480) as cam:
         d = Path(d)
+        from tests.support.gateway_keys import write_key
         cfg = {"gateway_id": "bench", "bundle": str(bundle_path), "owner_public_key": str(owner_pub),
+               "signing_key_file": str(write_key(d / "signing.key", "bench")),
                "cameras": [{"id": "cam", "url": cam.url, "max_fps": 1}],
                "mqtt": {"host": broker.host, "port": broker.port}, "workers": workers,
                "state_dir": str(d / "state"), "spool": {"directory": str(d / "spool")},

@@ -28,12 +28,13 @@ def _write(path: Path, header: str, data: dict) -> Path:
     return path
 
 
-def write_edge_config(out: Path, bundle: Path, owner_pub: Path, camera_url: str, ports: Ports,
+def write_edge_config(out: Path, bundle: Path, owner_pub: Path, signing_key: Path, camera_url: str, ports: Ports,
                       *, workers: int, max_fps: float) -> Path:
     cfg = {
         "gateway_id": GATEWAY_ID,
         "bundle": str(bundle),
         "owner_public_key": str(owner_pub),
+        "signing_key_file": str(signing_key),     # from `edge-agent keygen` (demo/run_demo.py)
         "bundle_poll_s": 10,
         "cameras": [{"id": CAMERA_ID, "url": camera_url, "max_fps": max_fps}],
         "mqtt": {"host": "127.0.0.1", "port": ports.mqtt, "topic_prefix": PREFIX, "qos": 1},
@@ -53,13 +54,16 @@ def write_edge_config(out: Path, bundle: Path, owner_pub: Path, camera_url: str,
     return _write(out / "edge.yaml", header, cfg)
 
 
-def write_backend_config(out: Path, store: Path, ports: Ports, *, decrypt_workers: int) -> Path:
+def write_backend_config(out: Path, store: Path, ports: Ports, gateway_public_key: str, *,
+                         decrypt_workers: int) -> Path:
     cfg = {
         "store": str(store),
         "state_db": str(out / "backend" / "state.db"),
         "mqtt": {"host": "127.0.0.1", "port": ports.mqtt, "client_id": "demo-backend",
                  "prefix": PREFIX, "session_expiry": 0},
-        "checks": {"allowed_gateways": [GATEWAY_ID], "max_clock_skew": "1m"},
+        "checks": {"allowed_gateways": [GATEWAY_ID], "max_clock_skew": "1m",
+                   "gateway_keys": {GATEWAY_ID: gateway_public_key},      # results must be signed by it
+                   "gateway_cameras": {GATEWAY_ID: [CAMERA_ID]}},
         "decrypt": {"workers": decrypt_workers, "timeout": "60s"},
         # 1ms: the retained state is republished after every inference (not only when a label
         # changes), so the demo's picture gets one point per decrypted result.

@@ -113,6 +113,18 @@ class Demo:
         self.notify.append(sock)
         return sock
 
+    def gateway_key(self) -> tuple[Path, str]:
+        """The gateway's result-signing key, made as an installer would (`edge-agent keygen`);
+        its public half goes into the backend's checks.gateway_keys."""
+        key = self.out / "keys" / f"{configs.GATEWAY_ID}.key"
+        key.parent.mkdir(parents=True, exist_ok=True)
+        if not key.exists():
+            self._run_tool("keygen", tool("edge-agent", "edge_agent.cli") + [
+                "keygen", "--out", str(key), "--gateway-id", configs.GATEWAY_ID], timeout=60)
+        public = key.with_name(key.name + ".pub").read_text().strip()
+        print(f"gateway {configs.GATEWAY_ID}: signing key {key} (public {public})")
+        return key, public
+
     def run(self) -> int:
         args = self.args
         self.out.mkdir(parents=True, exist_ok=True)
@@ -142,9 +154,10 @@ class Demo:
         print(f"broker 127.0.0.1:{ports.mqtt}, camera {camera_url}")
 
         print("\n== 3. the backend service and the gateway daemon")
-        edge_yaml = configs.write_edge_config(self.out, bundle, owner_pub, camera_url, ports,
+        signing_key, public_key = self.gateway_key()
+        edge_yaml = configs.write_edge_config(self.out, bundle, owner_pub, signing_key, camera_url, ports,
                                               workers=args.workers, max_fps=args.max_fps)
-        backend_yaml = configs.write_backend_config(self.out, self.out / "store", ports,
+        backend_yaml = configs.write_backend_config(self.out, self.out / "store", ports, public_key,
                                                     decrypt_workers=args.decrypt_workers)
         ns = self._notify_socket("backend")
         backend = self._start("backend", tool("backend-decryptor", "backend_decryptor.cli") +

@@ -18,6 +18,11 @@ from typing import Callable
 # FFmpeg reads this when a stream is opened: RTSP over TCP (UDP loses packets across NATs and
 # busy links, which shows up as smeared frames). Set before cv2 opens anything.
 os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+# OpenCV's own WARN lines on a failed open ("backend is generally available but can't be used to
+# capture by name", stream timeouts) repeat on every retry and mislead; our log says it once.
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+# FFmpeg's own "[tcp @ 0x..] Connection refused" per attempt likewise: only fatal errors (8).
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "8")
 
 import cv2  # noqa: E402  (after the environment above)
 import numpy as np  # noqa: E402
@@ -30,6 +35,9 @@ ONLINE, OFFLINE = "online", "offline"
 # A reference frame further back than this many gaps (stalled stream) gives no motion channel.
 MAX_REFERENCE_GAPS = 3.0
 RECENT_FRAMES = 16       # frames kept to pick the motion reference from (~1.6 s at 10 fps)
+# A dead camera is retried every few seconds forever; its failures are logged once, then as one
+# summary line per this many seconds (not ~130k lines a day per camera).
+RETRY_LOG_INTERVAL_S = 300.0
 
 # camera id, BGR frame, unix time, reference BGR frame (~reference_gap_s earlier) or None
 FrameCallback = Callable[[str, np.ndarray, float, "np.ndarray | None"], None]
@@ -55,6 +63,8 @@ class CameraCapture:
         self.status: str | None = None
         self.reference_gap_s = 0.1      # set from the model card (motion frame interval)
         self.reconnects = 0
+        self._failures_unlogged = 0      # failed attempts since the last log line about them
+        self._failure_logged_at: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"capture-{camera.id}", daemon=True)
 
@@ -70,6 +80,21 @@ class CameraCapture:
         latest, so we wait only briefly (the thread is a daemon and cannot hold up exit)."""
         self._stop.set()
         self._thread.join(timeout)
+
+    def _log_failure(self, what: str) -> None:
+        """The first failure of an outage at WARNING; later ones as one summary line per
+        RETRY_LOG_INTERVAL_S, so a camera that stays dead does not flood the journal."""
+        now = time.monotonic()
+        if self._failure_logged_at is None:
+            log.warning("camera %s: %s; retrying every <= %g s (repeats summarised every %g s)",
+                        self.camera.id, what, self.settings.reconnect_max_s, RETRY_LOG_INTERVAL_S)
+            self._failure_logged_at = now
+        elif now - self._failure_logged_at >= RETRY_LOG_INTERVAL_S:
+            log.warning("camera %s: still failing (%s), %d attempts in the last %.0f s",
+                        self.camera.id, what, self._failures_unlogged + 1, now - self._failure_logged_at)
+            self._failure_logged_at, self._failures_unlogged = now, 0
+        else:
+            self._failures_unlogged += 1
 
     def _set_status(self, status: str) -> None:
         if status != self.status:
@@ -96,7 +121,7 @@ class CameraCapture:
             cap = self._open()
             got_frames = False
             if cap is None:
-                log.warning("camera %s: cannot open %s", self.camera.id, redact(self.camera.url))
+                self._log_failure(f"cannot open {redact(self.camera.url)}")
             else:
                 try:
                     got_frames = self._read_until_failure(cap)
@@ -107,6 +132,7 @@ class CameraCapture:
             self._set_status(OFFLINE)
             if got_frames:
                 delay = self.settings.reconnect_min_s
+                self._failure_logged_at, self._failures_unlogged = None, 0   # a new outage
             self.reconnects += 1
             self._stop.wait(delay)
             delay = min(delay * 2, self.settings.reconnect_max_s)
@@ -129,7 +155,10 @@ class CameraCapture:
         while not self._stop.is_set():
             ok, frame = cap.read()
             if not ok or frame is None or frame.size == 0:
-                log.warning("camera %s: stream ended or timed out", self.camera.id)
+                if got_frames:   # a stream that never delivered is the open failure, logged above
+                    log.warning("camera %s: stream ended or timed out", self.camera.id)
+                else:
+                    self._log_failure("stream opened but delivered no frame")
                 return got_frames
             now = time.time()
             pts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0

@@ -1,4 +1,4 @@
-"""`edge-agent`: the gateway's command line (`infer` here, the daemon's commands via daemon_cli).
+"""`edge-agent`: the gateway's command line (`infer`, `keygen`, the daemon's commands via daemon_cli).
 
 This process never holds a secret key: it imports edge-side code only (no backend_decryptor).
 Exit codes: 0 ok, 2 bad usage or bad input (one `error: ...` line on stderr, no traceback)."""
@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from edge_agent import daemon_cli, infer_cmd
+from edge_agent import daemon_cli, infer_cmd, keygen_cmd
 from protected_nn.service_support import run_cli
 
 
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     infer_cmd.add_parser(sub)
     daemon_cli.register(sub)
+    keygen_cmd.add_parser(sub)
     return parser
 
 

@@ -111,8 +111,17 @@ class EdgeConfig(_Strict):
                             "and envelope field.")
     bundle: Path = Field(description="Signed model bundle (from `backend-decryptor export`). "
                          "Replaced files are picked up without restart.")
+    model_id: str | None = Field(None, pattern=ID_PATTERN, description="Model id every bundle must "
+                                 "carry; a bundle of another model is refused. Default: the id of the first "
+                                 "bundle this gateway ran (recorded in state_dir/bundle.json).")
     owner_public_key: Path = Field(description="The owner's Ed25519 public key (PEM); bundles not "
                                    "signed with it are refused.")
+    signing_key_file: Path | None = Field(None, description="This gateway's own Ed25519 private key "
+                                          "(from `edge-agent keygen`, mode 0600): every result is signed "
+                                          "with it. Use this or signing_key_credential, not both.")
+    signing_key_credential: str | None = Field(None, description="Name of a systemd credential "
+                                               "(LoadCredential=) holding this gateway's signing key, read "
+                                               "from $CREDENTIALS_DIRECTORY at start.")
     cameras: list[CameraConfig] = Field(min_length=1, description="The cameras of this gateway.")
     mqtt: MqttConfig = Field(description="The broker results are published to.")
     workers: int = Field(default_factory=lambda: os.cpu_count() or 1, ge=1, le=64,
@@ -131,7 +140,15 @@ class EdgeConfig(_Strict):
                                  "file for a new version (SIGHUP checks at once).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
-    _files = field_validator("owner_public_key")(_existing_file)
+    _files = field_validator("owner_public_key", "signing_key_file")(_existing_file)
+
+    @model_validator(mode="after")
+    def _one_signing_key(self) -> "EdgeConfig":
+        # Unsigned results are refused by the backend: a gateway without a key could send nothing.
+        if (self.signing_key_file is None) == (self.signing_key_credential is None):
+            raise ValueError("give exactly one of signing_key_file or signing_key_credential "
+                             "(the gateway's key from `edge-agent keygen`)")
+        return self
 
     @field_validator("cameras")
     @classmethod
@@ -232,7 +249,7 @@ def load_config(path: str | os.PathLike, base_dir: Path | None = None) -> EdgeCo
         raise ConfigError(problems) from None
 
 
-_PATH_FIELDS = [("bundle",), ("owner_public_key",), ("state_dir",), ("spool", "directory"),
+_PATH_FIELDS = [("bundle",), ("owner_public_key",), ("signing_key_file",), ("state_dir",), ("spool", "directory"),
                 ("mqtt", "password_file"), ("mqtt", "tls", "ca_file"), ("mqtt", "tls", "cert_file"),
                 ("mqtt", "tls", "key_file")]
 
@@ -249,16 +266,36 @@ def _resolve_paths(data: dict, base: Path) -> dict:
     return data
 
 
+def _credential(name: str, setting: str) -> Path:
+    cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not cred_dir:
+        raise ConfigError([f"{setting}: {name!r} set but $CREDENTIALS_DIRECTORY is not "
+                           "(run under systemd with LoadCredential=)"])
+    return Path(cred_dir) / name
+
+
+def signing_key_path(cfg: EdgeConfig) -> Path:
+    if cfg.signing_key_file is not None:
+        return cfg.signing_key_file
+    return _credential(cfg.signing_key_credential, "signing_key_credential")
+
+
+def read_signing_key(cfg: EdgeConfig):
+    """The gateway's Ed25519 signing key; ConfigError naming the file on any problem."""
+    from protected_nn.gateway_key import load_private_key
+    from protected_nn.errors import KeyError_
+    try:
+        return load_private_key(signing_key_path(cfg))
+    except KeyError_ as exc:
+        raise ConfigError([str(exc)]) from None
+
+
 def read_password(mqtt: MqttConfig) -> str | None:
     """The broker password from its file or systemd credential (first line, newline stripped)."""
     if mqtt.password_file is not None:
         source = mqtt.password_file
     elif mqtt.password_credential is not None:
-        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not cred_dir:
-            raise ConfigError([f"mqtt.password_credential: {mqtt.password_credential!r} set but "
-                               "$CREDENTIALS_DIRECTORY is not (run under systemd with LoadCredential=)"])
-        source = Path(cred_dir) / mqtt.password_credential
+        source = _credential(mqtt.password_credential, "mqtt.password_credential")
     else:
         return None
     try:

@@ -18,7 +18,7 @@ from protected_nn.errors import ProtectedNNError
 
 from edge_agent.bundle_watch import BundleWatcher
 from edge_agent.capture import ONLINE, CameraCapture
-from edge_agent.config import EdgeConfig, read_password
+from edge_agent.config import ConfigError, EdgeConfig, read_password, read_signing_key
 from edge_agent.health import HealthReporter, Metrics, sd_notify
 from edge_agent.pool import Job, Model, WorkerPool
 from edge_agent.preprocess import InputSpec, InputSpecError, Preprocessor
@@ -55,16 +55,18 @@ class Daemon:
         for capture in getattr(self, "captures", []):
             capture.reference_gap_s = spec.motion_interval_s
 
-    def _on_new_model(self, model: Model) -> None:
+    def _on_new_model(self, model: Model) -> bool:
         try:
             spec = self._input_spec(model)
         except InputSpecError as exc:
             log.error("new bundle REFUSED, the running model stays: %s", exc)
             self.metrics.bundle_loads.labels(result="refused").inc()
-            return
+            self.metrics.bundle_refused.labels(reason="input_spec").inc()
+            return False
         self.pool.swap_model(model)            # assigns model.generation
         self._install_spec(spec, model.generation)
         self.model = model
+        return True
 
     # -- pipeline callbacks -----------------------------------------------------------------------
     def _on_frame(self, camera_id: str, frame, capture_time: float, reference) -> None:
@@ -89,7 +91,7 @@ class Daemon:
             data = encode(Envelope(model_id=model.model_id, key_fingerprint=model.key_fingerprint,
                                    gateway_id=self.cfg.gateway_id, camera_id=job.camera_id,
                                    sequence=self.sequences.next(job.camera_id),
-                                   capture_time=job.capture_time, payload=payload))
+                                   capture_time=job.capture_time, payload=payload), self.signing_key)
         except ProtectedNNError as exc:
             log.error("cannot wrap the result of camera %s: %s", job.camera_id, exc)
             self.metrics.frames_dropped.labels(camera=job.camera_id, reason="envelope").inc()
@@ -103,6 +105,7 @@ class Daemon:
         online = sum(1 for c in self.captures if c.status == ONLINE)
         return {
             "gateway_id": self.cfg.gateway_id, "model_id": self.model.model_id if self.model else None,
+            "model_version": self.watcher.version,
             "uptime_s": round(time.time() - self.started, 1),
             "fps": round(self.health.fps(m.total(m.results)), 3),
             "queue_depth": self.pool.depth, "workers_ready": self.pool.ready_workers,
@@ -131,8 +134,13 @@ class Daemon:
 
     def run(self) -> int:
         cfg = self.cfg
+        try:
+            self.signing_key = read_signing_key(cfg)   # every result is signed: no key, no start
+        except ConfigError as exc:
+            log.error("cannot start: %s", exc)
+            return 2
         self.watcher = BundleWatcher(cfg.bundle, cfg.owner_public_key, cfg.bundle_poll_s,
-                                     self._on_new_model, self.metrics)
+                                     self._on_new_model, self.metrics, cfg.state_dir, cfg.model_id)
         try:
             self.model = self.watcher.load_initial()
             spec = self._input_spec(self.model)

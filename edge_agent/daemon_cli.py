@@ -1,8 +1,9 @@
 """`edge-agent run` and `edge-agent check-config` (the gateway daemon). Registered by cli.py."""
 from __future__ import annotations
 
-import logging
 import sys
+
+from protected_nn.service_support import configure_logging
 
 
 def register(subparsers) -> None:
@@ -35,6 +36,14 @@ def _check_config(args) -> int:
     cfg = _load(args.file)
     if cfg is None:
         return 2
+    import os
+    from edge_agent.config import ConfigError, read_signing_key
+    if cfg.signing_key_file is not None or os.environ.get("CREDENTIALS_DIRECTORY"):
+        try:
+            read_signing_key(cfg)
+        except ConfigError as exc:
+            print(f"error: {args.file}: {exc}", file=sys.stderr)
+            return 2
     from edge_agent.bundle_watch import load_model
     from edge_agent.preprocess import InputSpec, InputSpecError
     from protected_nn.bundle import load_owner_public_key
@@ -56,7 +65,6 @@ def _run(args) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 2
-    logging.basicConfig(level=cfg.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(cfg.log_level)
     from edge_agent.daemon import Daemon
     return Daemon(cfg).run()

@@ -41,6 +41,9 @@ class Metrics:
         self.worker_restarts = Counter(p + "worker_restarts", "Worker processes that died and were replaced", registry=r)
         self.workers_ready = Gauge(p + "workers_ready", "Worker processes with the model loaded", registry=r)
         self.bundle_loads = Counter(p + "bundle_loads", "Bundle load attempts, by result", ["result"], registry=r)
+        self.bundle_refused = Counter(p + "bundle_refused", "Bundles refused, by reason (invalid, rollback, "
+                                      "model_mismatch, input_spec, error)", ["reason"], registry=r)
+        self.bundle_version = Gauge(p + "bundle_version", "Version of the running bundle", registry=r)
         self.camera_online = Gauge(p + "camera_online", "1 if the camera stream is up", ["camera"], registry=r)
         self.mqtt_connected = Gauge(p + "mqtt_connected", "1 while connected to the broker", registry=r)
 

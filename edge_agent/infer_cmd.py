@@ -23,31 +23,37 @@ def add_parser(sub) -> None:
     p.add_argument("input", metavar="INPUT.npy", help="shape = model input (batch 1), or (N, *model input)")
     p.add_argument("--bundle", required=True, metavar="BUNDLE", help="signed model bundle")
     p.add_argument("--out", required=True, metavar="RESULT", help="result file (or folder when N inputs)")
-    p.add_argument("--owner-key", metavar="owner.pub",
-                   help="owner public key (PEM) the bundle must be signed with "
-                        "(default: BUNDLE.owner.pub beside the bundle, if present)")
+    key = p.add_mutually_exclusive_group(required=True)
+    key.add_argument("--owner-key", metavar="owner.pub",
+                     help="owner public key (PEM) the bundle must be signed with")
+    key.add_argument("--config", metavar="edge.yaml",
+                     help="take the owner public key from this gateway config (owner_public_key)")
+    key.add_argument("--allow-unsigned", action="store_true",
+                     help="do NOT check the bundle signature (testing only; a warning is printed)")
     p.add_argument("--gateway-id", default="local", help="gateway id written into the result (default: local)")
     p.add_argument("--camera-id", default="file", help="camera id written into the result (default: file)")
     p.set_defaults(func=run)
 
 
-def _owner_key(bundle_path: Path, owner_key: str | None):
-    """The key to verify with, and a line telling the user which (or that none) was used."""
-    if owner_key:
-        return bundle.load_owner_public_key(owner_key), f"bundle signature verified with {owner_key}"
-    beside = bundle_path.with_name(bundle_path.name + ".owner.pub")
-    if beside.is_file():
-        return bundle.load_owner_public_key(beside), f"bundle signature verified with {beside} (found beside the bundle)"
-    return None, "warning: no owner key given and none beside the bundle: the bundle signature was NOT checked"
+def _owner_key(args):
+    """The key to verify with, and a line telling the user which (or that none) was used. Only an
+    explicit choice: a key file lying beside the bundle proves nothing (whoever could put the
+    bundle there could put the key there too)."""
+    if args.owner_key:
+        return bundle.load_owner_public_key(args.owner_key), f"bundle signature verified with {args.owner_key}"
+    if args.config:
+        from edge_agent.config import ConfigError, load_config
+        try:
+            path = load_config(args.config).owner_public_key
+        except ConfigError as e:
+            raise InputError(f"--config {args.config}: {e}") from None
+        return bundle.load_owner_public_key(path), f"bundle signature verified with {path} (from {args.config})"
+    return None, "warning: --allow-unsigned: the bundle signature was NOT checked"
 
 
 def load_input(path) -> np.ndarray:
-    try:
-        x = np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"input file not found: {path}") from None
-    except (ValueError, EOFError, OSError) as e:
-        raise InputError(f"input file {path} is not a readable .npy array: {e}") from None
+    from protected_nn.npy_files import load_array
+    x = load_array(path, "input")
     if not np.issubdtype(x.dtype, np.floating):
         raise InputError(f"input {path} has dtype {x.dtype}, expected a floating type (float32)")
     if not np.all(np.isfinite(x)):
@@ -56,14 +62,38 @@ def load_input(path) -> np.ndarray:
 
 
 def split_batch(x: np.ndarray, input_shape: tuple[int, ...], source) -> tuple[list[np.ndarray], bool]:
-    """-> (inputs, batched). Exactly the model input shape, or a stack of them."""
+    """-> (inputs, batched). Exactly the model input shape, or a stack of them: (N, *input
+    shape), or - when the model's batch is 1, as `protect --calibration` takes it - a batch
+    (N, *input shape[1:]), e.g. (N, C, H, W) for a (1, C, H, W) model."""
     input_shape = tuple(int(d) for d in input_shape)
     if x.shape == input_shape:
         return [x], False
     if x.ndim == len(input_shape) + 1 and x.shape[1:] == input_shape and x.shape[0] >= 1:
         return list(x), True
+    if input_shape and input_shape[0] == 1 and x.ndim == len(input_shape) \
+            and x.shape[1:] == input_shape[1:] and x.shape[0] >= 1:
+        return [item[None] for item in x], True
+    rest = ", ".join(map(str, input_shape[1:]))
+    batch = f" or (N, {rest})" if input_shape and input_shape[0] == 1 else ""
     raise InputError(f"input {source} has shape {x.shape}; expected the model input shape {input_shape} "
-                     f"or a stack (N, {', '.join(map(str, input_shape))})")
+                     f"or a stack (N, {', '.join(map(str, input_shape))}){batch}")
+
+
+def range_warning(x: np.ndarray, card: dict, source) -> str | None:
+    """A warning when the input leaves the range the model was calibrated on (recorded by
+    `protect` in the model card): fitted activations and the result's headroom hold only there."""
+    rng = card.get("calibrated_input_range")
+    if not (isinstance(rng, list) and len(rng) == 2):
+        return None
+    lo, hi = float(rng[0]), float(rng[1])
+    slack = 1e-6 * max(1.0, hi - lo)
+    x_lo, x_hi = float(np.min(x)), float(np.max(x))
+    if x_lo >= lo - slack and x_hi <= hi + slack:
+        return None
+    return (f"warning: input {source} spans [{x_lo:g}, {x_hi:g}], outside the calibrated input range "
+            f"[{lo:g}, {hi:g}] of this model: results may be wrong or fail to decrypt (overflow); "
+            f"scale the input like the calibration data, or protect again with --input-range or "
+            f"--calibration covering such inputs")
 
 
 def _write(path: Path, data: bytes) -> None:
@@ -87,12 +117,15 @@ def run(args) -> int:
         if not envelope.valid_field(getattr(args, name)):
             raise InputError(f"--{name.replace('_', '-')} {getattr(args, name)!r}: expected 1..64 chars of [A-Za-z0-9._-]")
     bundle_path = Path(args.bundle)
-    key, key_note = _owner_key(bundle_path, args.owner_key)
+    key, key_note = _owner_key(args)
     manifest, artifacts = bundle.read_bundle(bundle_path, key)
     print(key_note, file=sys.stderr if key is None else sys.stdout)
     x = load_input(args.input)
     model = EdgeModel(artifacts)
     inputs, batched = split_batch(x, model.input_shape, args.input)
+    warning = range_warning(x, model.model_card, args.input)
+    if warning:
+        print(warning, file=sys.stderr)
     out = Path(args.out)
     folder = _result_folder(out) if batched else None
     times, sizes = [], []

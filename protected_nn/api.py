@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -18,12 +19,15 @@ import numpy as np
 from protected_nn.artifacts import ModelArtifacts
 from protected_nn.ckks.context import Ckks
 from protected_nn.ckks.params import CkksParams
-from protected_nn.errors import ModelError, ProtectedNNError, ResultError
+from protected_nn.errors import ModelError, PlanError, ProtectedNNError, ResultError
 from protected_nn.runtime import params_blob
 from protected_nn.runtime.evaluator import Evaluator
 
 # Owner-side modules (key generation, decryption, compiler) are imported inside protect() and
 # OwnerModel only, so a gateway process never even loads them.
+
+
+CALIBRATED_RANGE = "calibrated_input_range"   # model card field: [low, high] of the calibration inputs
 
 
 @dataclass
@@ -35,6 +39,7 @@ class ProtectOptions:
     input_range: tuple[float, float] = (0.0, 1.0)
     check_samples: int = 2             # calibration inputs run through the encrypted path
     model_card: dict | None = None     # overrides/extends the card read from ONNX metadata
+    calibration_source: str | None = None   # where a given calibration array came from (a file)
     seeded: bool = True                # keys and weight ciphertexts stored seeded (half the bundle)
 
 
@@ -78,15 +83,21 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
         beside = calibration_beside(onnx_path)
         if beside is not None:
             calibration = np.load(beside, allow_pickle=False)
+            opts = dataclasses.replace(opts, calibration_source=str(beside))
     t0 = time.perf_counter()
     graph = load_onnx(model, calibration=calibration, poly_degree=opts.poly_degree,
                       input_range=opts.input_range, calibration_samples=opts.calibration_samples)
     input_shape = _onnx_input_shape(model, graph)
     cal = _calibration_inputs(input_shape, calibration, opts)
+    calibrated = calibration_record(cal, calibration, opts)
     ref_outputs = _onnxruntime(model, cal)
     max_out = float(np.max(np.abs(ref_outputs))) if ref_outputs.size else 1.0
     output_bits = max(4, int(math.ceil(math.log2(max_out * 4 + 1))) + 1)   # 4x headroom over calibration
-    plan = compile_graph(graph, output_bits)
+    try:
+        plan = compile_graph(graph, output_bits)
+    except PlanError as exc:
+        from protected_nn.fidelity_hints import plan_error_hint
+        raise PlanError(f"{exc}{plan_error_hint(str(exc), graph, opts.poly_degree)}") from None
     plan.doc["input"]["shape"] = list(input_shape)     # exactly what onnxruntime takes
     t_compile = time.perf_counter() - t0
     params = CkksParams.from_dict(plan.doc["ckks"])
@@ -96,6 +107,9 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     t_encrypt = time.perf_counter() - t1
     pub = sk.public_bytes(seeded_keys=opts.seeded)
     card = model_card_from(model, graph, opts.model_card)
+    # in the bundle and the store: the gateway warns on inputs outside it, `decrypt` names it
+    # when a result does not decrypt (an input far outside overflows the result)
+    card[CALIBRATED_RANGE] = calibrated["input_range"]
     artifacts = ModelArtifacts(plan=json.dumps(plan.doc).encode(), context=pub["context"],
                                public_key=pub["public_key"], relin_key=pub["relin_key"],
                                rotation_keys=pub["rotation_keys"],
@@ -106,14 +120,31 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
                               ref_outputs[:max(1, opts.check_samples)])
     report = build_report(graph, plan, artifacts, fidelity, timings={
         "compile_s": t_compile, "encrypt_params_s": t_encrypt}, tolerance=opts.tolerance)
+    report["data"]["calibration"] = calibrated
     prot = Protected(artifacts=artifacts, secret_key=secret, report=report["data"],
-                     report_text=report["text"])
+                     report_text=f"{report['text']}\nCalibration: {calibrated['description']}; "
+                                 f"inputs outside [{calibrated['input_range'][0]:g}, "
+                                 f"{calibrated['input_range'][1]:g}] are out of the calibrated range")
     if fidelity["max_rel_error"] > opts.tolerance and not opts.force:
+        from protected_nn.fidelity_hints import fidelity_hint
+        hint = fidelity_hint(model, graph, cal[:max(1, opts.check_samples)], opts)
         raise ProtectedNNError(
             f"encrypted outputs differ from onnxruntime by {fidelity['max_rel_error']:.2e} of the "
-            f"output range, above the tolerance {opts.tolerance:g}; raise --poly-degree, widen the "
-            f"calibration set, or pass --force to store anyway\n\n{prot.report_text}")
+            f"output range, above the tolerance {opts.tolerance:g}.\n{hint}\n\n{prot.report_text}")
     return prot
+
+
+def calibration_record(cal: np.ndarray, given, opts) -> dict:
+    """What the model was calibrated on, for the report, the plan and the messages that follow
+    from it: the range of the calibration inputs and where they came from."""
+    if given is None:
+        lo, hi = (float(v) for v in opts.input_range)
+        what = f"{len(cal)} uniform samples in [{lo:g}, {hi:g}]"
+    else:
+        lo, hi = float(np.min(cal)), float(np.max(cal))
+        what = f"{len(cal)} input(s) from {opts.calibration_source or 'the given array'} " \
+               f"spanning [{lo:g}, {hi:g}]"
+    return {"input_range": [lo, hi], "description": what, "samples": int(len(cal))}
 
 
 def _onnx_input_shape(model, graph) -> tuple[int, ...]:
@@ -147,7 +178,9 @@ def _calibration_inputs(shape, calibration, opts) -> np.ndarray:
 
 def _onnxruntime(model, inputs: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3    # errors only: its coloured optimizer warnings are not ours to show
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     return np.stack([sess.run(None, {name: x.astype(np.float32)})[0] for x in inputs])
 

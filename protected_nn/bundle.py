@@ -1,8 +1,8 @@
 """Signed, versioned deployment archive: what the owner ships to a gateway.
 
 A zip (ZIP_STORED: the ciphertexts are zstd-compressed already) holding, in this order:
-    manifest.json   {"format": "fhe-edge-bundle", "format_version": 1, "model_id", "key_fingerprint",
-                     "created" (UTC ISO 8601), "members": {name: {"sha256", "size"}}}
+    manifest.json   {"format": "fhe-edge-bundle", "format_version": 2, "model_id", "version",
+                     "key_fingerprint", "created" (UTC ISO 8601), "members": {name: {"sha256", "size"}}}
     plan, context, public_key, relin_key, rotation_keys, params, model_card   (artifacts.MEMBERS)
     signature       Ed25519 over the exact bytes of manifest.json
 
@@ -11,6 +11,12 @@ members are accepted (no decompression, hence no zip bomb), the member set must 
 expected one, and the archive must be byte-for-byte the canonical encoding of its contents (the
 writer is deterministic), so even a flipped bit in zip metadata that zipfile would ignore is
 refused. Never contains a secret key.
+
+`version` (an integer >= 1, signed with the rest of the manifest) orders the bundles of one model:
+`backend-decryptor export` writes the store's key version number (1 for the first `protect`,
+one more per re-protect, backend_decryptor/store.py), and a gateway refuses a bundle with a lower
+version than the one it runs (edge_agent/bundle_watch.py), so a validly signed bundle of a
+rotated-out key cannot be rolled back in. Re-exporting the same key version gives the same number.
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ import io
 import json
 import os
 import re
+import stat
 import zipfile
 from collections import Counter
 from datetime import datetime, timezone
@@ -32,11 +39,12 @@ from protected_nn.artifacts import MEMBERS, ModelArtifacts
 from protected_nn.errors import BundleError
 
 FORMAT = "fhe-edge-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                      # 2: manifest carries `version`
 MANIFEST = "manifest.json"
 SIGNATURE = "signature"
 MAX_TOTAL_SIZE = 512 * 1024 * 1024     # whole archive and sum of members
 MAX_MANIFEST_SIZE = 64 * 1024
+MAX_VERSION = 2**53                     # exact in JSON readers of every language
 _ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
 _HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
 _FORBIDDEN_NAME_RE = re.compile(r"secret|private", re.IGNORECASE)
@@ -64,11 +72,18 @@ def _manifest_bytes(manifest: dict) -> bytes:
     return json.dumps(manifest, indent=2, sort_keys=True).encode("utf-8") + b"\n"
 
 
+def _valid_version(version) -> bool:
+    return type(version) is int and 1 <= version <= MAX_VERSION
+
+
 def build_bundle(model_id: str, artifacts: ModelArtifacts, signing_key: Ed25519PrivateKey,
-                 forbidden: bytes | None = None, created: datetime | None = None) -> bytes:
-    """The bundle as bytes. `forbidden` = the secret key: refused if it occurs in any member."""
+                 forbidden: bytes | None = None, created: datetime | None = None, version: int = 1) -> bytes:
+    """The bundle as bytes. `forbidden` = the secret key: refused if it occurs in any member.
+    `version`: the model's key version (see the module doc); 1 for bundles made outside a store."""
     if not isinstance(model_id, str) or not _ID_RE.match(model_id):
         raise BundleError(f"model id {model_id!r}: expected 1..64 chars of [A-Za-z0-9._-]")
+    if not _valid_version(version):
+        raise BundleError(f"bundle version {version!r}: expected an integer in 1..{MAX_VERSION}")
     members = artifacts.as_members()
     if set(members) != set(MEMBERS):
         raise BundleError(f"artifacts have members {sorted(members)}, expected {list(MEMBERS)}")
@@ -82,6 +97,7 @@ def build_bundle(model_id: str, artifacts: ModelArtifacts, signing_key: Ed25519P
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_id": model_id,
+        "version": version,
         "key_fingerprint": artifacts.key_fingerprint,
         "created": (created or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
         "members": {name: {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
@@ -96,9 +112,9 @@ def build_bundle(model_id: str, artifacts: ModelArtifacts, signing_key: Ed25519P
 
 
 def write_bundle(path, model_id: str, artifacts: ModelArtifacts, signing_key: Ed25519PrivateKey,
-                 forbidden: bytes | None = None) -> dict:
+                 forbidden: bytes | None = None, version: int = 1) -> dict:
     """Write the signed bundle to `path` atomically (temp file + rename); returns the manifest."""
-    data = build_bundle(model_id, artifacts, signing_key, forbidden)
+    data = build_bundle(model_id, artifacts, signing_key, forbidden, version=version)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -111,18 +127,32 @@ def write_bundle(path, model_id: str, artifacts: ModelArtifacts, signing_key: Ed
 
 # ---------------------------------------------------------------- reading
 
+def read_file_bounded(path, limit: int | None = None) -> bytes:
+    """A file's bytes, refused before reading anything if it is larger than `limit` (and read with
+    a cap, in case it grows meanwhile): a huge or endless file at the bundle path costs nothing.
+    Only regular files (O_NONBLOCK: a FIFO put there cannot block the reader on open)."""
+    path, limit = Path(path), MAX_TOTAL_SIZE if limit is None else limit
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise BundleError(f"bundle {path} is not a regular file")
+            if st.st_size > limit:
+                raise BundleError(f"bundle {path}: {st.st_size} bytes exceeds the limit of {limit}")
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise BundleError(f"cannot read bundle {path}: {e.strerror or e}") from e
+    if len(data) > limit:
+        raise BundleError(f"bundle {path} grew beyond the limit of {limit} bytes while being read")
+    return data
+
+
 def _read_source(path_or_bytes) -> bytes:
     if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
         data = bytes(path_or_bytes)
     else:
-        path = Path(path_or_bytes)
-        try:
-            size = path.stat().st_size
-            if size > MAX_TOTAL_SIZE:
-                raise BundleError(f"bundle {path}: {size} bytes exceeds the limit of {MAX_TOTAL_SIZE}")
-            data = path.read_bytes()
-        except OSError as e:
-            raise BundleError(f"cannot read bundle {path}: {e.strerror or e}") from e
+        data = read_file_bounded(path_or_bytes)
     if len(data) > MAX_TOTAL_SIZE:
         raise BundleError(f"bundle of {len(data)} bytes exceeds the limit of {MAX_TOTAL_SIZE}")
     return data
@@ -164,10 +194,13 @@ def _parse_manifest(manifest_bytes: bytes) -> dict:
         raise BundleError(f"not an {FORMAT} bundle (format={manifest.get('format')!r})")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise BundleError(f"bundle format version {manifest.get('format_version')!r} is not supported "
-                          f"(this software reads version {FORMAT_VERSION})")
+                          f"(this software reads version {FORMAT_VERSION}; export the bundle again with "
+                          f"`backend-decryptor export`)")
     for key in ("model_id", "key_fingerprint"):
         if not isinstance(manifest.get(key), str) or not _ID_RE.match(manifest[key]):
             raise BundleError(f"bundle manifest field {key} is missing or malformed")
+    if not _valid_version(manifest.get("version")):
+        raise BundleError(f"bundle manifest field version is missing or not an integer in 1..{MAX_VERSION}")
     if not isinstance(manifest.get("created"), str):
         raise BundleError("bundle manifest field created is missing")
     members = manifest.get("members")

@@ -1,27 +1,41 @@
-"""The inference message, edge -> backend: one versioned binary envelope around the ciphertext.
+"""The inference message, edge -> backend: one versioned, signed binary envelope around the ciphertext.
 
-Layout (big-endian):
-    b"FHEE" | u8 version | str model_id | str key_fingerprint | str gateway_id | str camera_id
-    | u64 sequence | f64 capture_time | u32 payload_length | payload
-where str = u8 length (1..64) + ASCII [A-Za-z0-9._-]. Nothing may follow the payload.
+Layout of version 2 (big-endian):
+    b"FHEE" | u8 version=2 | str model_id | str key_fingerprint | str gateway_id | str camera_id
+    | u8 signature_length (0 or 64) | u64 sequence | f64 capture_time | u32 payload_length
+    | payload | signature
+where str = u8 length (1..64) + ASCII [A-Za-z0-9._-]. Nothing may follow the signature.
+
+The signature is the gateway's Ed25519 signature (protected_nn/gateway_key.py) over SIGNING_CONTEXT
+followed by every byte before the signature (magic to the end of the payload): header and payload
+are bound together, so no field can be changed, and no payload moved to another header, without the
+gateway's private key. An unsigned envelope (length 0) is what `edge-agent infer` writes without a
+key; the backend service refuses it (reason "unsigned"). Version 1 (no signature) is refused.
 
 The decoder is written for hostile input (anything a network peer sends): every declared length is
-checked against the bytes actually present before it is used, and every failure is an
-EnvelopeError with a short `reason` that services use as a metrics label.
+checked against the bytes actually present before it is used, every number against its range, and
+every failure is an EnvelopeError with a short `reason` that services use as a metrics label.
 """
 from __future__ import annotations
 
 import math
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from protected_nn.errors import EnvelopeError
 
 MAGIC = b"FHEE"
-VERSION = 1
+VERSION = 2
 DEFAULT_MAX_SIZE = 1 << 20
 MAX_FIELD_LEN = 64
+SIGNATURE_LEN = 64
+# SQLite stores integers as signed 64-bit: a larger sequence could not even be remembered as seen.
+MAX_SEQUENCE = (1 << 63) - 1
+SIGNING_CONTEXT = b"fhe-edge inference result, envelope v2\x00"   # domain separation
 _FIELD_RE = re.compile(rb"[A-Za-z0-9._-]{1,64}\Z")
 _TAIL = struct.Struct(">QdI")  # sequence, capture time, payload length
 _STRING_FIELDS = ("model_id", "key_fingerprint", "gateway_id", "camera_id")
@@ -37,6 +51,7 @@ class Envelope:
     capture_time: float
     payload: bytes
     version: int = VERSION
+    signature: bytes = field(default=b"", compare=False)   # filled by decode(); encode() signs itself
 
 
 def valid_field(value: str) -> bool:
@@ -44,9 +59,19 @@ def valid_field(value: str) -> bool:
     return isinstance(value, str) and value.isascii() and bool(_FIELD_RE.match(value.encode("ascii")))
 
 
-def encode(env: Envelope) -> bytes:
-    """Serialize; refuses (EnvelopeError "bad_field") what decode would refuse, so a sender finds
-    out at once instead of the backend counting rejects."""
+def _check_numbers(sequence, capture_time) -> None:
+    if not (isinstance(sequence, int) and 0 <= sequence <= MAX_SEQUENCE):
+        raise EnvelopeError("out_of_range", f"envelope sequence {sequence!r} is outside 0..2^63-1")
+    if not (isinstance(capture_time, (int, float)) and math.isfinite(capture_time)):
+        raise EnvelopeError("bad_field", f"envelope capture_time {capture_time!r} is not a finite number")
+    if capture_time < 0:
+        raise EnvelopeError("out_of_range", f"envelope capture_time {capture_time!r} is before 1970")
+
+
+def encode(env: Envelope, signing_key: Ed25519PrivateKey | None = None) -> bytes:
+    """Serialize and sign with `signing_key` (the gateway's key; None = unsigned, refused by the
+    backend service). Refuses (EnvelopeError) what decode would refuse, so a sender finds out at
+    once instead of the backend counting rejects."""
     if env.version != VERSION:
         raise EnvelopeError("bad_version", f"envelope version {env.version} is not supported (only {VERSION})")
     parts = [MAGIC, bytes([env.version])]
@@ -56,19 +81,21 @@ def encode(env: Envelope) -> bytes:
             raise EnvelopeError("bad_field", f"envelope field {name}={value!r}: expected 1..64 chars of [A-Za-z0-9._-]")
         raw = value.encode("ascii")
         parts += [bytes([len(raw)]), raw]
-    if not (isinstance(env.sequence, int) and 0 <= env.sequence < 1 << 64):
-        raise EnvelopeError("bad_field", f"envelope sequence {env.sequence!r} is not a u64")
-    if not (isinstance(env.capture_time, (int, float)) and math.isfinite(env.capture_time)):
-        raise EnvelopeError("bad_field", f"envelope capture_time {env.capture_time!r} is not a finite number")
+    _check_numbers(env.sequence, env.capture_time)
     payload = bytes(env.payload)
     if len(payload) >= 1 << 32:
         raise EnvelopeError("too_large", f"payload of {len(payload)} bytes does not fit a u32 length")
-    parts += [_TAIL.pack(env.sequence, float(env.capture_time), len(payload)), payload]
-    return b"".join(parts)
+    parts += [bytes([0 if signing_key is None else SIGNATURE_LEN]),
+              _TAIL.pack(env.sequence, float(env.capture_time), len(payload)), payload]
+    signed = b"".join(parts)
+    if signing_key is None:
+        return signed
+    return signed + signing_key.sign(SIGNING_CONTEXT + signed)
 
 
 def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
-    """Parse one envelope; EnvelopeError(reason) on anything malformed, never another exception."""
+    """Parse one envelope (the signature is NOT checked here: see verify); EnvelopeError(reason)
+    on anything malformed, never another exception."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise EnvelopeError("bad_field", f"envelope must be bytes, got {type(data).__name__}")
     data = memoryview(data)
@@ -82,7 +109,8 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
         raise EnvelopeError("bad_magic", "not an fhe-edge envelope (bad magic)")
     version = data[4]
     if version != VERSION:
-        raise EnvelopeError("bad_version", f"envelope version {version} is not supported (only {VERSION})")
+        hint = " (version 1 envelopes are unsigned: upgrade the gateway)" if version == 1 else ""
+        raise EnvelopeError("bad_version", f"envelope version {version} is not supported (only {VERSION}){hint}")
     pos = 5
     values = {}
     for name in _STRING_FIELDS:
@@ -99,17 +127,37 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
         if not _FIELD_RE.match(raw):
             raise EnvelopeError("bad_field", f"envelope field {name} holds characters outside [A-Za-z0-9._-]")
         values[name] = raw.decode("ascii")
+    if pos >= len(data):
+        raise EnvelopeError("truncated", "envelope truncated before the signature length")
+    sig_len = data[pos]
+    pos += 1
+    if sig_len not in (0, SIGNATURE_LEN):
+        raise EnvelopeError("bad_field", f"envelope signature length {sig_len} (allowed 0 or {SIGNATURE_LEN})")
     if pos + _TAIL.size > len(data):
         raise EnvelopeError("truncated", "envelope truncated before sequence/capture time/payload length")
     sequence, capture_time, length = _TAIL.unpack_from(data, pos)
     pos += _TAIL.size
-    if not math.isfinite(capture_time):
-        raise EnvelopeError("bad_field", "envelope capture_time is not a finite number")
-    remaining = len(data) - pos
+    _check_numbers(sequence, capture_time)
+    remaining = len(data) - pos - sig_len
     # Compare the declared length with what is really there before slicing anything.
     if length > remaining:
-        raise EnvelopeError("length_mismatch", f"envelope declares a {length}-byte payload but only {remaining} bytes follow")
+        raise EnvelopeError("length_mismatch", f"envelope declares a {length}-byte payload and a {sig_len}-byte "
+                                               f"signature but only {len(data) - pos} bytes follow")
     if length < remaining:
-        raise EnvelopeError("trailing_bytes", f"{remaining - length} unexpected bytes after the envelope payload")
-    return Envelope(payload=bytes(data[pos:]), sequence=sequence, capture_time=capture_time,
-                    version=version, **values)
+        raise EnvelopeError("trailing_bytes", f"{remaining - length} unexpected bytes after the envelope signature")
+    end = pos + length
+    return Envelope(payload=bytes(data[pos:end]), sequence=sequence, capture_time=capture_time,
+                    version=version, signature=bytes(data[end:]), **values)
+
+
+def verify(data: bytes, env: Envelope, public_key: Ed25519PublicKey) -> None:
+    """Check `env` (decoded from `data`) carries a valid signature by `public_key` over its header
+    and payload; EnvelopeError("unsigned" | "bad_signature") otherwise."""
+    if not env.signature:
+        raise EnvelopeError("unsigned", f"envelope from {env.gateway_id} is not signed")
+    signed = memoryview(data)[:len(data) - len(env.signature)]
+    try:
+        public_key.verify(env.signature, SIGNING_CONTEXT + signed)
+    except InvalidSignature:
+        raise EnvelopeError("bad_signature", f"envelope signature does not verify with gateway "
+                                             f"{env.gateway_id}'s public key (forged or altered)") from None

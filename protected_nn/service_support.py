@@ -15,6 +15,14 @@ log = logging.getLogger(__name__)
 
 _reported_failures: set[tuple] = set()
 
+# One log line format for both services: journald adds its own time, but `run` in the foreground,
+# log files and `journalctl -o cat` need one, and two services' lines must read alike.
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def configure_logging(level: str | int) -> None:
+    logging.basicConfig(level=level, stream=sys.stderr, format=LOG_FORMAT)
+
 
 def sd_notify(message: str) -> bool:
     """sd_notify(3) without a dependency: one datagram to $NOTIFY_SOCKET; False when not under
@@ -53,15 +61,25 @@ def watchdog_interval() -> float | None:
 
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Exit codes of both command lines: 0 ok, 2 bad usage or bad input (one `error: ...` line
-    on stderr, no traceback), 130 on Ctrl-C."""
-    args = parser.parse_args(argv)
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.error("a command is required (see --help)")  # exits 2 with the usage line
+    on stderr, no traceback), 130 on Ctrl-C. A reader that goes away (`| head`) ends the command
+    quietly with the usual 141, not with an error."""
     try:
-        return int(func(args) or 0)
-    except (ProtectedNNError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+        args = parser.parse_args(argv)
+        func = getattr(args, "func", None)
+        if func is None:
+            parser.error("a command is required (see --help)")  # exits 2 with the usage line
+        try:
+            code = int(func(args) or 0)
+            sys.stdout.flush()           # a closed pipe shows here, not at interpreter exit
+            return code
+        except BrokenPipeError:
+            raise
+        except (ProtectedNNError, OSError, ValueError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            return 130
+    except BrokenPipeError:
+        # Python's own advice: point stdout at devnull so the exit flush does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

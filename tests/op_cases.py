@@ -87,6 +87,13 @@ case("Conv", "same-upper-stride2")(lambda: _conv((1, 1, 7, 7), (2, 1, 4, 4), aut
 case("Conv", "same-lower")(lambda: _conv((1, 1, 6, 6), (2, 1, 2, 2), auto_pad="SAME_LOWER"))
 case("Conv", "1x1-valid")(lambda: _conv((1, 4, 5, 5), (3, 4, 1, 1), auto_pad="VALID", kernel_shape=[1, 1]))
 case("Conv", "tenseal-7x7-stride3")(lambda: _conv((1, 1, 28, 28), (4, 1, 7, 7), strides=[3, 3]))
+# grouped / depthwise / pointwise (onnx ships no node case for group > 1)
+case("Conv", "depthwise-3x3-stride2-pad1")(lambda: _conv((1, 4, 9, 9), (4, 1, 3, 3), strides=[2, 2], pads=[1, 1, 1, 1], group=4))
+case("Conv", "depthwise-multiplier2-nobias")(lambda: _conv((1, 3, 6, 6), (6, 1, 3, 3), False, pads=[1, 1, 1, 1], group=3))
+case("Conv", "grouped-2-dilated")(lambda: _conv((1, 4, 8, 8), (6, 2, 3, 3), dilations=[2, 1], group=2))
+case("Conv", "pointwise-1x1-stride2")(lambda: _conv((1, 4, 7, 7), (5, 4, 1, 1), strides=[2, 2]))
+case("Conv", "pointwise-1x1-pads")(lambda: _conv((1, 3, 4, 5), (2, 3, 1, 1), pads=[1, 0, 2, 1]))
+case("Conv", "pointwise-1x1-grouped")(lambda: _conv((1, 6, 4, 4), (4, 3, 1, 1), group=2))
 
 # ---- Gemm / MatMul ---------------------------------------------------------------------------
 case("Gemm", "transB-bias")(lambda: (make_model([N("Gemm", ["x", "w", "c"], ["y"], transB=1)], [1, 6],
@@ -133,6 +140,27 @@ case("AveragePool", "ceil-mode")(lambda: _pool("AveragePool", (1, 1, 5, 7), kern
 case("AveragePool", "ceil-mode-include-pad")(lambda: _pool("AveragePool", (1, 1, 6, 5), kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1))
 case("AveragePool", "same-upper")(lambda: _pool("AveragePool", (1, 3, 7, 7), kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER"))
 case("GlobalAveragePool", "nchw")(lambda: _pool("GlobalAveragePool", (1, 3, 5, 4)))
+case("GlobalMaxPool", "nchw", reference=lambda: _pool("GlobalAveragePool", (1, 3, 5, 4))[0])(
+    lambda: _pool("GlobalMaxPool", (1, 3, 5, 4)))
+
+
+# ---- reductions -------------------------------------------------------------------------------
+def _reduce(op, shape, axes=None, opset=OPSET, as_input=False, **attrs):
+    inputs, consts = ["x"], {}
+    if axes is not None and as_input:
+        inputs.append("axes")
+        consts["axes"] = np.array(axes, np.int64)
+    elif axes is not None:
+        attrs["axes"] = axes
+    return make_model([N(op, inputs, ["y"], **attrs)], shape, consts, opset=opset), _x(shape)
+
+
+case("ReduceMean", "spatial-keepdims")(lambda: _reduce("ReduceMean", (1, 3, 4, 5), [2, 3]))
+case("ReduceMean", "spatial-no-keepdims-axes-input")(lambda: _reduce("ReduceMean", (1, 3, 4, 5), [-2, -1], opset=18, as_input=True, keepdims=0))
+case("ReduceMean", "all-axes-default")(lambda: _reduce("ReduceMean", (1, 2, 3)))
+case("ReduceMean", "empty-axes-noop")(lambda: _reduce("ReduceMean", (1, 2, 3), [], opset=18, as_input=True, noop_with_empty_axes=1))
+case("ReduceSum", "channels-axes-input")(lambda: _reduce("ReduceSum", (1, 3, 2, 2), [1], as_input=True, keepdims=0))
+case("ReduceSumSquare", "spatial")(lambda: _reduce("ReduceSumSquare", (1, 2, 3, 3), [2, 3]))
 
 
 def _avg_ref(shape, **attrs):
@@ -181,6 +209,11 @@ case("Pow", "zero")(lambda: _binary("Pow", "x", "e", {"e": np.float32(0.0)}))
 case("Pow", "one")(lambda: _binary("Pow", "x", "e", {"e": np.array([1.0], np.float32)}))
 
 
+case("Neg", "nchw")(lambda: _pool("Neg", (1, 2, 3, 3)))
+case("Mean", "two-encrypted-one-const")(lambda: _binary("Mean", "x", "t", {"c": _rand(3, 4)}, branch=True, extra=["c"]))
+case("Mean", "one-encrypted")(lambda: _binary("Mean", "x", "c", {"c": _rand(3, 2, 1, 1)}))
+
+
 def _residual_broadcast():
     """x (1,2,4,4) + GlobalAveragePool(x) (1,2,1,1): the encrypted operand is broadcast."""
     nodes = [N("GlobalAveragePool", ["x"], ["g"]), N("Add", ["x", "g"], ["y"])]
@@ -212,9 +245,58 @@ case("Shape", "reshape-back")(lambda: (make_model([N("Flatten", ["x"], ["f"]), N
                                                    N("Shape", ["x"], ["s"]), N("Reshape", ["g", "s"], ["y"])],
                                                   (1, 2, 3), {"two": np.float32(2.0)}), _x((1, 2, 3))))
 
+# ---- moving / repeating values ----------------------------------------------------------------
+def _indexing(op, shape, consts, names, opset=OPSET, **attrs):
+    return make_model([N(op, ["x", *names], ["y"], **attrs)], shape, consts, opset=opset), _x(shape)
+
+
+def _pad(shape, pads, value=None, axes=None, opset=OPSET, **attrs):
+    consts, names = {"p": np.array(pads, np.int64)}, ["p"]
+    if value is not None or axes is not None:
+        names.append("v" if value is not None else "")
+        if value is not None:
+            consts["v"] = np.float32(value)
+    if axes is not None:
+        names.append("a")
+        consts["a"] = np.array(axes, np.int64)
+    return _indexing("Pad", shape, consts, names, opset=opset, **attrs)
+
+
+case("Pad", "zeros-spatial")(lambda: _pad((1, 2, 4, 4), [0, 0, 1, 2, 0, 0, 2, 1]))
+case("Pad", "value-axes-input")(lambda: _pad((1, 2, 3, 4), [1, 0, 2, 1], value=0.5, axes=[2, -1], opset=18))
+case("Pad", "negative-crops")(lambda: _pad((1, 2, 5, 5), [0, 0, -1, 1, 0, 0, 1, -2]))
+case("Pad", "reflect")(lambda: _pad((1, 2, 4, 5), [0, 0, 2, 1, 0, 0, 1, 3], mode="reflect"))
+case("Pad", "edge")(lambda: _pad((1, 2, 3, 3), [0, 0, 2, 2, 0, 0, 1, 1], mode="edge"))
+case("Pad", "wrap")(lambda: _pad((1, 1, 3, 4), [0, 0, 1, 2, 0, 0, 2, 1], opset=19, mode="wrap"))
+case("Slice", "spatial-crop-step2")(lambda: _indexing("Slice", (1, 3, 6, 6), {
+    "s": np.array([1, 0], np.int64), "e": np.array([6, -1], np.int64), "a": np.array([2, 3], np.int64),
+    "st": np.array([2, 1], np.int64)}, ["s", "e", "a", "st"]))
+case("Slice", "channels-reversed")(lambda: _indexing("Slice", (1, 4, 2, 2), {
+    "s": np.array([-1], np.int64), "e": np.array([-1000], np.int64), "a": np.array([1], np.int64),
+    "st": np.array([-1], np.int64)}, ["s", "e", "a", "st"]))
+case("Gather", "channels")(lambda: _indexing("Gather", (1, 4, 2, 3), {"i": np.array([3, 0, -1], np.int64)}, ["i"], axis=1))
+case("Expand", "channel-broadcast")(lambda: _indexing("Expand", (1, 1, 3, 3), {"s": np.array([1, 4, 1, 1], np.int64)}, ["s"]))
+case("Tile", "spatial")(lambda: _indexing("Tile", (1, 2, 2, 3), {"r": np.array([1, 1, 2, 3], np.int64)}, ["r"]))
+case("DepthToSpace", "dcr")(lambda: _pool("DepthToSpace", (1, 8, 2, 3), blocksize=2))
+case("DepthToSpace", "crd")(lambda: _pool("DepthToSpace", (1, 8, 2, 3), blocksize=2, mode="CRD"))
+case("SpaceToDepth", "blocksize2")(lambda: _pool("SpaceToDepth", (1, 2, 4, 6), blocksize=2))
+
+
+def _concat(axis, shape=(1, 2, 4, 4)):
+    """Channel join of x, a conv branch t (x's shape), a constant and t again."""
+    node, consts = _conv_branch()
+    consts["c"] = _rand(4, *[1 if d == axis else n for d, n in enumerate(shape)])
+    return make_model([node, N("Concat", ["x", "t", "c", "t"], ["y"], axis=axis)], shape, consts), _x(shape)
+
+
+case("Concat", "channels-two-branches-and-const")(lambda: _concat(1))
+case("Concat", "width-negative-axis")(lambda: _concat(-1))
+case("Concat", "one-encrypted-with-const")(lambda: _indexing("Concat", (1, 2, 3), {"c": _rand(5, 1, 4, 3)}, ["c"], axis=1))
+
 # ---- activations (polynomial approximations) --------------------------------------------------
-def _act(op, lo=-3.0, hi=3.0, **attrs):
-    return lambda: (make_model([N(op, ["x"], ["y"], **attrs)], (1, 2, 5, 5)), _x((1, 2, 5, 5), lo=lo, hi=hi))
+def _act(op, lo=-3.0, hi=3.0, opset=OPSET, **attrs):
+    return lambda: (make_model([N(op, ["x"], ["y"], **attrs)], (1, 2, 5, 5), opset=opset),
+                    _x((1, 2, 5, 5), lo=lo, hi=hi))
 
 
 for _op in ("Relu", "Sigmoid", "Tanh", "Softplus"):
@@ -223,6 +305,39 @@ case("Relu", "positive-range", approximate=True)(_act("Relu", lo=0.5, hi=4.0))
 case("Sigmoid", "wide", approximate=True)(_act("Sigmoid", lo=-8.0, hi=8.0))
 case("LeakyRelu", "alpha0.1", approximate=True)(_act("LeakyRelu", alpha=0.1))
 case("LeakyRelu", "default-alpha", approximate=True)(_act("LeakyRelu", lo=-1.0, hi=2.0))
+for _op in ("Elu", "Selu", "HardSigmoid", "HardSwish", "Softsign"):
+    case(_op, "symmetric", approximate=True)(_act(_op))
+case("Mish", "symmetric", approximate=True)(_act("Mish", opset=18))
+case("Elu", "alpha0.5", approximate=True)(_act("Elu", alpha=0.5))
+case("HardSigmoid", "alpha-beta", approximate=True)(_act("HardSigmoid", alpha=0.3, beta=0.4))
+
+
+def _gelu(approx):
+    return lambda: (make_model([N("Gelu", ["x"], ["y"], approximate=approx)], (1, 2, 5, 5), opset=20),
+                    _x((1, 2, 5, 5), lo=-3.0, hi=3.0))
+
+
+case("Gelu", "erf", approximate=True)(_gelu("none"))
+case("Gelu", "tanh", approximate=True)(_gelu("tanh"))
+
+
+def _clip(lo=None, hi=None, x_lo=-3.0, x_hi=9.0):
+    names, consts = ["x"], {}
+    for key, v in (("lo", lo), ("hi", hi)):
+        names.append(key if v is not None else "")
+        if v is not None:
+            consts[key] = np.float32(v)
+    while names[-1] == "":
+        names.pop()
+    return lambda: (make_model([N("Clip", names, ["y"])], (1, 2, 5, 5), consts),
+                    _x((1, 2, 5, 5), lo=x_lo, hi=x_hi))
+
+
+case("Clip", "relu6", approximate=True)(_clip(0.0, 6.0))
+case("Clip", "min-only", approximate=True)(_clip(lo=-1.0, x_lo=-3.0, x_hi=3.0))
+case("Clip", "max-only", approximate=True)(_clip(hi=1.0, x_lo=-3.0, x_hi=3.0))
+case("Clip", "bounds-never-reached-identity")(_clip(-10.0, 10.0, x_lo=-1.0, x_hi=1.0))
+case("Clip", "no-bounds-identity")(_clip())
 
 
 OP_CASES: dict[str, list[OpCase]] = {}

@@ -52,8 +52,9 @@ def protect_into(store_root, onnx_path):
 def inference(edge, seq: int, count: float, logit: float, camera="cam-1") -> tuple[str, bytes]:
     from protected_nn import envelope
     x = np.array([[count / 30.0, (logit + 5.0) / 10.0, 0.0, 0.0]], np.float32)
+    from tests.support.gateway_keys import key_for
     env = envelope.Envelope(MODEL, edge.key_fingerprint, "gw-1", camera, seq, time.time(), edge.infer(x))
-    return f"fhe-edge/infer/gw-1/{camera}", envelope.encode(env)
+    return f"fhe-edge/infer/gw-1/{camera}", envelope.encode(env, key_for("gw-1"))
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,8 @@ def protected_store(tmp_path_factory):
 def envelope_for(fp: str, payload: bytes, seq: int, camera="cam-1", gateway="gw-1", model=MODEL, t=None):
     from protected_nn import envelope
     env = envelope.Envelope(model, fp, gateway, camera, seq, time.time() if t is None else t, payload)
-    return f"fhe-edge/infer/{gateway}/{camera}", envelope.encode(env)
+    from tests.support.gateway_keys import key_for
+    return f"fhe-edge/infer/{gateway}/{camera}", envelope.encode(env, key_for(gateway))
 
 
 def real_service(tmp_path, broker, store_template, client_id="backend-1", **over):

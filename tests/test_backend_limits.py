@@ -89,16 +89,16 @@ def test_camera_allow_list_per_gateway_with_patterns():
     assert c.camera_allowed("gw-1", "cam-shared")               # union of every matching entry
     assert not c.camera_allowed("gw-1", "cam-9")
     assert not c.camera_allowed("gw-2", "cam-1") and c.camera_allowed("gw-2", "cam-shared")
-    open_ = checker(gateway_cameras={"gw-1": ["cam-1"]})
-    assert open_.camera_allowed("gw-2", "anything")             # no entry: any camera (compatible)
-    strict = checker(gateway_cameras={"gw-1": ["cam-1"]}, cameras_required=True)
+    open_ = checker(gateway_cameras={"gw-1": ["cam-1"]}, cameras_required=False)
+    assert open_.camera_allowed("gw-2", "anything")             # no entry, not required: any free camera
+    strict = checker(gateway_cameras={"gw-1": ["cam-1"]})      # cameras_required is the default
     assert not strict.camera_allowed("gw-2", "cam-1") and strict.camera_allowed("gw-1", "cam-1")
 
 
 def test_limit_config_defaults_fit_a_normal_gateway_and_errors_are_precise():
     cfg = BackendConfig()
     assert cfg.limits.per_gateway_rate >= 5 * 2           # 5 cameras at 2 fps
-    assert cfg.checks.gateway_cameras == {} and cfg.checks.cameras_required is False
+    assert cfg.checks.gateway_cameras == {} and cfg.checks.cameras_required is True
     assert LimitsConfig(per_gateway_rate=None).per_gateway_rate is None
     for bad in ({"per_gateway_rate": 0}, {"per_gateway_burst": 0}, {"rate": 5}):
         with pytest.raises(ValueError):

@@ -81,7 +81,8 @@ def envelope_for(edge, seq: int, count: float, logit: float) -> tuple[str, bytes
     from protected_nn import envelope
     x = np.array([[count / 30.0, (logit + 5.0) / 10.0, 0.0, 0.0]], np.float32)
     env = envelope.Envelope(MODEL, edge.key_fingerprint, "gw-1", "cam-1", seq, time.time(), edge.infer(x))
-    return "fhe-edge/infer/gw-1/cam-1", envelope.encode(env)
+    from tests.support.gateway_keys import key_for
+    return "fhe-edge/infer/gw-1/cam-1", envelope.encode(env, key_for("gw-1"))
 
 
 def test_implausible_decrypted_outputs_are_dropped_and_raise_nothing(tmp_path, broker, bounded_model):

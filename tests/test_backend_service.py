@@ -18,6 +18,7 @@ import urllib.request
 
 
 from backend_decryptor.service import Service
+from tests.support.gateway_keys import public_keys
 from tests.support.mosquitto import free_port
 from tests.test_backend_support import (
     IdentityCodec, catalog, config, handled, message, rules, wait_for)
@@ -143,7 +144,9 @@ def test_run_command_serves_and_stops_cleanly_on_sigterm(tmp_path, broker):
     Store(tmp_path / "store")  # an empty store: every model unknown
     (tmp_path / "backend.yaml").write_text(
         f"store: store\nstate_db: state.db\nmqtt: {{host: {broker.host}, port: {broker.port}, client_id: b-run}}\n"
-        f"checks: {{allowed_gateways: ['gw-*']}}\ndecrypt: {{workers: 1}}\nalerts: {{rules_file: rules.yaml}}\n"
+        f"checks: {{allowed_gateways: ['gw-*'], gateway_keys: {{gw-1: '{public_keys(['gw-1'])['gw-1']}'}}, "
+        f"gateway_cameras: {{gw-1: [cam-1]}}}}\n"
+        f"decrypt: {{workers: 1}}\nalerts: {{rules_file: rules.yaml}}\n"
         f"metrics: {{listen: '127.0.0.1:{metrics_port}'}}\n")
     watcher = MqttClient(broker, subscribe=["fhe-edge/backend/#"])
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # stands in for systemd's notify socket

@@ -19,6 +19,7 @@ from backend_decryptor.config import BackendConfig
 from backend_decryptor.rules_config import AlertRules
 from protected_nn import envelope
 from protected_nn.errors import ResultError
+from tests.support.gateway_keys import key_for, public_keys
 
 MODEL = "crowd-v1"
 FP = "00112233aabbccdd"
@@ -58,7 +59,9 @@ def catalog() -> StaticCatalog:
 def config(tmp_path, broker, client_id="backend-1", **over) -> BackendConfig:
     data = {"store": str(tmp_path / "store"), "state_db": str(tmp_path / "state.db"),
             "mqtt": {"host": broker.host, "port": broker.port, "client_id": client_id, "max_in_flight": 8},
-            "checks": {"allowed_gateways": ["gw-*"], "max_message_bytes": 4096, "max_clock_skew": 300},
+            # Every test gateway signs with tests.support.gateway_keys; cameras are bound on first use.
+            "checks": {"allowed_gateways": ["gw-*"], "max_message_bytes": 4096, "max_clock_skew": 300,
+                       "gateway_keys": public_keys(), "cameras_required": False},
             "decrypt": {"workers": 0, "timeout": 30},
             # The plumbing tests publish hundreds of messages of one gateway within a second; the
             # per-gateway limit is what test_backend_limits.py tests, not what these do.
@@ -73,10 +76,13 @@ def rules(**over) -> AlertRules:
 
 
 def message(seq: int, count: float = 0.0, logit: float = -5.0, *, gateway="gw-1", camera="cam-1",
-            model=MODEL, fp=FP, t: float | None = None, payload: bytes | None = None) -> tuple[str, bytes]:
+            model=MODEL, fp=FP, t: float | None = None, payload: bytes | None = None,
+            signer=None) -> tuple[str, bytes]:
+    """A result envelope signed by `gateway`'s test key (or by `signer`; False = unsigned)."""
     env = envelope.Envelope(model, fp, gateway, camera, seq, time.time() if t is None else t,
                             identity_payload(count, logit) if payload is None else payload)
-    return f"fhe-edge/infer/{gateway}/{camera}", envelope.encode(env)
+    key = key_for(gateway) if signer is None else (signer or None)
+    return f"fhe-edge/infer/{gateway}/{camera}", envelope.encode(env, key)
 
 
 class MQTTTestClient:

@@ -36,7 +36,8 @@ def test_round_trip(bundle_file, owner):
     manifest, artifacts = read_bundle(bundle_file, owner.public_key())
     assert artifacts == fake_artifacts()
     assert manifest["model_id"] == "crowd-v1"
-    assert manifest["format"] == "fhe-edge-bundle" and manifest["format_version"] == 1
+    assert manifest["format"] == "fhe-edge-bundle" and manifest["format_version"] == 2
+    assert manifest["version"] == 1                      # the default outside a store
     assert manifest["key_fingerprint"] == artifacts.key_fingerprint
     assert manifest["created"].endswith("+00:00")
     for name in MEMBERS:
@@ -170,3 +171,49 @@ def test_key_pem_helpers(tmp_path, owner):
         bundle.load_owner_public_key(tmp_path / "bad.pub")
     with pytest.raises(BundleError, match="cannot read owner public key"):
         bundle.load_owner_public_key(tmp_path / "missing.pub")
+
+
+def _resigned(data: bytes, owner, edit) -> bytes:
+    """The bundle with its manifest edited and signed again by `owner` (None: the old signature
+    kept), in a well-formed archive."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        contents = {i.filename: zf.read(i) for i in zf.infolist()}
+    manifest = json.loads(contents["manifest.json"])
+    edit(manifest)
+    manifest_bytes = bundle._manifest_bytes(manifest)
+    members = {m: contents[m] for m in MEMBERS}
+    signature = owner.sign(manifest_bytes) if owner else contents["signature"]
+    return bundle._archive_bytes(manifest_bytes, members, signature)
+
+
+def test_version_is_signed_and_checked(tmp_path, owner):
+    path = tmp_path / "v.bundle"
+    manifest = write_bundle(path, "m", fake_artifacts(), owner, version=7)
+    assert manifest["version"] == 7 and read_bundle(path, owner.public_key())[0]["version"] == 7
+    for bad in (0, -1, 2**53 + 1, 1.5, "2", True):
+        with pytest.raises(BundleError, match="bundle version"):
+            bundle.build_bundle("m", fake_artifacts(), owner, version=bad)
+    data = path.read_bytes()
+    # Without a valid version the manifest is refused even when the owner signed it.
+    for edit, match in ((lambda m: m.pop("version"), "field version"),
+                        (lambda m: m.update(version="7"), "field version"),
+                        (lambda m: m.update(format_version=1), "export the bundle again")):
+        with pytest.raises(BundleError, match=match):
+            read_bundle(_resigned(data, owner, edit), owner.public_key())
+    # Changing the version without the owner key breaks the signature.
+    forged = _resigned(data, None, lambda m: m.update(version=9))
+    with pytest.raises(BundleError, match="signature does not verify"):
+        read_bundle(forged, owner.public_key())
+
+
+def test_huge_file_refused_before_reading(tmp_path, owner):
+    huge = tmp_path / "huge.bundle"
+    with open(huge, "wb") as f:
+        f.truncate(64 << 30)            # sparse: reading it whole would be a MemoryError
+    with pytest.raises(BundleError, match="exceeds the limit"):
+        read_bundle(huge, owner.public_key())
+    small = tmp_path / "small"
+    small.write_bytes(b"x" * 100)
+    with pytest.raises(BundleError, match="exceeds the limit of 99"):
+        bundle.read_file_bounded(small, limit=99)
+    assert bundle.read_file_bounded(small, limit=100) == b"x" * 100

@@ -212,6 +212,10 @@ def protected_pair(tmp_path_factory):
     return tmp, store, run_a
 
 
+def owner_key(store: Path) -> list[str]:
+    return ["--owner-key", str(store / "owner_ed25519.pub.pem")]
+
+
 def _close(y, expected):
     tol = 1e-2 * max(float(np.ptp(expected)), 1e-6)
     assert y.shape == expected.shape
@@ -223,7 +227,8 @@ def test_protect_export_infer_decrypt_single(protected_pair):
     tmp, store, run_a = protected_pair
     x = np.random.default_rng(5).uniform(0, 1, (1, 8)).astype(np.float32)
     np.save(tmp / "x1.npy", x)
-    proc = run(EDGE, "infer", "--bundle", str(tmp / "a.bundle"), str(tmp / "x1.npy"), "--out", str(tmp / "r1"))
+    proc = run(EDGE, "infer", "--bundle", str(tmp / "a.bundle"), str(tmp / "x1.npy"), "--out", str(tmp / "r1"),
+               "--owner-key", str(tmp / "a.bundle.owner.pub"))
     assert "verified with" in proc.stdout and "a.bundle.owner.pub" in proc.stdout
     env = envelope.decode((tmp / "r1").read_bytes())
     assert env.model_id == "model-a" and env.sequence == 0
@@ -252,26 +257,41 @@ def test_protect_export_infer_decrypt_batch(protected_pair):
 @needs_api
 def test_result_message_fits_64kb(protected_pair, tmp_path):
     """Issue 2 target: one result message (the MQTT payload) <= 64 KB."""
-    tmp, _, _ = protected_pair
+    tmp, store, _ = protected_pair
     np.save(tmp_path / "x.npy", np.zeros((1, 8), np.float32))
-    run(EDGE, "infer", "--bundle", str(tmp / "a.bundle"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "r"))
+    run(EDGE, "infer", "--bundle", str(tmp / "a.bundle"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "r"),
+        *owner_key(store))
     assert len((tmp_path / "r").read_bytes()) <= 64 * 1024
 
 
 @needs_api
-def test_infer_without_owner_key_warns(protected_pair, tmp_path):
-    tmp, _, _ = protected_pair
-    (tmp_path / "copy.bundle").write_bytes((tmp / "a.bundle").read_bytes())
+def test_infer_needs_an_explicit_owner_key_or_allow_unsigned(protected_pair, tmp_path):
+    """A key lying beside the bundle is not trusted: whoever swapped the bundle could swap it too."""
+    tmp, store, _ = protected_pair
+    evil = bundle.generate_owner_key()
+    bundle.write_bundle(tmp_path / "copy.bundle", "model-a", bundle.read_bundle(tmp / "a.bundle", None)[1], evil)
+    bundle.save_public_key(evil, tmp_path / "copy.bundle.owner.pub")
     np.save(tmp_path / "x.npy", np.zeros((1, 8), np.float32))
-    proc = run(EDGE, "infer", "--bundle", str(tmp_path / "copy.bundle"), str(tmp_path / "x.npy"),
-               "--out", str(tmp_path / "r"))
+    args = [EDGE, "infer", "--bundle", str(tmp_path / "copy.bundle"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "r")]
+    proc = run(*args, ok=False)
+    assert "--owner-key" in proc.stderr and "--allow-unsigned" in proc.stderr and not (tmp_path / "r").exists()
+    assert "signature does not verify" in run(*args, *owner_key(store), ok=False).stderr
+    # The gateway config's owner key counts as explicit.
+    cfg = tmp_path / "edge.yaml"
+    run(EDGE, "keygen", "--out", str(tmp_path / "signing.key"), "--gateway-id", "gw")
+    cfg.write_text(f"gateway_id: gw\nbundle: copy.bundle\nowner_public_key: {store / 'owner_ed25519.pub.pem'}\n"
+                   "signing_key_file: signing.key\ncameras: [{id: c, url: 'rtsp://h/s'}]\nmqtt: {host: h}\n")
+    assert "signature does not verify" in run(*args, "--config", str(cfg), ok=False).stderr
+    proc = run(*args, "--allow-unsigned")
     assert "NOT checked" in proc.stderr
+    run(EDGE, "infer", "--bundle", str(tmp / "a.bundle"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "r2"),
+        "--config", str(cfg))
 
 
 @needs_api
 @pytest.mark.parametrize("array,expect", [
     (np.zeros((1, 9), np.float32), "(1, 9)"),
-    (np.zeros((2, 8), np.float32), "(2, 8)"),
+    (np.zeros((2, 3, 8), np.float32), "(2, 3, 8)"),   # (2, 8) is a batch of 2 since (N, C...) is accepted
     (np.zeros((1, 8), np.int64), "int64"),
     (np.full((1, 8), np.nan, np.float32), "NaN"),
 ])
@@ -279,7 +299,7 @@ def test_infer_wrong_input_refused(protected_pair, tmp_path, array, expect):
     tmp, _, _ = protected_pair
     np.save(tmp_path / "bad.npy", array)
     proc = run(EDGE, "infer", "--bundle", str(tmp / "a.bundle"), str(tmp_path / "bad.npy"),
-               "--out", str(tmp_path / "r"), ok=False)
+               "--out", str(tmp_path / "r"), "--allow-unsigned", ok=False)
     assert expect in proc.stderr
     if "shape" in proc.stderr:
         assert "(1, 8)" in proc.stderr  # names the expected shape too
@@ -289,7 +309,8 @@ def test_infer_wrong_input_refused(protected_pair, tmp_path, array, expect):
 def test_result_with_another_models_key_refused(protected_pair, tmp_path):
     tmp, store, _ = protected_pair
     np.save(tmp_path / "x.npy", np.zeros((1, 8), np.float32))
-    run(EDGE, "infer", "--bundle", str(tmp / "b.bundle"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "rb"))
+    run(EDGE, "infer", "--bundle", str(tmp / "b.bundle"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "rb"),
+        *owner_key(store))
     proc = run(BACKEND, "decrypt", "model-a", str(tmp_path / "rb"), "--out", str(tmp_path / "y.npy"),
                "--store", str(store), ok=False)
     assert "model-b" in proc.stderr
@@ -307,7 +328,8 @@ def test_result_with_another_models_key_refused(protected_pair, tmp_path):
 def test_altered_payload_is_a_clear_error(protected_pair, tmp_path):
     tmp, store, _ = protected_pair
     np.save(tmp_path / "x.npy", np.zeros((1, 8), np.float32))
-    run(EDGE, "infer", "--bundle", str(tmp / "a.bundle"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "r"))
+    run(EDGE, "infer", "--bundle", str(tmp / "a.bundle"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "r"),
+        *owner_key(store))
     env = envelope.decode((tmp_path / "r").read_bytes())
     half = env.payload[: len(env.payload) // 2]
     _envelope_file(tmp_path / "cut", env.model_id, env.key_fingerprint, payload=half)
@@ -322,7 +344,7 @@ def test_infer_process_never_loads_backend_code(protected_pair, tmp_path):
     np.save(tmp_path / "x.npy", np.zeros((1, 8), np.float32))
     code = ("import sys, edge_agent.cli as c; "
             f"rc = c.main(['infer', '--bundle', {str(tmp / 'a.bundle')!r}, {str(tmp_path / 'x.npy')!r}, "
-            f"'--out', {str(tmp_path / 'r')!r}]); assert rc == 0; "
+            f"'--out', {str(tmp_path / 'r')!r}, '--allow-unsigned']); assert rc == 0; "
             "bad = sorted(m for m in sys.modules if m.startswith('backend_decryptor')); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=600)
     envelope.decode((tmp_path / "r").read_bytes())
@@ -334,7 +356,8 @@ def test_reprotect_adds_key_version_and_old_results_still_decrypt(protected_pair
     tmp, store, run_a = protected_pair
     x = np.random.default_rng(9).uniform(0, 1, (1, 8)).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
-    run(EDGE, "infer", "--bundle", str(tmp / "a.bundle"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "old"))
+    run(EDGE, "infer", "--bundle", str(tmp / "a.bundle"), str(tmp_path / "x.npy"), "--out", str(tmp_path / "old"),
+        *owner_key(store))
     run(BACKEND, "protect", str(tmp / "a.onnx"), "--model-id", "model-a", "--store", str(store))
     listing = run(BACKEND, "models", "--store", str(store)).stdout
     assert listing.count("model-a") == 2 and "old" in listing and "active" in listing
@@ -347,3 +370,25 @@ def test_reprotect_adds_key_version_and_old_results_still_decrypt(protected_pair
         run(BACKEND, "decrypt", "model-a", str(tmp_path / name), "--out", str(tmp_path / f"{name}.npy"),
             "--store", str(store))
         _close(np.load(tmp_path / f"{name}.npy"), run_a(x))
+
+
+def test_models_lists_versions_and_retire_stops_a_key(tmp_path):
+    from backend_decryptor.store import Store
+    from tests.test_store import fake_protected
+    store = Store(tmp_path / "store")
+    fp1 = store.add_model("m", fake_protected(1), "0" * 64)
+    fp2 = store.add_model("m", fake_protected(2), "0" * 64)
+    s = ["--store", str(store.root)]
+    out = run(BACKEND, "export", "m", "--out", str(tmp_path / "m.bundle"), *s).stdout
+    assert "version: 2" in out
+    manifest, _ = bundle.read_bundle(tmp_path / "m.bundle", bundle.load_owner_public_key(tmp_path / "m.bundle.owner.pub"))
+    assert manifest["version"] == 2 and manifest["key_fingerprint"] == fp2
+    lines = run(BACKEND, "models", *s).stdout.splitlines()
+    assert [line.split()[:3] for line in lines] == [["m", "v1", fp1], ["m", "v2", fp2]]
+    assert "old (accepted)" in lines[0] and "active" in lines[1]
+    err = run(BACKEND, "models", "retire", "m", "--key-version", "2", *s, ok=False).stderr
+    assert "is the active one" in err
+    out = run(BACKEND, "models", *s, "retire", "m", "--key-version", "1").stdout     # --store before too
+    assert f"retired model m key version 1 ({fp1})" in out
+    assert "retired" in run(BACKEND, "models", *s).stdout.splitlines()[0]
+    assert Store(store.root).fingerprints("m") == [fp2]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.config import ConfigError, load_config, read_password
+from edge_agent.config import ConfigError, load_config, read_password, read_signing_key
+from tests.support.gateway_keys import key_for, write_key
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -15,6 +16,7 @@ GOOD = """\
 gateway_id: gw-1
 bundle: model.bundle
 owner_public_key: owner.pub
+signing_key_file: signing.key
 cameras:
   - id: cam1
     url: rtsp://127.0.0.1:8554/cam
@@ -29,6 +31,7 @@ mqtt:
 def cfg_dir(tmp_path):
     (tmp_path / "owner.pub").write_text("placeholder")
     (tmp_path / "pw.txt").write_text("s3cret\n")
+    write_key(tmp_path / "signing.key", "gw-1")
     return tmp_path
 
 
@@ -50,6 +53,40 @@ def test_good_config_resolves_paths_and_defaults(cfg_dir):
     assert cfg.mqtt.qos == 1 and cfg.mqtt.topic_prefix == "fhe-edge"
     assert cfg.workers >= 1 and cfg.cameras[0].max_fps == 1.0
     assert read_password(cfg.mqtt) == "s3cret"
+    assert cfg.signing_key_file == cfg_dir / "signing.key"
+    assert read_signing_key(cfg).public_key() == key_for("gw-1").public_key()
+
+
+def test_signing_key_is_required_and_must_be_private(cfg_dir):
+    found = problems(write(cfg_dir, GOOD.replace("signing_key_file: signing.key\n", "")))
+    assert any("signing_key_file or signing_key_credential" in p for p in found), found
+    found = problems(write(cfg_dir, GOOD.replace("signing_key_file: signing.key",
+                                                 "signing_key_file: signing.key\nsigning_key_credential: k")))
+    assert any("exactly one of" in p for p in found), found
+    (cfg_dir / "signing.key").chmod(0o644)
+    with pytest.raises(ConfigError, match="readable by others.*chmod 600"):
+        read_signing_key(load_config(write(cfg_dir, GOOD)))
+    (cfg_dir / "signing.key").chmod(0o600)
+    (cfg_dir / "signing.key").write_text("not a key")
+    with pytest.raises(ConfigError, match="not an unencrypted PEM private key"):
+        read_signing_key(load_config(write(cfg_dir, GOOD)))
+
+
+def test_keygen_writes_a_private_key_0600_and_prints_the_backend_line(tmp_path):
+    out = tmp_path / "signing.key"
+    run = subprocess.run([sys.executable, "-m", "edge_agent.cli", "keygen", "--out", str(out), "--gateway-id",
+                          "gw-7"], capture_output=True, text=True, cwd=REPO)
+    assert run.returncode == 0, run.stderr
+    assert out.stat().st_mode & 0o777 == 0o600
+    from protected_nn.gateway_key import load_private_key, parse_public_key, public_key_text
+    line = [ln for ln in run.stdout.splitlines() if ln.strip().startswith("gw-7: ed25519:")]
+    assert line, run.stdout
+    public = line[0].split(": ", 1)[1]
+    assert public_key_text(load_private_key(out)) == public == (tmp_path / "signing.key.pub").read_text().strip()
+    parse_public_key(public)
+    again = subprocess.run([sys.executable, "-m", "edge_agent.cli", "keygen", "--out", str(out)],
+                           capture_output=True, text=True, cwd=REPO)
+    assert again.returncode == 2 and "already exists" in again.stderr     # a key is never silently replaced
 
 
 def test_every_error_has_file_line_and_field(cfg_dir):
@@ -117,4 +154,4 @@ def test_check_config_cli_prints_all_errors(cfg_dir):
     errs = run.stderr.strip().splitlines()
     assert len(errs) == 2, run.stderr
     assert errs[0].startswith(f"error: {path}:1: gateway_id: ")
-    assert errs[1].startswith(f"error: {path}:11: extra: unknown setting")
+    assert errs[1].startswith(f"error: {path}:12: extra: unknown setting")

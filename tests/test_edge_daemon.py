@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from paho.mqtt.properties import Properties
 
 from protected_nn import api, bundle
 from protected_nn.envelope import decode
+from tests.support.gateway_keys import write_key
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.rtsp_camera import RtspCamera, gstreamer_available
 
@@ -71,8 +73,8 @@ def owner():
         signing_key = key
         public_key = d / "owner.pub"
 
-        def bundle(self, path: Path, model_id: str) -> Path:
-            bundle.write_bundle(path, model_id, prot.artifacts, key)
+        def bundle(self, path: Path, model_id: str, version: int = 1) -> Path:
+            bundle.write_bundle(path, model_id, prot.artifacts, key, version=version)
             return path
 
         def decrypt(self, payload: bytes) -> np.ndarray:
@@ -138,6 +140,7 @@ class Daemon:
         self.metrics_port = free_port()
         cfg = {
             "gateway_id": "gw-test", "bundle": str(self.bundle), "owner_public_key": str(owner.public_key),
+            "signing_key_file": str(write_key(tmp_path / "signing.key", settings.get("gateway_id", "gw-test"))),
             "cameras": [{"id": k, "url": v, "max_fps": 2} for k, v in cameras.items()],
             "mqtt": {"host": broker.host, "port": broker.port},
             "workers": 2, "queue_size": 4, "state_dir": str(tmp_path / "state"),
@@ -179,6 +182,12 @@ class Daemon:
         text = urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).read().decode()
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith(name) and not line.startswith("#"))
+
+    def wait_metric(self, name: str, at_least: float, timeout: float = 20) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.metric(name) < at_least:
+            time.sleep(0.2)
+        assert self.metric(name) >= at_least, f"{name} < {at_least}: {self.output()}"
 
     def workers(self) -> list[int]:
         # /proc lists children per thread that forked them (the pool thread): look at all threads.
@@ -261,6 +270,11 @@ def test_frames_flow_end_to_end_and_decrypt_on_owner_side(tmp_path, owner, broke
         assert d.metric('edge_agent_stage_seconds_count{stage="infer"}') > 0
         _, stats = sub.until(lambda t, p: t == "fhe-edge/gateway/gw-test/stats", 10, "stats")
         assert json.loads(stats)["results"] >= 4
+        # every key is documented (docs/gateway.md "Stats JSON"), and nothing documented is missing
+        doc = (REPO / "docs/gateway.md").read_text().split("### Stats JSON", 1)[1].split("\n\n", 2)[1]
+        documented = {k for row in doc.splitlines()[2:] for k in re.findall(r"`(\w+)`", row.split("|")[1])}
+        assert documented == set(json.loads(stats)), set(json.loads(stats)) ^ documented
+        assert json.loads(stats)["model_version"] == 1
 
         # camera goes away -> offline (retained); comes back -> online, results resume
         camera.stop()
@@ -345,10 +359,23 @@ def test_bundle_reload_refuses_tampered_accepts_signed_and_sequences_survive_res
         while time.monotonic() < deadline and d.metric('edge_agent_bundle_loads_total{result="refused"}') < 2:
             time.sleep(0.2)
         assert d.metric('edge_agent_bundle_loads_total{result="refused"}') >= 2
-        # properly signed new model id -> picked up without restart
-        owner.bundle(tmp, "tiny-v2")
+        # properly signed, but another model -> refused (model pinned at first start)
+        owner.bundle(tmp, "tiny-v2", version=5)
         os.replace(tmp, d.bundle)
-        sub.until(lambda t, p: "/infer/" in t and decode(p, 64 << 20).model_id == "tiny-v2", 60, "model tiny-v2")
+        d.wait_metric('edge_agent_bundle_refused_total{reason="model_mismatch"}', 1)
+        # a newer version of the running model -> picked up without restart
+        owner.bundle(tmp, "tiny-v1", version=2)
+        os.replace(tmp, d.bundle)
+        d.wait_metric('edge_agent_bundle_version', 2)
+        # and the older one again (a validly signed rollback) -> refused, version 2 keeps running
+        owner.bundle(tmp, "tiny-v1", version=1)
+        os.replace(tmp, d.bundle)
+        d.wait_metric('edge_agent_bundle_refused_total{reason="rollback"}', 1)
+        assert "REFUSED (rollback)" in d.output() and d.metric('edge_agent_bundle_version') == 2
+        assert d.metric('edge_agent_bundle_loads_total{result="loaded"}') == 2
+        owner.bundle(tmp, "tiny-v1", version=2)     # so that the restart below starts from v2
+        os.replace(tmp, d.bundle)
+        d.wait_metric('edge_agent_bundle_loads_total{result="loaded"}', 3)
         last = max(e.sequence for e in sub.results(2, timeout=30))
         assert d.terminate() < 10
     finally:

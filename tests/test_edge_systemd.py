@@ -34,3 +34,12 @@ def test_unit_has_the_promised_settings():
     assert settings["LoadCredential"].startswith("mqtt-password:")
     assert settings["KillMode"] == "mixed"        # SIGTERM to the daemon, which stops its workers
     assert "run --config" in settings["ExecStart"]
+
+
+def test_signing_key_reaches_the_service_as_a_credential_named_like_the_example_config():
+    import yaml
+    creds = [line.split("=", 1)[1] for line in UNIT.read_text().splitlines() if line.startswith("LoadCredential=")]
+    names = {c.split(":", 1)[0]: c.split(":", 1)[1] for c in creds}
+    example = yaml.safe_load((REPO / "configs" / "edge.yaml").read_text())
+    assert example["signing_key_credential"] in names
+    assert names[example["signing_key_credential"]].startswith("/etc/")   # root-only, not in the state dir

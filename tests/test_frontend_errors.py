@@ -58,10 +58,52 @@ def test_gemm_weight_computed_from_input_is_rejected():
         load_onnx(make_model(nodes, (1, 1)))
 
 
-def test_group_conv_is_rejected():
-    model = make_model([N("Conv", ["x", "w"], ["y"], group=2, name="dw")], (1, 2, 5, 5),
-                       {"w": _rand(1, 2, 1, 3, 3)})
-    with pytest.raises(UnsupportedOpError, match=r"Conv node 'dw'.*group=2"):
+@pytest.mark.parametrize("C,wshape,group,match", [
+    (4, (4, 2, 3, 3), 3, r"attribute group=3 does not divide the 4 input and 4 output channels"),
+    (4, (4, 1, 3, 3), 2, r"weight has 1 input channels per group.*group=2 give 2"),
+    (2, (2, 1, 3, 3), 0, r"attribute group=0 must be a positive integer"),
+])
+def test_bad_group_conv_names_node_attribute_and_reason(C, wshape, group, match):
+    model = make_model([N("Conv", ["x", "w"], ["y"], group=group, name="dw")], (1, C, 5, 5),
+                       {"w": _rand(1, *wshape)}) if group else _unchecked_conv(C, wshape)
+    with pytest.raises(UnsupportedOpError, match=r"Conv node 'dw': " + match):
+        load_onnx(model)
+
+
+def _unchecked_conv(C, wshape):
+    """group=0: onnx's checker would refuse the model, so build it without the checker."""
+    graph = helper.make_graph([N("Conv", ["x", "w"], ["y"], group=0, name="dw")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list("abcd"))],
+                              [helper.make_tensor("w", TensorProto.FLOAT, wshape,
+                                                  _rand(1, *wshape).reshape(-1))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("nodes,consts,match", [
+    ([N("Pad", ["x", "p"], ["y"], mode="mirror", name="pd")], {"p": np.zeros(8, np.int64)},
+     r"Pad node 'pd': attribute mode='mirror' is not supported \(constant, reflect, edge, wrap\)"),
+    ([N("Pad", ["x", "p"], ["y"], mode="reflect", name="pd")],
+     {"p": np.array([0, 0, -1, 0, 0, 0, 1, 0], np.int64)}, r"Pad node 'pd': negative pads.*mode='reflect'"),
+    ([N("Pad", ["x", "p"], ["y"], name="pd")], {"p": np.zeros(3, np.int64)},
+     r"Pad node 'pd': input pads has 3 values for 4 axes"),
+    ([N("Gelu", ["x"], ["y"], approximate="fast", name="g")], {}, r"Gelu node 'g': attribute approximate='fast'"),
+    ([N("Clip", ["x", "lo"], ["y"], name="c")], {"lo": np.zeros(3, np.float32)},
+     r"Clip node 'c': input min must be one value"),
+    ([N("Clip", ["x", "lo", "hi"], ["y"], name="c")], {"lo": np.float32(2.0), "hi": np.float32(1.0)},
+     r"Clip node 'c': inputs min=2 > max=1 make the output the constant 1"),
+    ([N("ReduceMean", ["x", "ax"], ["y"], name="r")], {"ax": np.array([4], np.int64)}, r"ReduceMean node 'r': axes \[4\] are invalid"),
+    ([N("Concat", ["x", "c"], ["y"], axis=1, name="cc")], {"c": np.zeros((1, 2, 2, 3), np.float32)},
+     r"Concat node 'cc': input shapes .* differ outside axis 1"),
+    ([N("DepthToSpace", ["x"], ["y"], blocksize=2, name="d")], {}, r"DepthToSpace node 'd': attribute blocksize=2"),
+])
+def test_unsupported_attribute_names_node_attribute_and_reason(nodes, consts, match):
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, list("abcd"))],
+                              [helper.make_tensor(k, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape,
+                                                  v.reshape(-1)) for k, v in consts.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])   # unchecked
+    with pytest.raises(UnsupportedOpError, match=match):
         load_onnx(model)
 
 

@@ -5,14 +5,18 @@ PASSING lists every case that matches onnx's expected output within 1e-2 of the 
 (measured; README lists them). APPROXIMATED are cases whose op we replace by a polynomial or the
 MaxPool scaled-sum approximation: they run, and must stay within the approximation's bound.
 Every other node case is out of scope (integer types, 1-D/3-D pooling, training mode, several
-outputs, per-element exponents...), see docs/ops.md."""
+outputs, per-element exponents...), see docs/ops.md. Two run in plaintext but not yet encrypted:
+test_tile (a 40320-value activation: no CKKS parameters fit one ciphertext today) and
+test_clip_min_greater_than_max (a constant output: refused with a clear error)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from onnx.backend.test.case.node import collect_testcases
 
-from protected_nn.onnx_backend import EncryptedBackend
+from protected_nn import ir
+from protected_nn.frontend import load_onnx
+from protected_nn.onnx_backend import EncryptedBackend, bake_parameters
 from protected_nn.runtime.selfcheck import output_range
 
 PASSING = [
@@ -117,6 +121,79 @@ PASSING = [
     'test_unsqueeze_three_axes',
     'test_unsqueeze_unsorted_axes',
     'test_unsqueeze_negative_axes',
+    # added with issue 9 (grouped conv has no onnx node case: see tests/test_frontend_encrypted_ops.py)
+    'test_center_crop_pad_crop_expanded',
+    'test_center_crop_pad_pad_expanded',
+    'test_center_crop_pad_crop_and_pad_expanded',
+    'test_center_crop_pad_crop_axes_chw_expanded',
+    'test_clip_inbounds',
+    'test_clip_default_inbounds',
+    'test_concat_1d_axis_0',
+    'test_concat_1d_axis_negative_1',
+    'test_concat_2d_axis_0',
+    'test_concat_2d_axis_1',
+    'test_concat_2d_axis_negative_2',
+    'test_concat_2d_axis_negative_1',
+    'test_concat_3d_axis_0',
+    'test_concat_3d_axis_1',
+    'test_concat_3d_axis_2',
+    'test_concat_3d_axis_negative_3',
+    'test_concat_3d_axis_negative_2',
+    'test_concat_3d_axis_negative_1',
+    'test_constant_pad',
+    'test_constant_pad_axes',
+    'test_constant_pad_negative_axes',
+    'test_depthtospace_example',
+    'test_depthtospace_crd_mode_example',
+    'test_expand_dim_changed',
+    'test_expand_dim_unchanged',
+    'test_gather_0',
+    'test_gather_1',
+    'test_gather_2d_indices',
+    'test_gather_negative_indices',
+    'test_mean_example',
+    'test_mean_one_input',
+    'test_mean_two_inputs',
+    'test_neg_example',
+    'test_neg',
+    'test_reduce_mean_do_not_keepdims_example',
+    'test_reduce_mean_do_not_keepdims_random',
+    'test_reduce_mean_keepdims_example',
+    'test_reduce_mean_keepdims_random',
+    'test_reduce_mean_default_axes_keepdims_example',
+    'test_reduce_mean_default_axes_keepdims_random',
+    'test_reduce_mean_negative_axes_keepdims_example',
+    'test_reduce_mean_negative_axes_keepdims_random',
+    'test_reduce_sum_do_not_keepdims_example',
+    'test_reduce_sum_do_not_keepdims_random',
+    'test_reduce_sum_keepdims_example',
+    'test_reduce_sum_keepdims_random',
+    'test_reduce_sum_default_axes_keepdims_example',
+    'test_reduce_sum_default_axes_keepdims_random',
+    'test_reduce_sum_negative_axes_keepdims_example',
+    'test_reduce_sum_negative_axes_keepdims_random',
+    'test_reduce_sum_square_do_not_keepdims_example',
+    'test_reduce_sum_square_do_not_keepdims_random',
+    'test_reduce_sum_square_keepdims_example',
+    'test_reduce_sum_square_keepdims_random',
+    'test_reduce_sum_square_default_axes_keepdims_example',
+    'test_reduce_sum_square_default_axes_keepdims_random',
+    'test_reduce_sum_square_negative_axes_keepdims_example',
+    'test_reduce_sum_square_negative_axes_keepdims_random',
+    'test_reduce_sum_empty_axes_input_noop_example',
+    'test_reduce_sum_empty_axes_input_noop',
+    'test_slice',
+    'test_slice_neg',
+    'test_slice_end_out_of_bounds',
+    'test_slice_default_axes',
+    'test_slice_default_steps',
+    'test_slice_neg_steps',
+    'test_slice_negative_axes',
+    'test_spacetodepth',
+    'test_spacetodepth_example',
+    'test_spacetodepth_dcr_mode_example',
+    'test_spacetodepth_crd_mode_example',
+    'test_tile_precomputed',
 ]
 
 APPROXIMATED = [
@@ -136,6 +213,32 @@ APPROXIMATED = [
     'test_relu',
     'test_sigmoid',
     'test_tanh',
+    # added with issue 9
+    'test_clip_example',
+    'test_clip',
+    'test_clip_outbounds',
+    'test_clip_splitbounds',
+    'test_clip_default_min',
+    'test_clip_default_max',
+    'test_elu_example',
+    'test_elu',
+    'test_elu_default',
+    'test_selu_example',
+    'test_selu',
+    'test_selu_default',
+    'test_hardsigmoid_example',
+    'test_hardsigmoid',
+    'test_hardsigmoid_default',
+    'test_hardswish',
+    'test_softsign_example',
+    'test_softsign',
+    'test_mish',
+    'test_gelu_tanh_1',
+    'test_gelu_tanh_2',
+    'test_gelu_default_1',
+    'test_gelu_default_2',
+    'test_globalmaxpool',
+    'test_globalmaxpool_precomputed',
 ]
 
 CASES = {c.name: c for c in collect_testcases() if c.name in set(PASSING) | set(APPROXIMATED)}
@@ -150,6 +253,17 @@ def run_case(name: str) -> float:
     return float(np.max(np.abs(y - ref)) / output_range(ref))
 
 
+def fit_bound(name: str) -> float:
+    """The approximation's own bound, relative to the output range: the sum of the max fit
+    errors the frontend records for the case's polynomials (calibrated, as protect does, on the
+    case's input). The encrypted result must stay within it (+ CKKS noise)."""
+    case = CASES[name]
+    inputs, outputs = case.data_sets[0]
+    graph = load_onnx(bake_parameters(case.model, inputs), calibration=np.asarray(inputs[0])[None])
+    polys = [l for l in graph.layers if isinstance(l, ir.Poly)]
+    return sum(p.fit_max_error for p in polys) / output_range(outputs[0])
+
+
 def test_all_listed_cases_exist():
     assert set(CASES) == set(PASSING) | set(APPROXIMATED)
 
@@ -161,4 +275,6 @@ def test_node_case_under_encryption(name):
 
 @pytest.mark.parametrize("name", [n for n in APPROXIMATED if "maxpool" not in n])
 def test_polynomial_activation_cases_within_fit_bound(name):
-    assert run_case(name) <= 0.1
+    bound = fit_bound(name)
+    assert bound <= 0.15          # a degree-4 fit that is meaningful, not a constant
+    assert run_case(name) <= 1.01 * bound + 2e-3

@@ -2,7 +2,8 @@
 
 `backend-decryptor run` runs as a subprocess (a crash is a process exit, not a caught exception)
 with a real protected model in its store; a test client publishes a deterministic mix of hostile
-messages (`AdversarialCorpus`) interleaved with valid encrypted results of a quiet scene. Expected:
+messages (`AdversarialCorpus`, plus issue 15's forgeries in tests/support/forged_messages.py)
+interleaved with valid, signed encrypted results of a quiet scene. Expected:
 the process survives, every valid result is processed, not one alert is raised (the valid stream
 never justifies one, so any alert would be a false alert), and each hostile message is dropped
 with the reason its kind predicts. bench/bench_faults.py runs the same with 10,000 messages.
@@ -29,6 +30,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from protected_nn import envelope
+from protected_nn.runtime.result_checks import REASONS as RESULT_REASONS
+from tests.support.forged_messages import FORGERY_KINDS, ForgedMessages
+from tests.support.gateway_keys import key_for, public_keys
 from tests.support.mosquitto import Mosquitto, free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +50,8 @@ QUIET = (3.0, -4.0)        # count 3 (threshold 10), incident logit -4 (p 0.02):
 # ----------------------------------------------------------------------------- the model
 def protected_store(root: Path):
     """A tiny real model (y = [30 x0, 10 x1 - 5]) protected into root/store; returns
-    (fingerprint, quiet payload, a payload under ANOTHER key of the same model, its fingerprint)."""
+    (fingerprint, quiet payload, a payload under ANOTHER key of the same model, its fingerprint,
+    the secret key, the plan - public: in every bundle)."""
     from backend_decryptor.store import Store
     from protected_nn import api
     from tests.test_backend_e2e import tiny_model
@@ -57,7 +62,8 @@ def protected_store(root: Path):
     x = np.array([[QUIET[0] / 30.0, (QUIET[1] + 5.0) / 10.0, 0, 0]], np.float32)
     other = api.protect(onnx_path)                     # same model, another key pair (not stored)
     return (prot.artifacts.key_fingerprint, api.EdgeModel(prot.artifacts).infer(x),
-            api.EdgeModel(other.artifacts).infer(x), other.artifacts.key_fingerprint, prot.secret_key)
+            api.EdgeModel(other.artifacts).infer(x), other.artifacts.key_fingerprint, prot.secret_key,
+            prot.artifacts.plan_json())
 
 
 # ----------------------------------------------------------------------------- the corpus
@@ -73,17 +79,18 @@ class Message:
     sequence: int | None = None
 
 
-class AdversarialCorpus:
+class AdversarialCorpus(ForgedMessages):
     """Deterministic (seeded) hostile messages around real ciphertexts."""
 
     KINDS = ("random_bytes", "magic_then_garbage", "truncated_envelope", "header_bitflip", "wrong_version",
              "huge_field_length", "huge_payload_length", "trailing_bytes", "bad_id_chars", "nan_time",
              "ciphertext_bitflip", "ciphertext_truncated", "ciphertext_random", "ciphertext_empty",
              "other_key_claiming_ours", "other_key_own_fingerprint", "unknown_model", "oversized",
-             "replayed", "topic_mismatch", "gateway_not_allowed", "clock_skew")
+             "replayed", "topic_mismatch", "gateway_not_allowed", "clock_skew") + FORGERY_KINDS
 
-    def __init__(self, fp: str, payload: bytes, other_payload: bytes, other_fp: str, seed: int = 6):
+    def __init__(self, fp: str, payload: bytes, other_payload: bytes, other_fp: str, plan: dict, seed: int = 6):
         self.fp, self.payload, self.other_payload, self.other_fp = fp, payload, other_payload, other_fp
+        self.plan = plan
         self.rng = random.Random(seed)
         self.next_bad_seq = 1_000_000
         self.valid_sent: list[Message] = []
@@ -94,12 +101,14 @@ class AdversarialCorpus:
         return m
 
     def _env(self, kind, payload, *, seq=None, camera=None, gateway=GATEWAY, model=MODEL, fp=None,
-             t=None, topic_gateway=None, reasons=()) -> Message:
+             t=None, topic_gateway=None, reasons=(), signer=None) -> Message:
+        """Signed by `gateway`'s key unless `signer` is given (False: unsigned)."""
         if seq is None:
             seq, self.next_bad_seq = self.next_bad_seq, self.next_bad_seq + 1
         camera = camera or f"cam-{kind.replace('_', '-')}"
         env = envelope.Envelope(model, fp or self.fp, gateway, camera, seq, time.time() if t is None else t, payload)
-        return Message(kind, f"fhe-edge/infer/{topic_gateway or gateway}/{camera}", envelope.encode(env),
+        key = key_for(gateway) if signer is None else (signer or None)
+        return Message(kind, f"fhe-edge/infer/{topic_gateway or gateway}/{camera}", envelope.encode(env, key),
                        frozenset(reasons), seq)
 
     def bad(self, i: int) -> Message:
@@ -118,8 +127,8 @@ class AdversarialCorpus:
         return self._raw(kind, data, {"bad_magic"})
 
     def _magic_then_garbage(self, kind):
-        data = envelope.MAGIC + b"\x01" + self.rng.randbytes(self.rng.randrange(0, 2048))
-        return self._raw(kind, data, {"bad_field", "truncated", "length_mismatch", "trailing_bytes"})
+        data = envelope.MAGIC + bytes([envelope.VERSION]) + self.rng.randbytes(self.rng.randrange(0, 2048))
+        return self._raw(kind, data, {"bad_field", "out_of_range", "truncated", "length_mismatch", "trailing_bytes"})
 
     def _truncated_envelope(self, kind):
         good = self._env(kind, self.payload).data
@@ -143,7 +152,7 @@ class AdversarialCorpus:
 
     def _wrong_version(self, kind):
         m = self._env(kind, self.payload)
-        m.data = m.data[:4] + bytes([self.rng.choice([0, 2, 3, 127, 255])]) + m.data[5:]
+        m.data = m.data[:4] + bytes([self.rng.choice([0, 1, 3, 127, 255])]) + m.data[5:]
         m.reasons = frozenset({"bad_version"})
         return m
 
@@ -155,7 +164,7 @@ class AdversarialCorpus:
 
     def _huge_payload_length(self, kind):
         m = self._env(kind, self.payload)
-        at = len(m.data) - len(self.payload) - 4
+        at = len(m.data) - 64 - len(self.payload) - 4      # before the payload and the signature
         declared = self.rng.choice([0xFFFFFFFF, 0x7FFFFFFF, len(self.payload) + 1, MAX_BYTES * 8])
         m.data = m.data[:at] + struct.pack(">I", declared) + m.data[at + 4:]
         m.reasons = frozenset({"length_mismatch"})
@@ -175,7 +184,7 @@ class AdversarialCorpus:
 
     def _nan_time(self, kind):
         m = self._env(kind, self.payload)
-        at = len(m.data) - len(self.payload) - 12
+        at = len(m.data) - 64 - len(self.payload) - 12
         m.data = m.data[:at] + struct.pack(">d", self.rng.choice([float("nan"), float("inf"), -float("inf")])) \
             + m.data[at + 8:]
         m.reasons = frozenset({"bad_field"})
@@ -183,7 +192,9 @@ class AdversarialCorpus:
 
     # -- ciphertext level (the envelope is well formed, the sequence fresh)
     def _ciphertext_bitflip(self, kind):
-        return self._env(kind, self._flip(self.payload, 0, len(self.payload)), reasons={"decrypt_failed"})
+        # a flip in the SEAL header may be caught by the decoder's own checks (result_*)
+        return self._env(kind, self._flip(self.payload, 0, len(self.payload)),
+                         reasons={"decrypt_failed", *RESULT_REASONS})
 
     def _ciphertext_truncated(self, kind):
         return self._env(kind, self.payload[:self.rng.randrange(1, len(self.payload))], reasons={"decrypt_failed"})
@@ -228,8 +239,8 @@ class BackendProcess:
     """`backend-decryptor run` on a config written here; metrics over HTTP, state in SQLite."""
 
     def __init__(self, root: Path, broker, client_id: str = "backend-1", rules: str | None = None,
-                 workers: int = 1, max_bytes: int = MAX_BYTES, allowed_gateways=("gw-1", "gw-2"),
-                 limits: dict | None = None, mqtt: dict | None = None):
+                 workers: int = 1, max_bytes: int = MAX_BYTES, allowed_gateways=("gw-1", "gw-2", "gw-nokey"),
+                 limits: dict | None = None, mqtt: dict | None = None, checks: dict | None = None):
         self.root = root
         self.metrics_port = free_port()
         (root / "rules.yaml").write_text(rules or "crowd: {threshold: 10, consecutive: 2, hysteresis: 2}\n"
@@ -238,7 +249,9 @@ class BackendProcess:
         self.config.write_text(json.dumps({**({"limits": limits} if limits is not None else {}),
             "store": str(root / "store"), "state_db": str(root / "state.db"),
             "mqtt": {"host": broker.host, "port": broker.port, "client_id": client_id, "max_in_flight": 32, **(mqtt or {})},
-            "checks": {"allowed_gateways": list(allowed_gateways), "max_message_bytes": max_bytes, "max_clock_skew": 300},
+            "checks": {"allowed_gateways": list(allowed_gateways), "max_message_bytes": max_bytes, "max_clock_skew": 300,
+                       # every test gateway signs with tests.support.gateway_keys; cameras bind on first use
+                       "gateway_keys": public_keys(), "cameras_required": False, **(checks or {})},
             "decrypt": {"workers": workers, "timeout": 30},
             "alerts": {"rules_file": str(root / "rules.yaml")},
             "metrics": {"listen": f"127.0.0.1:{self.metrics_port}"}, "log_level": "WARNING"}))
@@ -373,7 +386,7 @@ def model(tmp_path_factory):
 
 def test_300_hostile_messages_among_20_valid_no_crash_no_false_alert_all_valid_processed(model, tmp_path):
     import shutil
-    root, (fp, payload, other_payload, other_fp, _) = model
+    root, (fp, payload, other_payload, other_fp, _, plan) = model
     shutil.copytree(root / "store", tmp_path / "store")
     with Mosquitto(extra_config=BROKER_QUEUE) as broker:
         # no per-gateway limit: one gateway sends 320 messages at once, and each hostile one must be
@@ -381,7 +394,7 @@ def test_300_hostile_messages_among_20_valid_no_crash_no_false_alert_all_valid_p
         backend = BackendProcess(tmp_path, broker, limits=UNLIMITED).start()
         client = publisher(broker)
         try:
-            corpus = AdversarialCorpus(fp, payload, other_payload, other_fp, seed=6)
+            corpus = AdversarialCorpus(fp, payload, other_payload, other_fp, plan, seed=6)
             sent = run_campaign(corpus, client, n_bad=300, n_valid=20)
             backend.wait_handled(len(sent), timeout=90)
             v = verdict(backend, sent)

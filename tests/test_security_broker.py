@@ -28,6 +28,8 @@ from tests.support.mosquitto import free_port
 REPO = Path(__file__).resolve().parents[1]
 INSTALL_DIR = "/etc/mosquitto/fhe-edge"
 USERS = {"backend": "b-secret", "dashboard": "d-secret", "gw-1": "g1-secret", "gw-2": "g2-secret"}
+GATEWAY_CAMERAS = {"gw-1": ["cam-1", "cam-a"], "gw-2": ["cam-9"]}   # cam-a: test_security_tls_pipeline
+MAX_PACKET = 4259840                 # mosquitto.conf max_packet_size
 
 pytestmark = pytest.mark.skipif(not shutil.which("mosquitto_passwd"), reason="mosquitto not installed")
 
@@ -41,7 +43,10 @@ class LockedBroker:
         self.host = "127.0.0.1"
         subprocess.run([str(REPO / "scripts/gen-broker-certs.sh"), str(root), "gw-1"], check=True,
                        capture_output=True)
-        shutil.copy(REPO / "configs/mosquitto/acl", root / "acl")
+        # The shipped acl plus one block per test gateway, made by the install's own script.
+        blocks = [subprocess.run([str(REPO / "scripts/broker-acl-gateway.sh"), gw, *cams], check=True,
+                                 capture_output=True, text=True).stdout for gw, cams in GATEWAY_CAMERAS.items()]
+        (root / "acl").write_text((REPO / "configs/mosquitto/acl").read_text() + "".join(blocks))
         passwd = root / "passwd"
         passwd.touch(mode=0o600)
         for user, password in USERS.items():
@@ -66,6 +71,11 @@ class LockedBroker:
             except OSError:
                 time.sleep(0.05)
         raise AssertionError("locked broker did not start: " + self.log())
+
+    def rss(self) -> int:
+        """The broker's resident memory in bytes."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.M).group(1)) * 1024
 
     def log(self) -> str:
         p = self.root / "mosquitto.log"
@@ -119,8 +129,8 @@ class Client:
     def ok(self) -> bool:
         return self.error is None and self.rc is not None and not self.rc.is_failure
 
-    def publish(self, topic: str, payload: bytes) -> None:
-        self.c.publish(topic, payload, qos=1).wait_for_publish(10)
+    def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
 
     def received(self, until: bytes, timeout: float = 10) -> list[tuple[str, bytes]]:
         """Everything received up to and including the payload `until`."""
@@ -256,3 +266,86 @@ def test_the_backend_service_runs_against_the_locked_broker(broker, tmp_path):
         svc.stop()
         gw.close()
         watcher.close()
+
+
+def _retained(broker, user: str, filters: list[str], wait: float = 2.0) -> list[str]:
+    """Topics of the retained messages a fresh subscriber of `filters` gets."""
+    c = Client(broker, user, subscribe=filters)
+    try:
+        assert all(not rc.is_failure for rc in c.suback), c.suback
+        return sorted(t for t, _ in c.nothing_received(wait))
+    finally:
+        c.close()
+
+
+def test_a_gateway_cannot_fill_the_broker_with_retained_messages(broker):
+    """Issue 15 item 6: 40 retained 3 MB messages under topics a gateway might invent would keep
+    120 MB in the broker; only its exact topics take a retained message, and nothing larger than
+    max_packet_size gets in at all."""
+    big = os.urandom(3 << 20)
+    before = broker.rss()
+    gw = Client(broker, "gw-1")
+    try:
+        for i in range(40):
+            topic = (f"fhe-edge/status/gw-1/cam-x{i}", f"fhe-edge/gateway/gw-1/x{i}",
+                     f"fhe-edge/infer/gw-1/cam-x{i}", f"fhe-edge/gateway/gw-1/stats/x{i}")[i % 4]
+            gw.publish(topic, big, retain=True)
+        # Its own exact topics do keep one retained message each: that is the bound.
+        for topic in ("fhe-edge/infer/gw-1/cam-1", "fhe-edge/gateway/gw-1/stats"):
+            gw.publish(topic, big, retain=True)
+        gw.publish("fhe-edge/status/gw-1/cam-1", b"online", retain=True)
+        gw.publish("fhe-edge/gateway/gw-1/availability", b"online", retain=True)
+    finally:
+        gw.close()
+    grown = broker.rss() - before
+    print(f"broker RSS grew by {grown / 2**20:.1f} MiB")
+    assert grown < 30 << 20, f"broker grew by {grown / 2**20:.0f} MiB"
+    assert _retained(broker, "dashboard", ["fhe-edge/status/#", "fhe-edge/gateway/+/stats",
+                                           "fhe-edge/gateway/+/availability"]) == [
+        "fhe-edge/gateway/gw-1/availability", "fhe-edge/gateway/gw-1/stats", "fhe-edge/status/gw-1/cam-1"]
+    assert _retained(broker, "backend", ["fhe-edge/infer/#"]) == ["fhe-edge/infer/gw-1/cam-1"]
+    # Above max_packet_size: the gateway is disconnected and nothing is kept.
+    gw = Client(broker, "gw-1")
+    try:
+        gw.c.publish("fhe-edge/status/gw-1/cam-1", os.urandom(MAX_PACKET + 1), qos=1, retain=True)
+        deadline = time.monotonic() + 10
+        while gw.c.is_connected() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not gw.c.is_connected(), "a packet above max_packet_size was accepted"
+    finally:
+        gw.close()
+    got = Client(broker, "dashboard", subscribe=["fhe-edge/status/#"])
+    try:
+        assert [p for _, p in got.nothing_received(2.0)] == [b"online"]   # still the small one
+    finally:
+        got.close()
+    for topic in ("fhe-edge/infer/gw-1/cam-1", "fhe-edge/gateway/gw-1/stats"):   # leave the broker clean
+        clean = Client(broker, "gw-1")
+        clean.publish(topic, b"", retain=True)
+        clean.close()
+
+
+def test_dashboards_see_availability_and_camera_status_but_no_results(broker):
+    """Issue 16: a control room can show camera offline, gateway down, backend down."""
+    dash = Client(broker, "dashboard", subscribe=["fhe-edge/status/#", "fhe-edge/gateway/+/availability",
+                                                  "fhe-edge/gateway/+/stats", "fhe-edge/backend/+/availability",
+                                                  "fhe-edge/infer/#"])
+    gw, backend = Client(broker, "gw-2"), Client(broker, "backend")
+    try:
+        gw.publish("fhe-edge/infer/gw-2/cam-9", b"result")
+        gw.publish("fhe-edge/status/gw-2/cam-9", b"offline")
+        gw.publish("fhe-edge/gateway/gw-2/stats", b'{"fps": 1}')
+        backend.publish("fhe-edge/backend/b-1/availability", b"offline-b")
+        gw.publish("fhe-edge/gateway/gw-2/availability", b"offline")
+        got = dash.received(until=b"offline-b")
+        got += dash.received(until=b"offline")
+        assert not [t for t, _ in got if "/infer/" in t], got
+        fresh = sorted(t for t, _ in got if "gw-2" in t or "b-1" in t)      # not earlier tests' retained ones
+        assert fresh == ["fhe-edge/backend/b-1/availability", "fhe-edge/gateway/gw-2/availability",
+                         "fhe-edge/gateway/gw-2/stats", "fhe-edge/status/gw-2/cam-9"], got
+        dash.publish("fhe-edge/gateway/dashboard/availability", b"x")    # the %u pattern's reserved name
+        gw.publish("fhe-edge/gateway/gw-2/availability", b"online")
+        assert [p for _, p in dash.received(until=b"online")] == [b"online"]
+    finally:
+        for c in (dash, gw, backend):
+            c.close()

@@ -18,10 +18,12 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from protected_nn import envelope
 from protected_nn.ckks.context import PACKED_MAGIC, SEAL_CT_PREFIX
 from protected_nn.errors import EnvelopeError, ProtectedNNError, ResultError
+from protected_nn.gateway_key import generate
 
 ids = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", min_size=1, max_size=64)
 envelopes = st.builds(envelope.Envelope, model_id=ids, key_fingerprint=ids, gateway_id=ids, camera_id=ids,
-                      sequence=st.integers(0, 2**64 - 1), capture_time=st.floats(allow_nan=False, allow_infinity=False),
+                      sequence=st.integers(0, envelope.MAX_SEQUENCE),
+                      capture_time=st.floats(min_value=0, allow_nan=False, allow_infinity=False),
                       payload=st.binary(max_size=512))
 
 
@@ -50,7 +52,7 @@ def _assert_envelope_or_error(data: bytes, max_size: int = 1 << 16):
     try:
         env = envelope.decode(data, max_size=max_size)
     except EnvelopeError as exc:
-        assert exc.reason in {"too_large", "bad_magic", "bad_version", "truncated", "bad_field",
+        assert exc.reason in {"too_large", "bad_magic", "bad_version", "truncated", "bad_field", "out_of_range",
                               "length_mismatch", "trailing_bytes"}, exc.reason
         return None
     # Accepted: it must be exactly the canonical encoding of what was decoded (no slack anywhere).
@@ -66,6 +68,31 @@ def test_edited_envelopes_decode_canonically_or_raise_envelope_error(data):
     _assert_envelope_or_error(data)
 
 
+KEY = generate()
+
+
+@st.composite
+def signed_and_edited(draw):
+    original = envelope.encode(draw(envelopes), KEY)
+    return original, draw(edited(st.just(original)))
+
+
+@settings(max_examples=400, deadline=None)
+@given(signed_and_edited())
+def test_edited_signed_envelopes_never_verify(pair):
+    """Issue 15: whatever a broker changes (header, payload, signature, lengths), the gateway's
+    signature no longer verifies - or the bytes were not changed at all."""
+    original, data = pair
+    try:
+        env = envelope.decode(data, max_size=1 << 20)
+        envelope.verify(data, env, KEY.public_key())
+    except EnvelopeError as exc:
+        assert exc.reason in {"too_large", "bad_magic", "bad_version", "truncated", "bad_field", "out_of_range",
+                              "length_mismatch", "trailing_bytes", "unsigned", "bad_signature"}, exc.reason
+        return
+    assert data == original
+
+
 @settings(max_examples=500, deadline=None)
 @given(envelopes, st.integers(0, 3), st.integers(0, 255), st.integers(0, 2**32 - 1))
 def test_crafted_lengths_never_trusted(env, which_field, field_len, payload_len):
@@ -77,7 +104,7 @@ def test_crafted_lengths_never_trusted(env, which_field, field_len, payload_len)
         pos += 1 + data[pos]
     changed_field = data[pos] != field_len
     data[pos] = field_len
-    tail = len(data) - len(env.payload) - 4
+    tail = len(data) - len(env.payload) - 4      # unsigned: nothing follows the payload
     changed_payload = struct.unpack(">I", data[tail:tail + 4])[0] != payload_len
     data[tail:tail + 4] = struct.pack(">I", payload_len)
     got = _assert_envelope_or_error(bytes(data), max_size=1 << 20)
@@ -146,6 +173,9 @@ def test_edited_results_only_raise_result_error(owner, data):
     y = _decrypt_or_result_error(model, blob)
     if edit == "splice" and y is not None:
         pytest.fail("a result spliced from two keys' results decrypted")
+    if edit == "header" and blob != base and y is not None:
+        # issue 15: every field of the header is checked against the plan (scale +inf decoded to 0)
+        pytest.fail("a result with an edited ciphertext header decrypted")
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -54,6 +54,8 @@ def test_key_versions(tmp_path):
     assert store.model_card("m") == {"outputs": ["a", "b"]}
     assert store.model_of_fingerprint(fp1) == "m"
     assert [r["active"] for r in store.models()] == [False, True]
+    assert [r["version"] for r in store.models()] == [1, 2]
+    assert store.key_version("m") == 2 and store.key_version("m", fp1) == 1
     reopened = Store(tmp_path / "s")                             # survives a restart
     assert reopened.active_fingerprint("m") == fp2 and reopened.model_ids() == ["m"]
     with pytest.raises(StoreError, match="already has key"):
@@ -115,3 +117,44 @@ def test_owner_model_cached_and_decrypts(tmp_path):
     y = owner.decrypt(api.EdgeModel(store.artifacts("tiny")).infer(x))
     expected = run_onnx(x)
     assert np.max(np.abs(y - expected)) <= 1e-2 * max(np.ptp(expected), 1e-6) + 1e-3
+
+
+def test_retire_removes_the_key_and_never_reuses_its_number(tmp_path):
+    store = Store(tmp_path / "s")
+    fp1 = store.add_model("m", fake_protected(1), "0" * 64)
+    fp2 = store.add_model("m", fake_protected(2), "0" * 64)
+    with pytest.raises(StoreError, match="is the active one"):
+        store.retire("m", "2")
+    with pytest.raises(UnknownKeyError, match="no key version '9'.*1 \\(" + fp1):
+        store.retire("m", "9")
+    row = store.retire("m", "1")
+    assert row["retired"] and row["version"] == 1
+    assert store.fingerprints("m") == [fp2]                      # what the backend accepts
+    assert not (tmp_path / "s" / "models" / "m" / fp1).exists()  # secret key gone with the folder
+    assert not any(b"SECRET-1" in p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file())
+    with pytest.raises(UnknownKeyError, match="was retired"):
+        store.secret_key("m", fp1)
+    with pytest.raises(StoreError, match="already retired"):
+        store.retire("m", fp1)
+    fp3 = store.add_model("m", fake_protected(3), "0" * 64)
+    assert store.key_version("m", fp3) == 3                      # 1 is never handed out again
+    store.retire("m", fp2)                                       # by fingerprint too
+    assert [(r["version"], bool(r["retired"]), r["active"]) for r in store.models()] == \
+        [(1, True, False), (2, True, False), (3, False, True)]
+
+
+def test_store_from_before_versions_is_numbered_by_age(tmp_path):
+    root = tmp_path / "s"
+    root.mkdir()
+    with sqlite3.connect(root / "index.sqlite") as db:   # the schema as shipped before key versions
+        db.executescript("""
+            CREATE TABLE models (model_id TEXT NOT NULL, key_fingerprint TEXT NOT NULL, created TEXT NOT NULL,
+                active INTEGER NOT NULL, onnx_sha256 TEXT NOT NULL, report_json TEXT NOT NULL,
+                PRIMARY KEY (model_id, key_fingerprint));
+            INSERT INTO models VALUES ('a', 'f2', '2026-01-02T00:00:00+00:00', 1, '', '{}');
+            INSERT INTO models VALUES ('a', 'f1', '2026-01-01T00:00:00+00:00', 0, '', '{}');
+            INSERT INTO models VALUES ('b', 'g1', '2026-01-01T00:00:00+00:00', 1, '', '{}');""")
+    store = Store(root)
+    assert [(r["model_id"], r["key_fingerprint"], r["version"]) for r in store.models()] == \
+        [("a", "f1", 1), ("a", "f2", 2), ("b", "g1", 1)]
+    assert store.fingerprints("a") == ["f1", "f2"]

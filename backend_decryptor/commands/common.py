@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -21,19 +22,34 @@ def add_store_argument(parser) -> None:
                         help=f"model store folder (default: ${STORE_ENV} or {DEFAULT_STORE})")
 
 
+def store_path(args) -> Path:
+    return Path(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE)
+
+
 def open_store(args, create: bool = False) -> Store:
     """Only `protect` creates a store; elsewhere a mistyped --store is an error, not a new store."""
-    return Store(Path(args.store or os.environ.get(STORE_ENV) or DEFAULT_STORE), create=create)
+    return Store(store_path(args), create=create)
+
+
+def remove_empty_store(root: Path) -> None:
+    """Undo the creation of a store by a `protect` that failed: called only when the store did
+    not exist before, so what is inside came from this run; removed only if no file but the
+    index is there."""
+    try:
+        files = [p for p in root.rglob("*") if p.is_file()]
+    except OSError:
+        return
+    if all(p.parent == root and p.name.startswith("index.sqlite") for p in files):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def load_npy(path, what: str) -> np.ndarray:
     """np.load without pickles; every way a file can be wrong becomes one clear CommandError."""
+    from protected_nn.npy_files import NpyFileError, load_array
     try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise CommandError(f"{what} file not found: {path}") from None
-    except (ValueError, EOFError, OSError) as e:
-        raise CommandError(f"{what} file {path} is not a readable .npy array: {e}") from None
+        return load_array(path, what)
+    except NpyFileError as e:
+        raise CommandError(str(e)) from None
 
 
 def write_atomic(path: Path, data: bytes) -> None:

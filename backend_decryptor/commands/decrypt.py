@@ -11,7 +11,7 @@ import numpy as np
 from backend_decryptor.commands.common import CommandError, add_store_argument, open_store, save_npy_atomic
 from backend_decryptor.store import Store
 from protected_nn import envelope
-from protected_nn.errors import ProtectedNNError
+from protected_nn.errors import ProtectedNNError, ResultError
 
 MAX_RESULT_FILE = 256 * 2**20  # far above any real result; bounds what one file can make us read
 
@@ -58,6 +58,18 @@ def _check_key(store: Store, model_id: str, path: Path, env: envelope.Envelope) 
                            f"key of model {model_id!r} ({where}; {model_id!r} keys: {', '.join(known)})")
 
 
+def overflow_hint(card: dict) -> str:
+    """The key in the envelope is this model's, so a result that does not decrypt cleanly was
+    most likely computed on an input far outside the calibrated range: its values overflowed
+    the result's headroom and wrapped around, which looks exactly like another key's result."""
+    rng = card.get("calibrated_input_range")
+    where = f" [{rng[0]:g}, {rng[1]:g}]" if isinstance(rng, list) and len(rng) == 2 else ""
+    return (f" - or out of the calibrated range? The envelope names this model's key; an input "
+            f"outside the range the model was calibrated on{where} overflows the result. Scale "
+            f"inputs like the calibration data, or protect again with --input-range/--calibration "
+            f"covering them")
+
+
 def run(args) -> int:
     store = open_store(args)
     store.fingerprints(args.model_id)  # unknown model id: clear error before reading anything
@@ -74,8 +86,11 @@ def run(args) -> int:
         seen[env.sequence] = path
     outputs = []
     for path, env in envelopes:
+        owner = store.owner_model(args.model_id, env.key_fingerprint)
         try:
-            outputs.append(np.asarray(store.owner_model(args.model_id, env.key_fingerprint).decrypt(env.payload)))
+            outputs.append(np.asarray(owner.decrypt(env.payload)))
+        except ResultError as e:
+            raise CommandError(f"{path}: {e}{overflow_hint(owner.model_card)}") from None
         except ProtectedNNError as e:
             raise CommandError(f"{path}: {e}") from None
     output = outputs[0] if result.is_file() else np.stack(outputs)

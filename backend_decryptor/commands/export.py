@@ -13,7 +13,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("export", help="write the signed deployment bundle of a stored model",
                        description="Write the model's active key version as a signed bundle (plan, "
                                    "encrypted parameters, public and evaluation keys; never the secret "
-                                   "key), and the owner public key beside it as BUNDLE.owner.pub.")
+                                   "key), and the owner public key beside it as BUNDLE.owner.pub. The "
+                                   "bundle's version is the key version number (`models` lists them); "
+                                   "gateways refuse a bundle older than the one they run.")
     p.add_argument("model_id", metavar="ID")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle file to write")
     add_store_argument(p)
@@ -28,9 +30,10 @@ def run(args) -> int:
     store = open_store(args)
     fingerprint = store.active_fingerprint(args.model_id)
     artifacts = store.artifacts(args.model_id, fingerprint)
+    version = store.key_version(args.model_id, fingerprint)
     out = Path(args.out)
     write_bundle(out, args.model_id, artifacts, store.signing_key(),
-                 forbidden=store.secret_key(args.model_id, fingerprint))
+                 forbidden=store.secret_key(args.model_id, fingerprint), version=version)
     data = out.read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
     store.record_export(args.model_id, fingerprint, out, sha256)
@@ -45,6 +48,6 @@ def run(args) -> int:
     else:
         pub_note = f"owner public key: {pub_path} (unchanged)"
     print(f"bundle: {out} ({len(data)} bytes, {len(data) / 2**20:.2f} MiB)")
-    print(f"model: {args.model_id}  key fingerprint: {fingerprint}  sha256: {sha256}")
+    print(f"model: {args.model_id}  version: {version}  key fingerprint: {fingerprint}  sha256: {sha256}")
     print(pub_note)
     return 0

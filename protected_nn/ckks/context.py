@@ -156,6 +156,12 @@ class Ckks:
         return PACKED_MAGIC + bytes([bits]) + raw[:SEAL_CT_PREFIX] + packed
 
     def ct_from_packed_bytes(self, data: bytes, max_words: int) -> PyCtxt:
+        return self.ct_from_bytes(self.unpack_result(data, max_words))
+
+    @staticmethod
+    def unpack_result(data: bytes, max_words: int) -> bytes:
+        """The SEAL bytes (header + 64-bit coefficients) of a packed result, checked only for its
+        framing: protected_nn/runtime/result_checks.py checks the header before SEAL loads it."""
         head = len(PACKED_MAGIC) + 1 + SEAL_CT_PREFIX
         if len(data) < head or not data.startswith(PACKED_MAGIC):
             raise ResultError("result is not a packed ciphertext (bad magic or truncated)")
@@ -169,7 +175,7 @@ class Ckks:
         flat = np.unpackbits(np.frombuffer(body, dtype=np.uint8), bitorder="little")[:n_words * bits]
         words = (flat.reshape(n_words, bits).astype(np.uint64) << np.arange(bits, dtype=np.uint64)).sum(
             axis=1, dtype=np.uint64)
-        return self.ct_from_bytes(data[len(PACKED_MAGIC) + 1:head] + words.astype("<u8").tobytes())
+        return data[len(PACKED_MAGIC) + 1:head] + words.astype("<u8").tobytes()
 
     def ct_from_bytes(self, data: bytes) -> PyCtxt:
         ct = PyCtxt(pyfhel=self.he)

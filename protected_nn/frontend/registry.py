@@ -8,8 +8,8 @@ from typing import Callable
 import onnx
 
 from protected_nn.errors import UnsupportedOpError
-from protected_nn.frontend.ops import (activations, arithmetic, batchnorm, conv, dense, pooling,
-                                       shape)
+from protected_nn.frontend.ops import (activations, arithmetic, batchnorm, concat, conv, dense,
+                                       indexing, pooling, reduce, shape)
 
 OP_TABLE: dict[str, Callable] = {
     # linear layers
@@ -20,7 +20,19 @@ OP_TABLE: dict[str, Callable] = {
     "AveragePool": pooling.lower_average_pool,
     "GlobalAveragePool": pooling.lower_global_average_pool,
     "MaxPool": pooling.lower_max_pool,            # approximated (mean of the window), warns
+    "GlobalMaxPool": pooling.lower_global_max_pool,   # approximated likewise, warns
+    "ReduceMean": reduce.lower_reduce_mean,
+    "ReduceSum": reduce.lower_reduce_sum,
     "Transpose": shape.lower_transpose,
+    # moving / repeating values (0/1 Linear, constants as bias)
+    "Pad": indexing.lower_pad,
+    "Slice": indexing.lower_slice,
+    "Gather": indexing.lower_gather,
+    "Expand": indexing.lower_expand,
+    "Tile": indexing.lower_tile,
+    "DepthToSpace": indexing.lower_depth_to_space,
+    "SpaceToDepth": indexing.lower_space_to_depth,
+    "Concat": concat.lower_concat,                # several encrypted inputs: Linear per branch + Add
     # elementwise arithmetic
     "Add": arithmetic.lower_add,
     "Sub": arithmetic.lower_sub,
@@ -28,6 +40,9 @@ OP_TABLE: dict[str, Callable] = {
     "Mul": arithmetic.lower_mul,
     "Div": arithmetic.lower_div,
     "Pow": arithmetic.lower_pow,
+    "Neg": arithmetic.lower_neg,
+    "Mean": arithmetic.lower_mean,
+    "ReduceSumSquare": reduce.lower_reduce_sum_square,   # Square, then a summing Linear
     # shape-only views (no IR layer)
     "Flatten": shape.lower_flatten,
     "Reshape": shape.lower_reshape,
@@ -42,6 +57,14 @@ OP_TABLE: dict[str, Callable] = {
     "Tanh": activations.lower_activation,
     "Softplus": activations.lower_activation,
     "LeakyRelu": activations.lower_activation,
+    "Clip": activations.lower_clip,               # identity where the bounds are never reached
+    "Elu": activations.lower_activation,
+    "Selu": activations.lower_activation,
+    "HardSigmoid": activations.lower_activation,
+    "HardSwish": activations.lower_activation,
+    "Softsign": activations.lower_activation,
+    "Mish": activations.lower_activation,
+    "Gelu": activations.lower_activation,
 }
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")

@@ -7,6 +7,7 @@ import numpy as np
 from protected_nn.ckks.context import SecretCkks
 from protected_nn.compiler.layout import Layout
 from protected_nn.errors import ResultError
+from protected_nn.runtime.result_checks import ResultChecks
 
 MAX_RESULT_BYTES = 4 << 20
 
@@ -35,17 +36,21 @@ class Decoder:
         # another key decrypts to values spread over that whole range, a genuine one to ~1e-4.
         headroom = int(plan["ckks"]["qi_sizes"][0]) - np.log2(float(plan["output"]["scale"]))
         self.zero_bound = max(0.05, 2.0 ** (headroom - 6))
+        self.checks = ResultChecks(plan, sk)
 
     def decode(self, payload: bytes) -> np.ndarray:
         if not isinstance(payload, (bytes, bytearray)) or not payload:
             raise ResultError("empty result payload")
         if len(payload) > MAX_RESULT_BYTES:
             raise ResultError(f"result payload of {len(payload)} bytes exceeds {MAX_RESULT_BYTES}")
-        ct = self.sk.ct_from_packed_bytes(bytes(payload), max_words=2 * 2 * self.sk.slots)
+        raw = self.sk.unpack_result(bytes(payload), max_words=2 * 2 * self.sk.slots)
+        self.checks.check_header(raw)          # level, NTT, scale, not transparent: before SEAL parses it
+        ct = self.sk.ct_from_bytes(raw)
         try:
             values = self.sk.decrypt(ct)
         except Exception as exc:
             raise ResultError(f"cannot decrypt the result with this model's key: {exc}") from None
+        self.checks.check_c1(raw)
         if not np.all(np.isfinite(values)):
             raise ResultError("the result does not decrypt to finite values")
         if self.zero_slots.size and np.max(np.abs(values[self.zero_slots])) > self.zero_bound:

@@ -150,3 +150,23 @@ def lower_pow(node: onnx.NodeProto, ctx: LoweringContext) -> None:
                         shape=ir_shape(x.shape), sources=[node.name], coeffs=coeffs, op="Pow",
                         fit_range=ctx.range_of(node.input[0]), fit_max_error=0.0)  # exact anywhere
         ctx.emit(layer, node.output[0], x.shape, node)
+
+
+def lower_neg(node: onnx.NodeProto, ctx: LoweringContext) -> None:
+    x = ctx.tensor(node.input[0], node)
+    _affine(node, ctx, x, -1.0, None, x.shape)
+
+
+def lower_mean(node: onnx.NodeProto, ctx: LoweringContext) -> None:
+    """Mean of n inputs = their Sum scaled by 1/n (each encrypted term through a scaling Linear
+    that fuses into its branch)."""
+    ops = _operands(node, ctx)
+    n = len(ops)
+    tensors = [t for t, _ in ops if t is not None]
+    consts = [c for t, c in ops if t is None]
+    const = sum(consts[1:], consts[0]) / n if consts else None
+    if len(tensors) == 1:
+        out_shape = _out_shape(node, tensors[0].shape, *[c.shape for c in consts])
+        _affine(node, ctx, tensors[0], 1.0 / n, const, out_shape)
+    else:
+        _join(node, ctx, [(t, 1.0 / n) for t in tensors], const)

@@ -1,4 +1,4 @@
-"""AveragePool, GlobalAveragePool and the MaxPool approximation -> Linear.
+"""AveragePool, GlobalAveragePool and the MaxPool / GlobalMaxPool approximation -> Linear.
 
 MaxPool has no polynomial-friendly form; like CryptoNets' "scaled mean pool" we replace it by a
 scaled sum of the window. We choose the scale 1/(number of in-bounds window elements), i.e. the
@@ -84,12 +84,22 @@ def lower_global_average_pool(node: onnx.NodeProto, ctx: LoweringContext) -> Non
     ctx.linear(node, x, mat, None, (1, C) + (1,) * (len(x.shape) - 2))
 
 
+def lower_global_max_pool(node: onnx.NodeProto, ctx: LoweringContext) -> None:
+    """The same mean-for-max approximation as MaxPool, over the whole feature map."""
+    lower_global_average_pool(node, ctx)
+    ctx.warn(_max_warning(node))
+
+
+def _max_warning(node: onnx.NodeProto) -> str:
+    return (f"{node.op_type} node '{node.name}' is approximated by the mean of each window "
+            f"(scaled-sum approximation): results differ from onnxruntime's {node.op_type}; "
+            f"train with AveragePool for exact encrypted inference")
+
+
 def lower_max_pool(node: onnx.NodeProto, ctx: LoweringContext) -> None:
     if len(node.output) > 1 and node.output[1]:
         raise UnsupportedOpError(f"MaxPool node '{node.name}': the Indices output is not supported")
     if attributes(node).get("storage_order", 0):
         raise UnsupportedOpError(f"MaxPool node '{node.name}': storage_order=1 is not supported")
     _window_pool(node, ctx, count_include_pad=False)
-    ctx.warn(f"MaxPool node '{node.name}' is approximated by the mean of each window (scaled-sum "
-             f"approximation): results differ from onnxruntime's MaxPool; train with AveragePool "
-             f"for exact encrypted inference")
+    ctx.warn(_max_warning(node))
