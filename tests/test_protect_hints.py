@@ -15,7 +15,7 @@ from backend_decryptor.store import Store
 from protected_nn.api import ProtectOptions, protect
 from protected_nn.errors import PlanError, ProtectedNNError
 from tests.op_cases import N, _rand, make_model
-from tests.test_cli import BACKEND, EDGE, run, tiny_model
+from tests.test_cli import BACKEND, EDGE, owner_key, run, tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_calibration_file_is_named_with_its_range(tmp_path):
 def test_input_outside_the_range_warns_and_its_result_is_named_as_such(deployed):
     tmp, _, _ = deployed
     np.save(tmp / "big.npy", np.random.default_rng(1).uniform(0, 255, (1, 8)).astype(np.float32))
-    proc = run(EDGE, "infer", "--bundle", str(tmp / "m.bundle"), str(tmp / "big.npy"), "--out", str(tmp / "rbig"))
+    proc = run(EDGE, "infer", *owner_key(tmp / "s"), "--bundle", str(tmp / "m.bundle"), str(tmp / "big.npy"), "--out", str(tmp / "rbig"))
     assert "outside the calibrated input range [0, 1]" in proc.stderr
     dec = run(BACKEND, "decrypt", "m", str(tmp / "rbig"), "--out", str(tmp / "y.npy"),
               "--store", str(tmp / "s"), ok=False)
@@ -87,7 +87,7 @@ def test_input_outside_the_range_warns_and_its_result_is_named_as_such(deployed)
 def test_input_inside_the_range_does_not_warn(deployed):
     tmp, _, _ = deployed
     np.save(tmp / "ok.npy", np.full((1, 8), 0.5, np.float32))
-    proc = run(EDGE, "infer", "--bundle", str(tmp / "m.bundle"), str(tmp / "ok.npy"), "--out", str(tmp / "rok"))
+    proc = run(EDGE, "infer", *owner_key(tmp / "s"), "--bundle", str(tmp / "m.bundle"), str(tmp / "ok.npy"), "--out", str(tmp / "rok"))
     assert "calibrated" not in proc.stderr
 
 
@@ -96,7 +96,7 @@ def test_infer_takes_a_batch_shaped_like_protects_calibration(deployed):
     tmp, _, oracle = deployed
     xs = np.random.default_rng(2).uniform(0, 1, (3, 8)).astype(np.float32)
     np.save(tmp / "batch.npy", xs)
-    run(EDGE, "infer", "--bundle", str(tmp / "m.bundle"), str(tmp / "batch.npy"), "--out", str(tmp / "rb"))
+    run(EDGE, "infer", *owner_key(tmp / "s"), "--bundle", str(tmp / "m.bundle"), str(tmp / "batch.npy"), "--out", str(tmp / "rb"))
     assert len(list((tmp / "rb").iterdir())) == 3
     run(BACKEND, "decrypt", "m", str(tmp / "rb"), "--out", str(tmp / "yb.npy"), "--store", str(tmp / "s"))
     y = np.load(tmp / "yb.npy")
@@ -109,7 +109,7 @@ def test_infer_takes_a_batch_shaped_like_protects_calibration(deployed):
 def test_a_non_npy_file_gets_a_clear_message(deployed, tmp_path, content, kind):
     tmp, _, _ = deployed
     (tmp_path / "x.npy").write_bytes(content)
-    proc = run(EDGE, "infer", "--bundle", str(tmp / "m.bundle"), str(tmp_path / "x.npy"),
+    proc = run(EDGE, "infer", *owner_key(tmp / "s"), "--bundle", str(tmp / "m.bundle"), str(tmp_path / "x.npy"),
                "--out", str(tmp_path / "r"), ok=False)
     assert f"is {kind}, not a .npy array" in proc.stderr and "pickle" not in proc.stderr
     proc = run(BACKEND, "protect", str(tmp / "m.onnx"), "--model-id", "m2", "--store", str(tmp_path / "s"),
