@@ -59,6 +59,12 @@ def cmd_check_config(args) -> int:
     print(f"  store {cfg.store}  state {cfg.state_db}  decrypt workers {cfg.decrypt.workers}")
     gateways = ", ".join(cfg.checks.allowed_gateways) or "NONE (every message will be rejected)"
     print(f"  allowed gateways: {gateways}")
+    keys = ", ".join(cfg.checks.gateway_keys) or "NONE (every message will be rejected: unknown_gateway)"
+    print(f"  gateway keys (results must be signed): {keys}")
+    for gateway in cfg.checks.allowed_gateways:
+        if not any(ch in gateway for ch in "*?[") and gateway not in cfg.checks.gateway_keys:
+            print(f"  warning: gateway {gateway} is allowed but has no key in checks.gateway_keys: "
+                  "its results will be rejected (edge-agent keygen prints the line)")
     for gateway, cameras in cfg.checks.gateway_cameras.items():
         print(f"  cameras of {gateway}: {', '.join(cameras) or 'NONE'}")
     if cfg.checks.cameras_required:

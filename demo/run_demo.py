@@ -153,8 +153,9 @@ class Demo:
         camera_url = f"rtsp://127.0.0.1:{ports.rtsp}/scene"
         print(f"broker 127.0.0.1:{ports.mqtt}, camera {camera_url}")
 
+        signing_key, public_key = self.gateway_key()   # the gateway's install step, before anything runs
+
         print("\n== 3. the backend service and the gateway daemon")
-        signing_key, public_key = self.gateway_key()
         edge_yaml = configs.write_edge_config(self.out, bundle, owner_pub, signing_key, camera_url, ports,
                                               workers=args.workers, max_fps=args.max_fps)
         backend_yaml = configs.write_backend_config(self.out, self.out / "store", ports, public_key,

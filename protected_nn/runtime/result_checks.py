@@ -7,7 +7,8 @@ Variants: c1 small (c0 + c1*s is then c0 plus noise far below the scale), scale 
 header (every value decodes to 0), all-zero coefficients. So, from the plan alone:
 
 - header: SEAL magic, uncompressed, two polynomials, the parms id of the result level (one prime,
-  taken from a genuine encryption at that level), NTT form, correction factor 1;
+  taken from a genuine encryption at that level), NTT form, correction factor 1 - and then the
+  whole header byte for byte equal to that genuine encryption's (reserved bytes included);
 - scale: exactly the plan's output scale (finite: the plan's bookkeeping is exact);
 - not transparent: c1 has non-zero coefficients;
 - not degenerate: c1 looks like a random ring element. A genuine c1 is uniform mod q, so its
@@ -63,6 +64,7 @@ class ResultChecks:
         depth = len(plan["ckks"]["qi_sizes"]) - 2        # the result is mod-switched to one prime
         reference = sk.encrypt(np.zeros(sk.slots), self.scale, depth).to_bytes("none")
         self.parms_id = _MEMBERS.unpack_from(reference, _HEADER.size)[0]
+        self.header = reference[:SEAL_CT_PREFIX]    # every genuine result's header, byte for byte
         self.words = 2 * self.n
         self.size = SEAL_CT_PREFIX + 8 * self.words
         expected_rms = math.sqrt(self.n / 2) * (self.q / math.sqrt(12)) / self.scale
@@ -89,6 +91,10 @@ class ResultChecks:
         (count,) = _ARRAY_COUNT.unpack_from(raw, SEAL_CT_PREFIX - _ARRAY_COUNT.size)
         if count != self.words:
             raise ResultRejected("result_malformed", f"result declares {count} coefficients, holds {self.words}")
+        if raw[:SEAL_CT_PREFIX] != self.header:
+            # what the field checks above let through: reserved bytes, a boolean encoded as 2..255
+            raise ResultRejected("result_malformed", "result header differs from a genuine result's "
+                                                     "(reserved or flag bytes altered)")
         if not np.frombuffer(raw, "<u8", count=self.n, offset=SEAL_CT_PREFIX + 8 * self.n).any():
             raise ResultRejected("result_transparent", "result is transparent (c1 = 0): it decrypts to "
                                                        "whatever its sender chose, under any key")
