@@ -161,7 +161,7 @@ def test_demo_runs_to_completion_and_raises_both_alerts_from_the_backend(finishe
     # One state per decrypted result, and no decrypted value in what left the backend.
     assert len(observed["states"]) >= 20
     for state in observed["states"]:
-        assert set(state) <= {"camera", "zone", "time", "crowd", "incident", "received"}
+        assert set(state) <= {"camera", "zone", "time", "crowd", "incident", "received", "dropped"}
         assert set(state["crowd"]) == {"level", "alert"} and isinstance(state["crowd"]["level"], (str, type(None)))
     assert "ALERT" in run.output() and "results decrypted" in run.output()
 
