@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,6 +14,7 @@ from backend_decryptor.catalog import StoreCatalog
 from backend_decryptor.model_card import ImplausibleOutput, check_plausible
 from backend_decryptor.store import Store
 from tests.test_bundle import fake_artifacts
+from tests.support.process import eventually
 
 INTERVAL = 0.2
 
@@ -23,15 +23,6 @@ def protected(seed: int, count_max: float):
     card = {"outputs": [{"name": "crowd_count", "index": 0, "kind": "count", "max": count_max}]}
     artifacts = dataclasses.replace(fake_artifacts(seed), model_card=json.dumps(card).encode())
     return SimpleNamespace(artifacts=artifacts, secret_key=b"SECRET-%d" % seed, report={})
-
-
-def eventually(predicate, timeout=5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_reprotected_models_new_card_applies_without_restart(tmp_path):

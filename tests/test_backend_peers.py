@@ -3,20 +3,11 @@ client id silently took half the stream for an hour, then raised a duplicate ale
 from __future__ import annotations
 
 import logging
-import time
 
 from backend_decryptor.config import MQTTConfig
 from backend_decryptor.metrics import Metrics
 from backend_decryptor.receiver import Receiver
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
+from tests.support.process import eventually
 
 
 def receiver(broker, client_id, metrics=None, prefix="fhe-edge"):
@@ -34,11 +25,11 @@ def test_a_second_replica_is_logged_and_counted_online_then_offline(broker, capl
     try:
         assert first.peers == {}
         second = receiver(broker, "backend-b")
-        assert wait_for(lambda: first.peers.get("backend-b") == "online")
+        assert eventually(lambda: first.peers.get("backend-b") == "online")
         assert metrics.registry.get_sample_value("backend_peer_replicas", {"state": "online"}) == 1
         assert any("backend-b" in r.getMessage() and "online" in r.getMessage() for r in caplog.records)
         second.stop()
-        assert wait_for(lambda: first.peers.get("backend-b") == "offline")
+        assert eventually(lambda: first.peers.get("backend-b") == "offline")
         assert metrics.registry.get_sample_value("backend_peer_replicas", {"state": "online"}) == 0
         assert metrics.registry.get_sample_value("backend_peer_replicas", {"state": "offline"}) == 1
         assert any("session_expiry" in r.getMessage() for r in caplog.records)
@@ -46,7 +37,7 @@ def test_a_second_replica_is_logged_and_counted_online_then_offline(broker, capl
         # replica are seen by one that starts later.
         third = receiver(broker, "backend-c")
         try:
-            assert wait_for(lambda: third.peers == {"backend-a": "online", "backend-b": "offline"})
+            assert eventually(lambda: third.peers == {"backend-a": "online", "backend-b": "offline"})
         finally:
             third.stop()
     finally:
@@ -62,7 +53,7 @@ def test_peer_messages_never_reach_the_inference_pipeline(broker):
         assert r.wait_connected(10)
         other = receiver(broker, "backend-b")
         other.stop()
-        assert wait_for(lambda: r.peers.get("backend-b") == "offline")
+        assert eventually(lambda: r.peers.get("backend-b") == "offline")
         assert seen == []
     finally:
         r.stop()
