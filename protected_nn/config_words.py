@@ -30,6 +30,15 @@ def parse_duration(value) -> float:
     return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
+class SettingError(ValueError):
+    """Raised by a model validator to blame one field below the model (`loc`, relative to it), so
+    the loaders can name that field's line: 'crowd.hysteresis', not just 'crowd'."""
+
+    def __init__(self, loc: tuple, message: str):
+        super().__init__(message)
+        self.loc = tuple(loc)
+
+
 def did_you_mean(word: str, choices) -> str:
     """" - did you mean 'x'?" for the closest choice, or "" when none is close."""
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
@@ -70,7 +79,8 @@ def model_at(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
 def explain_errors(model: type[BaseModel], errors: list[dict], unknown_hint: str = "") -> list[tuple[tuple, str]]:
     """pydantic errors -> (loc, message) with unknown keys named and, where one is close, the
     setting meant; the "Field required" of a field whose misspelling is present is left out."""
-    errors = [dict(e, loc=tuple(e["loc"])) for e in errors]
+    errors = [dict(e, loc=tuple(e["loc"]) + tuple(getattr((e.get("ctx") or {}).get("error"), "loc", ())))
+              for e in errors]
     hints: dict[tuple, str] = {}
     for err in errors:
         if err["type"] == "extra_forbidden":
