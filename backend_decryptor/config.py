@@ -60,6 +60,8 @@ class MQTTConfig(Strict):
             return path.read_text().strip()
         except OSError as exc:
             raise ValueError(f"mqtt.password_file {path}: cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"mqtt.password_file {path}: not UTF-8 text") from None
 
 
 class ChecksConfig(Strict):

@@ -42,10 +42,13 @@ def _load(path: str):
 def cmd_run(args) -> int:
     from backend_decryptor.service import Service
     from backend_decryptor.check_config import file_errors
+    from protected_nn.preflight import address_free
     cfg, rules = _load(args.config)
     # An unreadable password or certificate file is a start-up error naming its setting and
     # path, not a raw errno after the service started (and a reconnect loop).
     problems = file_errors(cfg)
+    if cfg.metrics.listen and (taken := address_free("metrics.listen", cfg.metrics.listen)):
+        problems.append(taken)
     if problems:
         raise ValueError("\n".join(problems))
     configure_logging(cfg.log_level)

@@ -110,7 +110,7 @@ def check(cfg: EdgeConfig, measure: bool = True) -> tuple[list[str], list[str], 
     if readable("bundle", cfg.bundle) is None and readable("owner_public_key", cfg.owner_public_key) is None:
         model = _check_bundle(cfg, errors)
     if model is not None and measure:
-        per_worker, seconds = measure_worker(model.artifacts)
+        per_worker, seconds = model.measured = measure_worker(model.artifacts)
         warnings += capacity_warnings(cfg, per_worker, seconds, memory_max())
     return errors, warnings, model
 

@@ -314,3 +314,5 @@ def read_password(mqtt: MqttConfig) -> str | None:
         return source.read_text(encoding="utf-8").splitlines()[0] if source.stat().st_size else ""
     except OSError as exc:
         raise ConfigError([f"mqtt password: cannot read {source}: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"mqtt password: {source} is not UTF-8 text"]) from None

@@ -52,9 +52,12 @@ def _check_config(args) -> int:
         return 2
     cams = sum(1 for c in cfg.cameras if c.enabled)
     spec = model.spec
+    measured = getattr(model, "measured", None)
+    note = (f" (each ~{measured[0] / 2**20:.0f} MiB, {measured[1]:.2f} s per inference, measured)"
+            if measured else "")
     print(f"{args.file}: ok - gateway {cfg.gateway_id}, {cams} enabled camera(s), model "
           f"{model.model_id} (key {model.key_fingerprint}, input {spec.channels} {spec.shape}), "
-          f"{cfg.workers} worker(s)")
+          f"{cfg.workers} worker(s){note}")
     return 0
 
 
@@ -67,6 +70,12 @@ def _run(args) -> int:
     # password file is one `error:` line (edge ConfigError is a ValueError: run_cli prints it).
     read_signing_key(cfg)
     read_password(cfg.mqtt)
+    from protected_nn.preflight import address_free, writable_folder
+    problems = [p for p in (writable_folder("state_dir", cfg.state_dir),
+                            writable_folder("spool.directory", cfg.spool.directory),
+                            cfg.metrics_address and address_free("metrics_address", cfg.metrics_address)) if p]
+    if problems:
+        raise ValueError("\n".join(problems))
     configure_logging(cfg.log_level)
     from edge_agent.daemon import Daemon
     return Daemon(cfg).run()

@@ -41,3 +41,12 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def writable_folder(field: str, folder: Path) -> str | None:
+    """None, or 'field folder: cannot create: reason' (made here, as `run` would make it)."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return f"{field} {folder}: cannot create: {exc.strerror or exc}"
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -61,6 +62,7 @@ def test_a_valid_config_passes(gateway):
     out = edge("check-config", str(gateway()))
     assert out.returncode == 0, out.stderr
     assert "ok - gateway gw-1" in out.stdout and "error" not in out.stderr
+    assert re.search(r"1 worker\(s\) \(each ~\d+ MiB, \d+\.\d\d s per inference, measured\)", out.stdout)
 
 
 def test_a_taken_metrics_port_is_named_with_its_field(gateway):
@@ -68,9 +70,13 @@ def test_a_taken_metrics_port_is_named_with_its_field(gateway):
         s.bind(("127.0.0.1", 0))
         s.listen()
         address = f"127.0.0.1:{s.getsockname()[1]}"
-        out = edge("check-config", str(gateway(metrics_address=address)))
-    assert out.returncode == 2
-    assert f"metrics_address {address}: address already in use" in out.stderr
+        path = gateway(metrics_address=address)
+        out = edge("check-config", str(path))
+        assert out.returncode == 2
+        assert f"metrics_address {address}: address already in use" in out.stderr
+        out = edge("run", "--config", str(path))              # `run` names it too, before starting
+        assert out.returncode == 2 and "Traceback" not in out.stderr
+        assert out.stderr.strip().splitlines() == [f"error: metrics_address {address}: address already in use"]
 
 
 def test_the_bundle_pin_run_applies_is_checked(gateway, tmp_path):
