@@ -39,8 +39,9 @@ class CrowdRule(Strict):
 
     @model_validator(mode="after")
     def _sane(self):
-        # An alert clears below threshold - hysteresis: at or below zero a count never gets there.
-        if self.hysteresis >= self.threshold:
+        # An alert clears below threshold - hysteresis: at or below zero a crowd level (a count or
+        # a class number) never gets there. (A negative threshold is some other scale: not judged.)
+        if self.threshold >= 0 and self.hysteresis > 0 and self.hysteresis >= self.threshold:
             raise SettingError(("hysteresis",), f"hysteresis {self.hysteresis:g} is not below threshold "
                                f"{self.threshold:g}: the alert would never clear (it clears below threshold - "
                                "hysteresis)")
