@@ -61,10 +61,12 @@ def cmd_check_config(args) -> int:
     from backend_decryptor.check_config import check
     cfg, rules = _load(args.config)
     errors, warnings, models = check(cfg, rules)
-    for line in errors:
-        print(f"error: {args.config}: {line}", file=sys.stderr)
+    from protected_nn.preflight import with_line
+    for line in errors:     # a rules-file problem already starts with its own file:line
+        print(f"error: {line if line.startswith(str(cfg.alerts.rules_file)) else with_line(args.config, line)}",
+              file=sys.stderr)
     for line in warnings:
-        print(f"warning: {args.config}: {line}", file=sys.stderr)
+        print(f"warning: {with_line(args.config, line)}", file=sys.stderr)
     print(f"{args.config}: {'NOT ok' if errors else 'ok'}")
     print(f"  broker {cfg.mqtt.host}:{cfg.mqtt.port} tls={'on' if cfg.mqtt.tls else 'off'} "
           f"client {cfg.mqtt.client_id} group {cfg.mqtt.shared_group} prefix {cfg.mqtt.prefix}")

@@ -85,11 +85,11 @@ def check(cfg: EdgeConfig, measure: bool = True) -> tuple[list[str], list[str], 
         if (problem := readable(field, path)):
             errors.append(problem)
     in_systemd = bool(os.environ.get("CREDENTIALS_DIRECTORY"))
-    secrets = [("signing key", read_signing_key, cfg.signing_key_credential),
-               ("password", lambda c: read_password(c.mqtt), cfg.mqtt.password_credential)]
-    for what, read, credential in secrets:
+    secrets = [("signing_key_credential", read_signing_key, cfg.signing_key_credential),
+               ("mqtt.password_credential", lambda c: read_password(c.mqtt), cfg.mqtt.password_credential)]
+    for field, read, credential in secrets:
         if credential is not None and not in_systemd:
-            warnings.append(f"{what} credential {credential!r}: checked only under systemd "
+            warnings.append(f"{field} {credential!r}: checked only under systemd "
                             "($CREDENTIALS_DIRECTORY unset); `run` in the foreground needs the *_file setting")
             continue
         try:
@@ -126,6 +126,6 @@ def _check_bundle(cfg: EdgeConfig, errors: list[str]):
         BundlePin(cfg.state_dir, cfg.model_id).check(manifest)        # what `run` applies too
         model.spec = InputSpec.from_card(model.artifacts.card())
     except (ProtectedNNError, InputSpecError, OSError) as exc:
-        errors.append(f"bundle {cfg.bundle}: {exc}")
+        errors.append(f"bundle {cfg.bundle}: {exc}")     # the CLI adds the line of `bundle:`
         return None
     return model

@@ -296,23 +296,24 @@ def read_signing_key(cfg: EdgeConfig):
     """The gateway's Ed25519 signing key; ConfigError naming the file on any problem."""
     from protected_nn.gateway_key import load_private_key
     from protected_nn.errors import KeyError_
+    field = "signing_key_file" if cfg.signing_key_file is not None else "signing_key_credential"
     try:
         return load_private_key(signing_key_path(cfg))
     except KeyError_ as exc:
-        raise ConfigError([str(exc)]) from None
+        raise ConfigError([f"{field}: {exc}"]) from None
 
 
 def read_password(mqtt: MqttConfig) -> str | None:
     """The broker password from its file or systemd credential (first line, newline stripped)."""
     if mqtt.password_file is not None:
-        source = mqtt.password_file
+        source, field = mqtt.password_file, "mqtt.password_file"
     elif mqtt.password_credential is not None:
-        source = _credential(mqtt.password_credential, "mqtt.password_credential")
+        source, field = _credential(mqtt.password_credential, "mqtt.password_credential"), "mqtt.password_credential"
     else:
         return None
     try:
         return source.read_text(encoding="utf-8").splitlines()[0] if source.stat().st_size else ""
     except OSError as exc:
-        raise ConfigError([f"mqtt password: cannot read {source}: {exc.strerror or exc}"]) from None
+        raise ConfigError([f"{field} {source}: cannot read: {exc.strerror or exc}"]) from None
     except UnicodeDecodeError:
-        raise ConfigError([f"mqtt password: {source} is not UTF-8 text"]) from None
+        raise ConfigError([f"{field} {source}: not UTF-8 text"]) from None

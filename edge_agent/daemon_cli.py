@@ -44,10 +44,11 @@ def _check_config(args) -> int:
         return 2
     from edge_agent.check_config import check
     errors, warnings, model = check(cfg, measure=not args.quick)
+    from protected_nn.preflight import with_line
     for line in errors:
-        print(f"error: {args.file}: {line}", file=sys.stderr)
+        print(f"error: {with_line(args.file, line)}", file=sys.stderr)
     for line in warnings:
-        print(f"warning: {args.file}: {line}", file=sys.stderr)
+        print(f"warning: {with_line(args.file, line)}", file=sys.stderr)
     if errors:
         return 2
     cams = sum(1 for c in cfg.cameras if c.enabled)
@@ -65,17 +66,26 @@ def _run(args) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 2
-    from edge_agent.config import read_password, read_signing_key
-    # Before anything starts (metrics port, workers): a missing credential or an unreadable
-    # password file is one `error:` line (edge ConfigError is a ValueError: run_cli prints it).
-    read_signing_key(cfg)
-    read_password(cfg.mqtt)
-    from protected_nn.preflight import address_free, writable_folder
-    problems = [p for p in (writable_folder("state_dir", cfg.state_dir),
-                            writable_folder("spool.directory", cfg.spool.directory),
-                            cfg.metrics_address and address_free("metrics_address", cfg.metrics_address)) if p]
-    if problems:
-        raise ValueError("\n".join(problems))
+    _preflight(args.config, cfg)
     configure_logging(cfg.log_level)
     from edge_agent.daemon import Daemon
     return Daemon(cfg).run()
+
+
+def _preflight(path: str, cfg) -> None:
+    """Before anything starts (metrics port, workers): a missing credential, an unreadable
+    password file, a folder that cannot be made or a taken port is an `error:` line naming the
+    file, line and setting (ValueError: run_cli prints it, no traceback)."""
+    from edge_agent.config import ConfigError, read_password, read_signing_key
+    from protected_nn.preflight import address_free, with_line, writable_folder
+    problems = []
+    for read in (lambda: read_signing_key(cfg), lambda: read_password(cfg.mqtt)):
+        try:
+            read()
+        except ConfigError as exc:
+            problems += exc.problems
+    problems += [p for p in (writable_folder("state_dir", cfg.state_dir),
+                             writable_folder("spool.directory", cfg.spool.directory),
+                             cfg.metrics_address and address_free("metrics_address", cfg.metrics_address)) if p]
+    if problems:
+        raise ValueError("\n".join(with_line(path, p) for p in problems))

@@ -55,7 +55,9 @@ def test_a_missing_ca_file_is_an_error_naming_field_and_path(tmp_path):
                                         "tls": {"ca_file": "ca.crt"}})
     out = check(path)
     assert out.returncode == 2
-    assert f"mqtt.tls.ca_file {tmp_path / 'ca.crt'}: cannot read: No such file or directory" in out.stderr
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "ca_file:" in t)
+    assert f"{path}:{line}: mqtt.tls.ca_file {tmp_path / 'ca.crt'}: cannot read: No such file or directory" \
+        in out.stderr
 
 
 def test_relative_tls_and_password_paths_are_relative_to_the_config_file(tmp_path):

@@ -52,6 +52,12 @@ def gateway(tmp_path, bundle_dir):
     return write
 
 
+def line_of(path: Path, key: str) -> int:
+    """1-based line of the first `key:` in the file (keys are unique in these configs)."""
+    return next(i for i, text in enumerate(Path(path).read_text().splitlines(), 1)
+                if text.strip().startswith(f"{key}:"))
+
+
 def edge(*args, env=None):
     environ = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
     return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
@@ -76,7 +82,8 @@ def test_a_taken_metrics_port_is_named_with_its_field(gateway):
         assert f"metrics_address {address}: address already in use" in out.stderr
         out = edge("run", "--config", str(path))              # `run` names it too, before starting
         assert out.returncode == 2 and "Traceback" not in out.stderr
-        assert out.stderr.strip().splitlines() == [f"error: metrics_address {address}: address already in use"]
+        assert out.stderr.strip().splitlines() == [
+            f"error: {path}:{line_of(path, 'metrics_address')}: metrics_address {address}: address already in use"]
 
 
 def test_the_bundle_pin_run_applies_is_checked(gateway, tmp_path):
@@ -94,11 +101,12 @@ def test_run_without_credentials_directory_is_one_error_line(gateway):
     assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
     assert out.stderr.strip().splitlines() == [
-        "error: mqtt.password_credential: 'mqtt-password' set but $CREDENTIALS_DIRECTORY is not "
-        "(run under systemd with LoadCredential=)"]
+        f"error: {path}:{line_of(path, 'password_credential')}: mqtt.password_credential: 'mqtt-password' set "
+        "but $CREDENTIALS_DIRECTORY is not (run under systemd with LoadCredential=)"]
     # check-config says what it could not check instead of failing a config meant for systemd
     out = edge("check-config", str(path))
-    assert out.returncode == 0 and "password credential 'mqtt-password': checked only under systemd" in out.stderr
+    assert out.returncode == 0
+    assert "mqtt.password_credential 'mqtt-password': checked only under systemd" in out.stderr
 
 
 def test_run_with_an_unreadable_password_is_one_error_line_before_the_metrics_port(gateway, tmp_path):
@@ -110,7 +118,8 @@ def test_run_with_an_unreadable_password_is_one_error_line_before_the_metrics_po
     out = edge("run", "--config", str(path), env={"CREDENTIALS_DIRECTORY": str(creds)})
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     lines = out.stderr.strip().splitlines()
-    assert lines == [f"error: mqtt password: cannot read {creds / 'mqtt-password'}: No such file or directory"]
+    assert lines == [f"error: {path}:{line_of(path, 'password_credential')}: mqtt.password_credential "
+                     f"{creds / 'mqtt-password'}: cannot read: No such file or directory"]
     assert "metrics on" not in out.stderr
 
 
@@ -118,7 +127,8 @@ def test_unreadable_files_name_field_and_path(gateway, tmp_path):
     (tmp_path / "ca.crt").mkdir()                  # exists, but cannot be read as a file
     out = edge("check-config", str(gateway(bundle=str(tmp_path / "ca.crt"))))
     assert out.returncode == 2
-    assert f"bundle {tmp_path / 'ca.crt'}: cannot read: Is a directory" in out.stderr
+    assert f"{line_of(tmp_path / 'edge.yaml', 'bundle')}: bundle {tmp_path / 'ca.crt'}: cannot read: Is a directory" \
+        in out.stderr
 
 
 def test_risky_values_warn(gateway):
