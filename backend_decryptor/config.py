@@ -60,6 +60,8 @@ class MQTTConfig(Strict):
             return path.read_text().strip()
         except OSError as exc:
             raise ValueError(f"mqtt.password_file {path}: cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError:
+            raise ValueError(f"mqtt.password_file {path}: not UTF-8 text") from None
 
 
 class ChecksConfig(Strict):
@@ -192,15 +194,23 @@ class BackendConfig(Strict):
 
 
 def load_config(path: str | Path) -> BackendConfig:
-    """Load and validate; relative paths in the file are resolved against the file's directory."""
+    """Load and validate; relative paths in the file (every path setting) are resolved against the
+    file's directory, as configs/backend.yaml documents."""
     path = Path(path)
     cfg = load_yaml_model(path, BackendConfig)
     base = path.resolve().parent
-    updates = {}
-    for name in ("store", "state_db"):
-        value = getattr(cfg, name)
-        if not value.is_absolute():
-            updates[name] = base / value
-    if not cfg.alerts.rules_file.is_absolute():
-        cfg.alerts.rules_file = base / cfg.alerts.rules_file
-    return cfg.model_copy(update=updates)
+
+    def resolved(value):
+        if value is None or isinstance(value, Path):
+            return value if value is None or value.is_absolute() else base / value
+        # password_file: '${CREDENTIALS_DIRECTORY}/x' is absolute once expanded; keep it for later
+        return value if value.startswith("$") or Path(value).is_absolute() else str(base / value)
+
+    tls = cfg.mqtt.tls
+    if tls is not None:
+        tls = tls.model_copy(update={name: resolved(getattr(tls, name))
+                                     for name in ("ca_file", "cert_file", "key_file")})
+    mqtt = cfg.mqtt.model_copy(update={"tls": tls, "password_file": resolved(cfg.mqtt.password_file)})
+    alerts = cfg.alerts.model_copy(update={"rules_file": resolved(cfg.alerts.rules_file)})
+    return cfg.model_copy(update={"store": resolved(cfg.store), "state_db": resolved(cfg.state_db),
+                                  "mqtt": mqtt, "alerts": alerts})

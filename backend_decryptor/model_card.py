@@ -1,6 +1,7 @@
 """What a model's outputs mean, from its model card (`store.model_card(model_id)`).
 
-Card fields this service reads (anything else in the card is ignored):
+Card fields this service reads (other top-level card fields are the gateway's; an unknown key
+inside an output is refused, with the closest known key suggested):
 
     {"outputs": [
         {"name": "crowd_count", "index": 0, "kind": "count"},
@@ -30,6 +31,8 @@ from typing import Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from protected_nn.config_words import explain_errors
+
 
 COUNT_DEFAULT_MIN = -0.5
 
@@ -39,7 +42,9 @@ class CardError(ValueError):
 
 
 class OutputSpec(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Unknown keys refused: `maxx: 50` must not silently drop a plausibility bound (a defence
+    # against forged results, docs/threat-model.md).
+    model_config = ConfigDict(extra="forbid")
     name: str = Field(..., min_length=1, description="output name the alert rules refer to")
     index: int = Field(..., ge=0, description="position in the flattened output tensor")
     kind: Literal["count", "logit", "probability", "class_scores"] = Field(..., description="how to read the value(s)")
@@ -83,9 +88,9 @@ def parse_card(model_id: str, card: dict) -> ModelCard:
     try:
         return ModelCard.model_validate(card)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise CardError(f"model {model_id}: model card {where}: {first['msg']}") from None
+        problems = [f"model card {'.'.join(str(p) for p in loc)}: {msg}"
+                    for loc, msg in explain_errors(ModelCard, exc.errors())]
+        raise CardError(f"model {model_id}: {'; '.join(problems)}") from None
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from protected_nn.config_words import SettingError
 
 from backend_decryptor.yaml_config import load_yaml_model, parse_duration
 
@@ -36,10 +38,18 @@ class CrowdRule(Strict):
                     "empty = the model card's class labels, or normal/high around the threshold")
 
     @model_validator(mode="after")
-    def _levels_distinct(self):
-        bounds = list(self.levels.values())
-        if len(set(bounds)) != len(bounds):
-            raise ValueError("crowd.levels: two labels share the same lower bound")
+    def _sane(self):
+        # An alert clears below threshold - hysteresis: at or below zero a crowd level (a count or
+        # a class number) never gets there. (A negative threshold is some other scale: not judged.)
+        if self.threshold >= 0 and self.hysteresis > 0 and self.hysteresis >= self.threshold:
+            raise SettingError(("hysteresis",), f"hysteresis {self.hysteresis:g} is not below threshold "
+                               f"{self.threshold:g}: the alert would never clear (it clears below threshold - "
+                               "hysteresis)")
+        labels = list(self.levels)
+        for lower, upper in zip(labels, labels[1:]):
+            if self.levels[upper] <= self.levels[lower]:
+                raise SettingError(("levels", upper), f"levels must rise in the order given: {upper} "
+                                   f"({self.levels[upper]:g}) is not above {lower} ({self.levels[lower]:g})")
         return self
 
     def coarse_level(self, level: float, class_labels: list[str] | None = None) -> str:
@@ -120,10 +130,26 @@ class AlertRules(Strict):
                     raise ValueError(f"cameras.{cam}.zone: unknown zone {spec.zone!r}")
                 if cam in owner and owner[cam] != spec.zone:
                     raise ValueError(f"camera {cam} is in zone {owner[cam]} but cameras.{cam}.zone says {spec.zone}")
-        # Validate every effective combination now, not on the first message from that camera.
-        for cam in set(owner) | set(self.cameras):
-            self.for_camera(cam)
+        # Validate every effective combination now, not on the first message from that camera,
+        # blaming the override that makes it invalid: zones first (defaults + zone), then cameras.
+        for name in self.zones:
+            self._check_layer(("zones", name), self.crowd, self.incident, [self.zones[name]])
+        for cam in sorted(set(owner) | set(self.cameras)):
+            zone = self.zone_of(cam)
+            if cam in self.cameras:
+                self._check_layer(("cameras", cam), self.crowd, self.incident,
+                                  ([self.zones[zone]] if zone else []) + [self.cameras[cam]])
         return self
+
+    @staticmethod
+    def _check_layer(where: tuple, crowd: "CrowdRule", incident: "IncidentRule", layers: list) -> None:
+        for kind, rule in (("crowd", crowd), ("incident", incident)):
+            try:
+                _merged(rule, [getattr(layer, kind) for layer in layers])
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                inner = tuple(err["loc"]) + tuple(getattr((err.get("ctx") or {}).get("error"), "loc", ()))
+                raise SettingError(where + (kind,) + inner, err["msg"].removeprefix("Value error, ")) from None
 
     def zone_of(self, camera: str) -> str | None:
         spec = self.cameras.get(camera)
@@ -137,13 +163,16 @@ class AlertRules(Strict):
         layers = [self.zones[zone]] if zone else []
         if camera in self.cameras:
             layers.append(self.cameras[camera])
-        for layer in layers:
-            if layer.crowd:
-                crowd = CrowdRule.model_validate({**crowd.model_dump(), **layer.crowd.model_dump(exclude_none=True)})
-            if layer.incident:
-                incident = IncidentRule.model_validate(
-                    {**incident.model_dump(), **layer.incident.model_dump(exclude_none=True)})
-        return CameraRuleSet(camera, zone, crowd, incident)
+        return CameraRuleSet(camera, zone, _merged(crowd, [layer.crowd for layer in layers]),
+                             _merged(incident, [layer.incident for layer in layers]))
+
+
+def _merged(rule, overrides: list):
+    """`rule` updated by each override in turn (None = no change), validated as a whole."""
+    for override in overrides:
+        if override is not None:
+            rule = type(rule).model_validate({**rule.model_dump(), **override.model_dump(exclude_none=True)})
+    return rule
 
 
 def load_rules(path: str | Path) -> AlertRules:

@@ -41,19 +41,33 @@ def _load(path: str):
 
 def cmd_run(args) -> int:
     from backend_decryptor.service import Service
+    from backend_decryptor.check_config import file_errors
+    from protected_nn.preflight import address_free
     cfg, rules = _load(args.config)
+    # An unreadable password or certificate file is a start-up error naming its setting and
+    # path, not a raw errno after the service started (and a reconnect loop).
+    problems = file_errors(cfg)
+    if cfg.metrics.listen and (taken := address_free("metrics.listen", cfg.metrics.listen)):
+        problems.append(taken)
+    if problems:
+        raise ValueError("\n".join(problems))
     configure_logging(cfg.log_level)
-    cfg.mqtt.password()  # an unreadable password file is a start-up error, not a reconnect loop
+    cfg.mqtt.password()
     return Service(cfg, rules).run_forever()
 
 
 def cmd_check_config(args) -> int:
+    import sys
+    from backend_decryptor.check_config import check
     cfg, rules = _load(args.config)
-    print(f"{args.config}: ok")
-    try:
-        cfg.mqtt.password()
-    except ValueError as exc:  # e.g. ${CREDENTIALS_DIRECTORY} exists only inside the systemd unit
-        print(f"  warning: {exc}")
+    errors, warnings, models = check(cfg, rules)
+    from protected_nn.preflight import with_line
+    for line in errors:     # a rules-file problem already starts with its own file:line
+        print(f"error: {line if line.startswith(str(cfg.alerts.rules_file)) else with_line(args.config, line)}",
+              file=sys.stderr)
+    for line in warnings:
+        print(f"warning: {with_line(args.config, line)}", file=sys.stderr)
+    print(f"{args.config}: {'NOT ok' if errors else 'ok'}")
     print(f"  broker {cfg.mqtt.host}:{cfg.mqtt.port} tls={'on' if cfg.mqtt.tls else 'off'} "
           f"client {cfg.mqtt.client_id} group {cfg.mqtt.shared_group} prefix {cfg.mqtt.prefix}")
     print(f"  store {cfg.store}  state {cfg.state_db}  decrypt workers {cfg.decrypt.workers}")
@@ -74,27 +88,9 @@ def cmd_check_config(args) -> int:
     print(f"  rules {cfg.alerts.rules_file}: crowd >= {rules.crowd.threshold} x{rules.crowd.consecutive}, "
           f"incident >= {rules.incident.probability} x{rules.incident.consecutive}; "
           f"{len(rules.zones)} zone(s), {len(rules.cameras)} camera override(s)")
-    if cfg.store.exists():
-        _check_store_cards(cfg, rules)
-    else:
-        print(f"  warning: store {cfg.store} does not exist yet")
-    return 0
-
-
-def _check_store_cards(cfg, rules) -> None:
-    """Every stored model's card must name the outputs the rules read (else: bad_output at run time)."""
-    from backend_decryptor.model_card import CardError, parse_card
-    from backend_decryptor.store import Store
-    store = Store(cfg.store)
-    for model_id in store.model_ids():
-        try:
-            card = parse_card(model_id, store.model_card(model_id))
-        except CardError as exc:
-            raise ValueError(str(exc)) from None
-        names = [o.name for o in card.outputs]
-        missing = [o for o in (rules.crowd.output, rules.incident.output) if o not in names]
-        note = f" (no {', '.join(missing)}: that rule is skipped for it)" if missing else ""
-        print(f"  model {model_id}: outputs {', '.join(names)}{note}")
+    for line in models:
+        print(f"  {line}")
+    return 2 if errors else 0
 
 
 def _fmt_time(t: float | None) -> str:

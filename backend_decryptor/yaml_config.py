@@ -6,33 +6,20 @@ invalid field. Walking the node tree along that path gives the line to report, e
 """
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TypeVar
 
 import pydantic
 import yaml
 
+from protected_nn.config_words import explain_errors, parse_duration  # noqa: F401 (re-exported)
+
 M = TypeVar("M", bound=pydantic.BaseModel)
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
 
 class ConfigError(ValueError):
     """A configuration file that cannot be used; the message lists every problem with its line."""
-
-
-def parse_duration(value) -> float:
-    """'90s', '5m', '1h', '2d', '250ms' or a plain number of seconds -> seconds (float)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 5m, 1h")
-    if isinstance(value, (int, float)):
-        return float(value)
-    match = _DURATION_RE.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a duration (examples: 30s, 5m, 1h, 250ms)")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
 
 
 def _node_at(node: yaml.Node | None, loc: tuple) -> yaml.Node | None:
@@ -112,15 +99,25 @@ def load_yaml_text(text: str, model: type[M], source: str = "<config>") -> M:
         return model.model_validate(data)
     except pydantic.ValidationError as exc:
         problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
+        for loc, msg in explain_errors(model, exc.errors(), " (check the spelling; see docs/backend.md)"):
             field = ".".join(str(p) for p in loc) or "(top level)"
-            line = _key_line(root, loc) if err["type"] == "extra_forbidden" else None
+            line = _key_line(root, loc) if msg.startswith("unknown setting") else None
             if line is None:
                 node = _node_at(root, loc)
                 line = node.start_mark.line + 1 if node is not None else 1
-            msg = err["msg"]
-            if err["type"] == "extra_forbidden":
-                msg = "unknown setting (check the spelling; see docs/backend.md)"
             problems.append(f"{source}:{line}: {field}: {msg}")
         raise ConfigError("\n".join(problems)) from None
+
+
+def line_of(path: str | Path, loc: tuple) -> int:
+    """Line of the setting at `loc` in a YAML file already loaded (for checks made after loading,
+    which must name file:line:field like the loader's own)."""
+    try:
+        root = yaml.compose(Path(path).read_text(), Loader=yaml.SafeLoader)
+    except (OSError, yaml.YAMLError):
+        return 1
+    line = _key_line(root, loc) if loc else None
+    if line is None:
+        node = _node_at(root, loc)
+        line = node.start_mark.line + 1 if node is not None else 1
+    return line

@@ -8,12 +8,17 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+
+from protected_nn.config_words import explain_errors, parse_duration
 
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"   # the envelope's id alphabet (protected_nn/envelope.py)
+# Seconds: a number, or a duration with a unit as on the backend (250ms, 5s, 2m, 1h).
+Seconds = Annotated[float, BeforeValidator(parse_duration)]
 
 
 class _Strict(BaseModel):
@@ -74,7 +79,7 @@ class MqttConfig(_Strict):
     client_id: str | None = Field(None, description="MQTT client id; default edge-<gateway_id>.")
     max_inflight: int = Field(16, ge=1, le=1000, description="Results handed to the broker and not "
                               "yet acknowledged, at most; the rest wait in the spool.")
-    resume_delay_s: float = Field(5.0, ge=0, le=300, description="After each (re)connection, results "
+    resume_delay_s: Seconds = Field(5.0, ge=0, le=300, description="After each (re)connection, results "
                                   "wait this long in the spool before they are sent. Mosquitto 2.0.11 does "
                                   "not restore shared subscriptions after a restart: until a backend replica "
                                   "has subscribed again, a result sent would be dropped by the broker. Keep "
@@ -82,12 +87,24 @@ class MqttConfig(_Strict):
 
     _files = field_validator("password_file")(_existing_file)
 
+    @field_validator("host")
+    @classmethod
+    def _bare_host(cls, v: str) -> str:
+        if "://" in v or "/" in v:
+            raise ValueError(f"{v!r}: give the host name; TLS is the tls: section (and the port is port:)")
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
     @model_validator(mode="after")
     def _one_password_source(self) -> "MqttConfig":
         if self.password_file is not None and self.password_credential is not None:
             raise ValueError("give password_file or password_credential, not both")
         if (self.password_file or self.password_credential) and not self.username:
             raise ValueError("a password needs a username")
+        if self.username and not (self.password_file or self.password_credential):
+            raise ValueError(f"username {self.username!r} without a password: give password_file or "
+                             "password_credential (the broker refuses a user without one)")
         return self
 
 
@@ -99,11 +116,11 @@ class SpoolConfig(_Strict):
 
 
 class CaptureConfig(_Strict):
-    open_timeout_s: float = Field(10.0, gt=0, le=120, description="Give up opening a stream after this.")
-    read_timeout_s: float = Field(5.0, gt=0, le=120, description="A stream silent this long is "
+    open_timeout_s: Seconds = Field(10.0, gt=0, le=120, description="Give up opening a stream after this.")
+    read_timeout_s: Seconds = Field(5.0, gt=0, le=120, description="A stream silent this long is "
                                   "considered gone: camera offline, reconnect.")
-    reconnect_min_s: float = Field(1.0, gt=0, description="First reconnect delay; doubles per failure.")
-    reconnect_max_s: float = Field(2.0, gt=0, description="Largest reconnect delay in seconds (retries go on forever); small so a camera that returns streams again within ~5 s.")
+    reconnect_min_s: Seconds = Field(1.0, gt=0, description="First reconnect delay; doubles per failure.")
+    reconnect_max_s: Seconds = Field(2.0, gt=0, description="Largest reconnect delay in seconds (retries go on forever); small so a camera that returns streams again within ~5 s.")
 
 
 class EdgeConfig(_Strict):
@@ -135,8 +152,8 @@ class EdgeConfig(_Strict):
                                    "reconnect backoff.")
     metrics_address: str | None = Field("127.0.0.1:9464", pattern=r"^[^\s:]*:\d{1,5}$",
                                         description="host:port of the Prometheus endpoint; null = off.")
-    stats_interval_s: float = Field(30.0, ge=1, description="Seconds between stats messages on MQTT.")
-    bundle_poll_s: float = Field(10.0, ge=0.2, description="Seconds between checks of the bundle "
+    stats_interval_s: Seconds = Field(30.0, ge=1, description="Seconds between stats messages on MQTT.")
+    bundle_poll_s: Seconds = Field(10.0, ge=0.2, description="Seconds between checks of the bundle "
                                  "file for a new version (SIGHUP checks at once).")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
 
@@ -162,7 +179,7 @@ class EdgeConfig(_Strict):
         return cameras
 
 
-class ConfigError(Exception):
+class ConfigError(ValueError):
     """All problems of one config file, each as 'file:line: field: message'."""
 
     def __init__(self, problems: list[str]):
@@ -239,13 +256,8 @@ def load_config(path: str | os.PathLike, base_dir: Path | None = None) -> EdgeCo
     try:
         return EdgeConfig.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown setting (not allowed here)"
-            problems.append(f"{path}:{_line_of(loc, lines)}: {_field_name(loc)}: {msg}")
+        problems = [f"{path}:{_line_of(loc, lines)}: {_field_name(loc)}: {msg}"
+                    for loc, msg in explain_errors(EdgeConfig, exc.errors(), " (see docs/gateway.md)")]
         raise ConfigError(problems) from None
 
 
@@ -284,21 +296,24 @@ def read_signing_key(cfg: EdgeConfig):
     """The gateway's Ed25519 signing key; ConfigError naming the file on any problem."""
     from protected_nn.gateway_key import load_private_key
     from protected_nn.errors import KeyError_
+    field = "signing_key_file" if cfg.signing_key_file is not None else "signing_key_credential"
     try:
         return load_private_key(signing_key_path(cfg))
     except KeyError_ as exc:
-        raise ConfigError([str(exc)]) from None
+        raise ConfigError([f"{field}: {exc}"]) from None
 
 
 def read_password(mqtt: MqttConfig) -> str | None:
     """The broker password from its file or systemd credential (first line, newline stripped)."""
     if mqtt.password_file is not None:
-        source = mqtt.password_file
+        source, field = mqtt.password_file, "mqtt.password_file"
     elif mqtt.password_credential is not None:
-        source = _credential(mqtt.password_credential, "mqtt.password_credential")
+        source, field = _credential(mqtt.password_credential, "mqtt.password_credential"), "mqtt.password_credential"
     else:
         return None
     try:
         return source.read_text(encoding="utf-8").splitlines()[0] if source.stat().st_size else ""
     except OSError as exc:
-        raise ConfigError([f"mqtt password: cannot read {source}: {exc.strerror or exc}"]) from None
+        raise ConfigError([f"{field} {source}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{field} {source}: not UTF-8 text"]) from None

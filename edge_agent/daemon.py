@@ -136,6 +136,7 @@ class Daemon:
         cfg = self.cfg
         try:
             self.signing_key = read_signing_key(cfg)   # every result is signed: no key, no start
+            password = read_password(cfg.mqtt)         # before the metrics port is opened
         except ConfigError as exc:
             log.error("cannot start: %s", exc)
             return 2
@@ -153,7 +154,7 @@ class Daemon:
         self.sequences = SequenceStore(cfg.state_dir)
         self.spool = Spool(cfg.spool.directory, cfg.spool.max_bytes)
         self.publisher = Publisher(cfg.mqtt, cfg.gateway_id, self.spool, self.metrics,
-                                   read_password(cfg.mqtt)).start()
+                                   password).start()
         self.pool = WorkerPool(self.model, cfg.workers, cfg.queue_size, self._on_result,
                                self.metrics).start()
         self.captures = [CameraCapture(c, cfg.capture, self._on_frame, self._on_status, self._on_read)

@@ -16,9 +16,15 @@ def register(subparsers) -> None:
 
     check = subparsers.add_parser("check-config", help="validate a gateway YAML, print every error",
                                   description="Validate FILE: every problem is printed as "
-                                              "file:line: field: message. Also verifies the bundle "
-                                              "signature. Exit 0 when valid, 2 otherwise.")
+                                              "file:line: field: message. Then checks what `run` "
+                                              "needs: every file readable, the bundle's signature, model "
+                                              "id and version, the metrics port free; and warns "
+                                              "(warning: lines) on risky values, memory over the unit's "
+                                              "MemoryMax and more frames than the workers can take "
+                                              "(measured with one inference). Exit 0 when valid, 2 otherwise.")
     check.add_argument("file", metavar="FILE")
+    check.add_argument("--quick", action="store_true",
+                       help="skip loading the model and timing one inference (no memory/fps check)")
     check.set_defaults(func=_check_config)
 
 
@@ -36,28 +42,23 @@ def _check_config(args) -> int:
     cfg = _load(args.file)
     if cfg is None:
         return 2
-    import os
-    from edge_agent.config import ConfigError, read_signing_key
-    if cfg.signing_key_file is not None or os.environ.get("CREDENTIALS_DIRECTORY"):
-        try:
-            read_signing_key(cfg)
-        except ConfigError as exc:
-            print(f"error: {args.file}: {exc}", file=sys.stderr)
-            return 2
-    from edge_agent.bundle_watch import load_model
-    from edge_agent.preprocess import InputSpec, InputSpecError
-    from protected_nn.bundle import load_owner_public_key
-    from protected_nn.errors import ProtectedNNError
-    try:
-        model = load_model(cfg.bundle, load_owner_public_key(cfg.owner_public_key))
-        spec = InputSpec.from_card(model.artifacts.card())
-    except (ProtectedNNError, InputSpecError, OSError) as exc:
-        print(f"error: {args.file}: bundle {cfg.bundle}: {exc}", file=sys.stderr)
+    from edge_agent.check_config import check
+    errors, warnings, model = check(cfg, measure=not args.quick)
+    from protected_nn.preflight import with_line
+    for line in errors:
+        print(f"error: {with_line(args.file, line)}", file=sys.stderr)
+    for line in warnings:
+        print(f"warning: {with_line(args.file, line)}", file=sys.stderr)
+    if errors:
         return 2
     cams = sum(1 for c in cfg.cameras if c.enabled)
+    spec = model.spec
+    measured = getattr(model, "measured", None)
+    note = (f" (each ~{measured[0] / 2**20:.0f} MiB, {measured[1]:.2f} s per inference, measured)"
+            if measured else "")
     print(f"{args.file}: ok - gateway {cfg.gateway_id}, {cams} enabled camera(s), model "
           f"{model.model_id} (key {model.key_fingerprint}, input {spec.channels} {spec.shape}), "
-          f"{cfg.workers} worker(s)")
+          f"{cfg.workers} worker(s){note}")
     return 0
 
 
@@ -65,6 +66,26 @@ def _run(args) -> int:
     cfg = _load(args.config)
     if cfg is None:
         return 2
+    _preflight(args.config, cfg)
     configure_logging(cfg.log_level)
     from edge_agent.daemon import Daemon
     return Daemon(cfg).run()
+
+
+def _preflight(path: str, cfg) -> None:
+    """Before anything starts (metrics port, workers): a missing credential, an unreadable
+    password file, a folder that cannot be made or a taken port is an `error:` line naming the
+    file, line and setting (ValueError: run_cli prints it, no traceback)."""
+    from edge_agent.config import ConfigError, read_password, read_signing_key
+    from protected_nn.preflight import address_free, with_line, writable_folder
+    problems = []
+    for read in (lambda: read_signing_key(cfg), lambda: read_password(cfg.mqtt)):
+        try:
+            read()
+        except ConfigError as exc:
+            problems += exc.problems
+    problems += [p for p in (writable_folder("state_dir", cfg.state_dir),
+                             writable_folder("spool.directory", cfg.spool.directory),
+                             cfg.metrics_address and address_free("metrics_address", cfg.metrics_address)) if p]
+    if problems:
+        raise ValueError("\n".join(with_line(path, p) for p in problems))
