@@ -101,7 +101,8 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
                                params=params_blob.pack(weight_blobs),
                                model_card=json.dumps(card).encode())
     secret = sk.secret_bytes()
-    fidelity = fidelity_check(artifacts, secret, cal[:max(1, opts.check_samples)],
+    fidelity = fidelity_check(lambda: EdgeModel(artifacts), lambda: OwnerModel(artifacts, secret),
+                              cal[:max(1, opts.check_samples)],
                               ref_outputs[:max(1, opts.check_samples)])
     report = build_report(graph, plan, artifacts, fidelity, timings={
         "compile_s": t_compile, "encrypt_params_s": t_encrypt}, tolerance=opts.tolerance)

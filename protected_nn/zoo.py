@@ -329,3 +329,25 @@ def mobilenet_block(seed: int = 0) -> onnx.ModelProto:
 
 ENGINE_MODELS = {"lenet5": lenet5, "crowd_cnn": crowd_cnn, "wide_first_conv": wide_first_conv,
                  "mobilenet_block": mobilenet_block}
+
+
+def engine_test_cnn(seed: int, *, size: int = 12, channels: int = 3) -> onnx.ModelProto:
+    """A small CNN with the multi-ciphertext engine's cases: conv 3x3 (stride 1 or 2 by seed,
+    pad 1) -> x*x -> residual join conv 3x3 + identity -> (avgpool 2 when stride 1) -> conv 3x3
+    stride 2 -> x*x -> dense to 3. Kept small so the encrypted test runs in seconds."""
+    rng = np.random.default_rng(seed)
+    b = _Builder(rng)
+    s1 = int(rng.integers(1, 3))
+    h = b.square(b.conv("input", "conv1", 1, channels, 3, s1, (1, 1, 1, 1)))
+    n = -(-size // s1)
+    h = b.node("Add", [h, b.conv(h, "res", channels, channels, 3, 1, (1, 1, 1, 1))], "residual")
+    if s1 == 1:
+        h = _avgpool(b, h, 2)
+        n //= 2
+    c2 = int(rng.integers(2, 5))
+    h = b.square(b.conv(h, "conv2", channels, c2, 3, 2, (1, 1, 1, 1)))
+    n = -(-n // 2)
+    h = b.node("Flatten", [h], "flatten", axis=1)
+    y = b.gemm(h, "fc", c2 * n * n, 3)
+    model = _finish(b, y, (1, 1, size, size), (1, 3), f"engine_test_cnn_{seed}", None)
+    return _limit_preactivations(model, seed)

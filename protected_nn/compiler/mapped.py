@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from protected_nn.compiler.layout import CostModel, next_pow2
 from protected_nn.compiler.linear import _baby_chains, pow2_steps
-from protected_nn.compiler.tensor_map import TensorMap
+from protected_nn.compiler.tensor_map import TensorMap, phase_tree
 
 
 @dataclass
@@ -42,6 +42,16 @@ class MappedPacking:
     steps: set[int] = field(default_factory=set)
 
 
+def _phase_offset(r, j, out_map: TensorMap, in_map: TensorMap):
+    """Work-slot offset of each entry on a phased output (see tensor_map.phase_grids)."""
+    sy, sx, row_in, col_in = out_map.phases
+    _, ho, wo = out_map.grid.chw
+    _, hi, wi = in_map.grid.chw
+    yo, xo = (r // wo) % ho, r % wo
+    yi, xi = (j // wi) % hi, j % wi
+    return ((yi - sy * yo) % sy) * row_in + ((xi - sx * xo) % sx) * col_in
+
+
 def _terms_grid(weights, in_maps, out_map: TensorMap, slots):
     """(o, input, in ct, k) -> (work slots, values), choosing among input copies the one whose
     key is most common (replicated first-layer channels then meet every output block at k)."""
@@ -51,6 +61,8 @@ def _terms_grid(weights, in_maps, out_map: TensorMap, slots):
         r, j, v = coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data
         o = out_map.ct[r]
         w = out_map.slot[r]
+        if out_map.phases is not None:
+            w = (w + _phase_offset(r, j, out_map, tm)) % slots
         cands = []
         for ct, slot in tm.all_copies():
             k = (slot[j] - w) % slots
@@ -141,8 +153,10 @@ def pack_mapped(weights: list[sp.csr_matrix], bias: np.ndarray, in_maps: list[Te
             nxt = order_g[n + 1] if n + 1 < len(order_g) else 0
             horner.append((pow2_steps(g - nxt, slots), [(index[kk], vec) for kk, vec in giants[o][g]]))
         outs.append(horner)
-    tree = ([residue_period << e for e in range(int(math.log2(slots // residue_period)))]
-            if out_map is None else [])
+    if out_map is None:
+        tree = [residue_period << e for e in range(int(math.log2(slots // residue_period)))]
+    else:
+        tree = phase_tree(out_map.phases) if out_map.phases is not None else []
     biases = []
     for o in range(n_out):
         vec = np.zeros(slots)

@@ -24,6 +24,7 @@ class TensorMap:
     copies: list = field(default_factory=list)   # extra (ct, slot) arrays (free input replicas)
     grid: "Grid | None" = None
     clean: bool = True                  # slots holding no copy are ~0
+    phases: tuple | None = None         # (sy, sx, row_in, col_in): strided conv work slots
 
     @property
     def n(self) -> int:
@@ -130,6 +131,35 @@ def conv_output_grids(in_grid: Grid, out_chw, stride, slots: int):
                 seen.add(key)
                 yield Grid(tuple(out_chw), row, col, unit, tuple(ct_of), tuple(base)), n_cts
         n_sub *= 2
+
+
+def phase_grids(in_grid: Grid, out_chw, stride, slots: int):
+    """A strided convolution whose gaps hold partial sums instead of other channels: tap
+    (dy, dx) accumulates at the anchor's sub-slot (dy mod sy, dx mod sx), so each product covers
+    sy*sx taps' worth of rotations; a log2(sy*sx) rotate-and-add tree folds them into the anchor."""
+    sy, sx = stride
+    if (sy <= 1 and sx <= 1) or sy & (sy - 1) or sx & (sx - 1):
+        return
+    c, h, w = out_chw
+    row, col = in_grid.row * sy, in_grid.col * sx
+    pos = (np.arange(h)[:, None] * row + np.arange(w)[None, :] * col).reshape(-1)
+    foot = int((sy - 1) * in_grid.row + (sx - 1) * in_grid.col + pos.max() + 1)
+    block = next_pow2(foot)
+    if block > slots:
+        return
+    per_ct = slots // block
+    grid = Grid(tuple(out_chw), row, col, in_grid.unit_row, tuple(co // per_ct for co in range(c)),
+                tuple(co % per_ct * block for co in range(c)))
+    tm = grid_map(grid, -(-c // per_ct))
+    tm.phases = (sy, sx, in_grid.row, in_grid.col)
+    tm.clean = False
+    yield tm
+
+
+def phase_tree(phases) -> list[int]:
+    sy, sx, row_in, col_in = phases
+    return ([col_in << e for e in range(int(sx).bit_length() - 1)]
+            + [row_in << e for e in range(int(sy).bit_length() - 1)])
 
 
 def _sub_choices(subs_all, n, unit):
