@@ -21,6 +21,7 @@ from protected_nn.ckks.params import CkksParams
 from protected_nn.errors import ModelError, ProtectedNNError, ResultError
 from protected_nn.runtime import params_blob
 from protected_nn.runtime.evaluator import Evaluator
+from protected_nn.runtime.plan_format import check_version
 
 # Owner-side modules (key generation, decryption, compiler) are imported inside protect() and
 # OwnerModel only, so a gateway process never even loads them.
@@ -165,6 +166,7 @@ class EdgeModel:
 
     def __init__(self, artifacts: ModelArtifacts):
         plan = _plan_of(artifacts)
+        check_version(plan)                  # before any key or weight is parsed
         params = CkksParams.from_dict(plan["ckks"])
         ckks = Ckks.from_public_bytes(params, artifacts.context, artifacts.public_key,
                                       artifacts.relin_key, artifacts.rotation_keys,

@@ -97,3 +97,12 @@ def test_unknown_plan_version_and_step_refused():
         Evaluator({"version": 99, "steps": []}, None, [])
     with pytest.raises(BundleError, match="step kinds .* teleport"):
         Evaluator({"version": 2, "steps": [{"op": "teleport"}]}, None, [])
+
+
+def test_edge_model_refuses_unknown_plan_version():
+    from protected_nn.api import EdgeModel
+    from protected_nn.artifacts import ModelArtifacts
+    members = {f.name: b"" for f in __import__("dataclasses").fields(ModelArtifacts)}
+    members["plan"] = json.dumps({"version": 7, "steps": []}).encode()
+    with pytest.raises(BundleError, match="plan version 7 .* update the gateway"):
+        EdgeModel(ModelArtifacts(**members))
