@@ -32,7 +32,7 @@ TARGETS = {"lenet5": (2.0, 300e6, 600e6), "crowd_cnn": (1.2, 250e6, None),
 
 CHILD = r"""
 import os, sys, json, time, resource, pathlib
-os.sched_setaffinity(0, {core})
+os.sched_setaffinity(0, {{{core}}})
 import numpy as np
 from protected_nn.artifacts import ModelArtifacts
 from protected_nn.api import EdgeModel

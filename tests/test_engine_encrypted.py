@@ -66,3 +66,16 @@ def test_gateway_loads_no_compiler(protected, tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+def test_black_frame_and_plain_first_layer(protected):
+    """The frame stays in clear (no input encryption); an all-zero frame still runs, and two
+    results for the same frame differ (re-randomized by a fresh encryption of zero)."""
+    model, prot = protected
+    assert prot.artifacts.plan_json()["input"]["plain"] is True
+    edge, owner = EdgeModel(prot.artifacts), OwnerModel(prot.artifacts, prot.secret_key)
+    x = np.zeros((1, 1, 12, 12), np.float32)
+    a, b = edge.infer(x), edge.infer(x)
+    assert a != b
+    ref = _ort(model, x)
+    assert np.max(np.abs(owner.decrypt(a) - ref)) / max(float(np.ptp(ref)), 1e-3) <= TOL

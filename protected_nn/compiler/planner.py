@@ -97,7 +97,7 @@ def estimated_ms(plan: Plan, params: CkksParams) -> float:
     cost = CostModel(params.n, params.depth)
     ms = sum(s["rotations"] * cost.rot(s["level"] - 1) + s["relins"] * cost.relin(s["level"] - 1)
              + s["products"] * cost.mul(s["level"] - 1) for s in plan.layer_stats)
-    ms += plan.doc["input"]["num_cts"] * cost.encrypt()
+    ms += cost.encrypt() * (1 if plan.doc["input"].get("plain") else plan.doc["input"]["num_cts"])
     # bundle: each weight ciphertext and Galois key is storage and load time on the gateway
     return ms + len(plan.weights) * cost.step_penalty * 0.15 + len(plan.doc["rotation_steps"]) * cost.step_penalty
 
@@ -132,7 +132,8 @@ class _State:
         self.layout, self.level, self.scale, self.tmap = layout, level, scale, tmap
 
 
-def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool) -> Plan:
+def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
+             plain_input: bool = True) -> Plan:
     slots = params.slots
     primes = primes_of(params)
     data_primes = primes[:-1]
@@ -198,6 +199,12 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool) -
         elif isinstance(node, G.PolyNode):
             states[node.name] = _poly(node, states, steps, plan, drop_prime, target(node))
     out_state = states[output]
+    in_node = graph.input_name
+    # The frame stays in clear when only linear maps read it (the first layer's products are then
+    # encrypted weight x plaintext; runtime/evaluator.py re-randomizes the result).
+    input_doc["doc"]["plain"] = bool(plain_input) and all(
+        isinstance(c, G.MLinear) for c in consumers[in_node]) and (
+        input_doc["doc"]["free"] or states[in_node].tmap is not None)
     if out_state.layout is None:
         raise PlanError("the model's output must come from a dense or linear layer "
                         "(a flattened head), not a multi-ciphertext tensor")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from Pyfhel import PyPtxt
+
 from protected_nn.ckks.context import Ckks
 from protected_nn.errors import BundleError, InputError
 from protected_nn.runtime.plan_format import check_version, decode_array
@@ -61,7 +63,15 @@ class Evaluator:
         if not np.all(np.isfinite(flat)):
             raise InputError("input contains NaN or infinite values")
         padded = np.append(flat, 0.0)          # index -1 (unused slot) reads the trailing zero
+        if self.plain_input:                   # laid out in clear; see run()
+            return [np.ascontiguousarray(padded[g]) for g in self.gather]
         return [self.ckks.encrypt(padded[g], self.delta) for g in self.gather]
+
+    @property
+    def plain_input(self) -> bool:
+        """The gateway holds the frame in clear: the first layer multiplies encrypted weights by
+        plaintexts (no input encryption, no relinearization, input rotations done in numpy)."""
+        return bool(self.plan["input"].get("plain"))
 
     # --- evaluation -----------------------------------------------------------------------
     def run(self, input_cts: list):
@@ -76,6 +86,11 @@ class Evaluator:
                 regs.pop(name, None)
         out = regs[self.plan["output"]["src"]]
         self.ckks.mod_switch(out.ct, self.depth - out.level)   # smallest result to send
+        if self.plain_input:
+            # Re-randomize: without it the result would be a deterministic function of the public
+            # bundle and the frame, so a bundle holder could test guessed frames against it.
+            zero = self.ckks.encrypt(np.zeros(self.slots), out.ct.scale, self.depth)
+            self.ckks.add_inplace(out.ct, zero)
         return out.ct
 
     def serialize(self, ct) -> bytes:
@@ -100,7 +115,7 @@ class Evaluator:
         for spec in step["inputs"]:
             reg = regs[spec["src"]]
             cts = reg.cts
-            if spec["switch"]:
+            if spec["switch"] and not isinstance(cts[0], np.ndarray):   # plaintexts: encoded below
                 cts = [ck.copy(c) for c in cts]
                 for c in cts:
                     ck.mod_switch(c, spec["switch"])
@@ -110,17 +125,21 @@ class Evaluator:
         for src, built_from, chain in step["babies"]:
             ct = sources[src] if built_from < 0 else babies[built_from]
             for st in chain:
-                ct = ck.rotate(ct, st)
+                ct = np.roll(ct, -st) if isinstance(ct, np.ndarray) else ck.rotate(ct, st)
             babies.append(ct)
+        babies = [self._plaintext(b, level) if isinstance(b, np.ndarray) else b for b in babies]
         outs = []
         for out in step["outs"]:
             acc = None
             for giant in out["giants"]:
                 inner = None
+                size3 = False
                 for b_idx, widx in giant["terms"]:
-                    prod = ck.multiply_no_relin(babies[b_idx], self.w[widx])
+                    prod = self._product(babies[b_idx], self.w[widx])
+                    size3 |= not isinstance(babies[b_idx], PyPtxt)
                     inner = prod if inner is None else (ck.add_inplace(inner, prod) or inner)
-                ck.relinearize(inner)
+                if size3:
+                    ck.relinearize(inner)
                 acc = inner if acc is None else (ck.add_inplace(acc, inner) or acc)
                 for st in giant["shift"]:
                     acc = ck.rotate(acc, st)
@@ -132,10 +151,27 @@ class Evaluator:
     def _first_linear(self, step, input_cts) -> _Reg:
         ck = self.ckks
         acc = None
+        size3 = False
         for ct, widx in zip(input_cts, step["weights"]):
-            prod = ck.multiply_no_relin(ct, self.w[widx])
+            if isinstance(ct, np.ndarray):
+                ct = self._plaintext(ct, 0)
+            size3 |= not isinstance(ct, PyPtxt)
+            prod = self._product(ct, self.w[widx])
             acc = prod if acc is None else (ck.add_inplace(acc, prod) or acc)
-        return self._finish(acc, step, level=0)
+        return self._finish(acc, step, level=0, relinearized=not size3)
+
+    def _plaintext(self, vec: np.ndarray, level: int):
+        """The encoding of a laid-out frame; a vector that encodes to zero (a black frame) would
+        make SEAL refuse the product as "transparent": it is encrypted instead."""
+        if np.max(np.abs(vec)) * self.delta < 1.0:
+            return self.ckks.encrypt(vec, self.delta, level)
+        return self.ckks.encode(vec, self.delta, level)
+
+    def _product(self, x, weight):
+        """Encrypted weight times a ciphertext (size 3, relinearized later) or a plaintext."""
+        if isinstance(x, PyPtxt):
+            return self.ckks.multiply_plain(weight, x)
+        return self.ckks.multiply_no_relin(x, weight)
 
     def _linear(self, step, regs) -> _Reg:
         ck = self.ckks
