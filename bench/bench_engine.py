@@ -5,7 +5,8 @@
 
 protect() runs in this process (owner side, not timed beyond its total). The gateway side runs in
 a child process pinned to one core with one thread (as a worker does): it loads the bundle from
-disk, runs the repetitions and reports its peak RSS, so the RSS is what a worker needs.
+disk, runs the repetitions and reports its peak RSS (VmHWM: the bundle bytes it read, keys,
+weight ciphertexts, evaluation), so the RSS is what a worker needs.
 """
 from __future__ import annotations
 
@@ -47,8 +48,9 @@ for i, x in enumerate(xs):
     payload = edge.infer(x)
     lat.append(time.perf_counter() - t); cpu.append(time.process_time() - c)
     (d / "inputs" / f"y{{i}}.bin").write_bytes(payload)
-print(json.dumps({{"load_s": load, "lat": lat, "cpu": cpu,
-                  "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}}))
+# VmHWM, not ru_maxrss: the latter survives fork+exec and would report the parent's peak
+hwm = next(int(l.split()[1]) * 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({{"load_s": load, "lat": lat, "cpu": cpu, "rss": hwm}}))
 """
 
 
