@@ -104,11 +104,6 @@ def _decode_key(key, n_inputs, n_cts, slots):
     return int(rest // (n_inputs + 1)), int(rest % (n_inputs + 1)), int(ct), int(k)
 
 
-def count_terms(weights, in_maps, out_map, slots) -> int:
-    keys, _, _ = _terms_grid(weights, in_maps, out_map, slots)
-    return int(np.unique(np.concatenate(keys)).size)
-
-
 def pack_mapped(weights: list[sp.csr_matrix], bias: np.ndarray, in_maps: list[TensorMap],
                 out_map: TensorMap | None, slots: int, level: int, cost: CostModel,
                 known_steps: set[int], residue_period: int = 0) -> MappedPacking:

@@ -16,7 +16,7 @@ from protected_nn.compiler.mapped import (MappedPacking, _best_beta, _decode_key
                                           pack_mapped, residue_period_for)
 from protected_nn.compiler.structure import chw
 from protected_nn.compiler.tensor_map import (TensorMap, compact_map, conv_output_grids, grid_map,
-                                              input_map, phase_grids)
+                                              input_map, phase_grids, phase_tree)
 from protected_nn.errors import PlanError
 
 
@@ -72,8 +72,8 @@ def choose_output(node: G.MLinear, in_maps: list[TensorMap], slots, level, cost,
         cands += list(phase_grids(grid, geo.out_chw, geo.stride, slots))
     for tm in cands:
         c = _estimate(node.weights, in_maps, tm, slots, level, cost)
-        if tm.phases is not None:
-            c += (len(tm.phases) and sum(1 for _ in range(tm.n_cts))) * cost.rot(level + 1) * 2
+        if tm.phases is not None:        # the tree folding the phases, per output ciphertext
+            c += len(phase_tree(tm.phases)) * tm.n_cts * cost.rot(level + 1)
         if best is None or c < best[0]:
             best = (c, tm)
     return None if best is None else best[1]
