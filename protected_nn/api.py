@@ -22,6 +22,7 @@ from protected_nn.ckks.params import CkksParams
 from protected_nn.errors import ModelError, PlanError, ProtectedNNError, ResultError
 from protected_nn.runtime import params_blob
 from protected_nn.runtime.evaluator import Evaluator
+from protected_nn.runtime.plan_format import check_version
 
 # Owner-side modules (key generation, decryption, compiler) are imported inside protect() and
 # OwnerModel only, so a gateway process never even loads them.
@@ -116,7 +117,8 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
                                params=params_blob.pack(weight_blobs),
                                model_card=json.dumps(card).encode())
     secret = sk.secret_bytes()
-    fidelity = fidelity_check(artifacts, secret, cal[:max(1, opts.check_samples)],
+    fidelity = fidelity_check(lambda: EdgeModel(artifacts), lambda: OwnerModel(artifacts, secret),
+                              cal[:max(1, opts.check_samples)],
                               ref_outputs[:max(1, opts.check_samples)])
     report = build_report(graph, plan, artifacts, fidelity, timings={
         "compile_s": t_compile, "encrypt_params_s": t_encrypt}, tolerance=opts.tolerance)
@@ -198,6 +200,7 @@ class EdgeModel:
 
     def __init__(self, artifacts: ModelArtifacts):
         plan = _plan_of(artifacts)
+        check_version(plan)                  # before any key or weight is parsed
         params = CkksParams.from_dict(plan["ckks"])
         ckks = Ckks.from_public_bytes(params, artifacts.context, artifacts.public_key,
                                       artifacts.relin_key, artifacts.rotation_keys,

@@ -262,3 +262,92 @@ def save(model: onnx.ModelProto, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(path))
     return path
+
+
+def _avgpool(b: _Builder, x: str, k: int) -> str:
+    return b.node("AveragePool", [x], "avgpool", kernel_shape=[k, k], strides=[k, k])
+
+
+def lenet5(seed: int = 0) -> onnx.ModelProto:
+    """LeNet-5 with square activations: 1x32x32 -> conv 6@5x5 -> x*x -> avgpool 2 -> conv 16@5x5
+    -> x*x -> avgpool 2 -> 400-120 -> x*x -> 120-84 -> x*x -> 84-10 (issue 9's first target)."""
+    b = _Builder(np.random.default_rng(seed))
+    h = _avgpool(b, b.square(b.conv("input", "conv1", 1, 6, 5, 1, (0, 0, 0, 0))), 2)
+    h = _avgpool(b, b.square(b.conv(h, "conv2", 6, 16, 5, 1, (0, 0, 0, 0))), 2)
+    h = b.node("Flatten", [h], "flatten", axis=1)
+    h = b.square(b.gemm(h, "fc1", 400, 120))
+    h = b.square(b.gemm(h, "fc2", 120, 84))
+    y = b.gemm(h, "fc3", 84, 10)
+    model = _finish(b, y, (1, 1, 32, 32), (1, 10), "lenet5", None)
+    return _limit_preactivations(model, seed)
+
+
+def crowd_cnn(seed: int = 0, n_outputs: int = 2) -> onnx.ModelProto:
+    """The 64x64 crowd CNN of issue 9: 2x64x64 -> three 3x3 stride-2 convs (8/16/32 channels,
+    pad 1) each with BatchNorm and x*x -> global average pool -> dense to `n_outputs`."""
+    b = _Builder(np.random.default_rng(seed))
+    h, c = "input", 2
+    for i, c_out in enumerate((8, 16, 32), start=1):
+        h = b.square(b.batchnorm(b.conv(h, f"conv{i}", c, c_out, 3, 2, (1, 1, 1, 1)), f"bn{i}", c_out))
+        c = c_out
+    h = b.node("GlobalAveragePool", [h], "gap")
+    h = b.node("Flatten", [h], "flatten", axis=1)
+    y = b.gemm(h, "fc", 32, n_outputs)
+    model = _finish(b, y, (1, 2, 64, 64), (1, n_outputs), "crowd_cnn", None)
+    return _limit_preactivations(model, seed)
+
+
+def wide_first_conv(seed: int = 0) -> onnx.ModelProto:
+    """3x64x64 -> conv 16@3x3 stride 1 pad 1 (a 16x64x64 activation) -> x*x -> avgpool 4
+    -> conv 16->16 3x3 stride 2 pad 1 -> x*x -> dense to 4."""
+    b = _Builder(np.random.default_rng(seed))
+    h = _avgpool(b, b.square(b.conv("input", "conv1", 3, 16, 3, 1, (1, 1, 1, 1))), 4)
+    h = b.square(b.conv(h, "conv2", 16, 16, 3, 2, (1, 1, 1, 1)))
+    h = b.node("Flatten", [h], "flatten", axis=1)
+    y = b.gemm(h, "fc", 16 * 8 * 8, 4)
+    model = _finish(b, y, (1, 3, 64, 64), (1, 4), "wide_first_conv", None)
+    return _limit_preactivations(model, seed)
+
+
+def mobilenet_block(seed: int = 0) -> onnx.ModelProto:
+    """3x32x32 -> conv 8 3x3 stride 2 -> x*x -> depthwise 3x3 (group 8) -> x*x -> pointwise 1x1
+    to 16 -> x*x -> avgpool 2 -> global pool -> dense to 3. Needs group > 1 in the frontend."""
+    rng = np.random.default_rng(seed)
+    b = _Builder(rng)
+    h = b.square(b.conv("input", "conv1", 3, 8, 3, 2, (1, 1, 1, 1)))
+    w = rng.normal(0.0, 1.0 / 3.0, (8, 1, 3, 3))
+    h = b.node("Conv", [h, b.tensor("dw.weight", w), b.tensor("dw.bias", rng.normal(0, 0.1, 8))], "dw",
+               kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], group=8)
+    h = b.square(h)
+    h = b.square(b.conv(h, "pw", 8, 16, 1, 1, (0, 0, 0, 0)))
+    h = b.node("GlobalAveragePool", [_avgpool(b, h, 2)], "gap")
+    h = b.node("Flatten", [h], "flatten", axis=1)
+    y = b.gemm(h, "fc", 16, 3)
+    model = _finish(b, y, (1, 3, 32, 32), (1, 3), "mobilenet_block", None)
+    return _limit_preactivations(model, seed)
+
+
+ENGINE_MODELS = {"lenet5": lenet5, "crowd_cnn": crowd_cnn, "wide_first_conv": wide_first_conv,
+                 "mobilenet_block": mobilenet_block}
+
+
+def engine_test_cnn(seed: int, *, size: int = 12, channels: int = 3) -> onnx.ModelProto:
+    """A small CNN with the multi-ciphertext engine's cases: conv 3x3 (stride 1 or 2 by seed,
+    pad 1) -> x*x -> residual join conv 3x3 + identity -> (avgpool 2 when stride 1) -> conv 3x3
+    stride 2 -> x*x -> dense to 3. Kept small so the encrypted test runs in seconds."""
+    rng = np.random.default_rng(seed)
+    b = _Builder(rng)
+    s1 = int(rng.integers(1, 3))
+    h = b.square(b.conv("input", "conv1", 1, channels, 3, s1, (1, 1, 1, 1)))
+    n = -(-size // s1)
+    h = b.node("Add", [h, b.conv(h, "res", channels, channels, 3, 1, (1, 1, 1, 1))], "residual")
+    if s1 == 1:
+        h = _avgpool(b, h, 2)
+        n //= 2
+    c2 = int(rng.integers(2, 5))
+    h = b.square(b.conv(h, "conv2", channels, c2, 3, 2, (1, 1, 1, 1)))
+    n = -(-n // 2)
+    h = b.node("Flatten", [h], "flatten", axis=1)
+    y = b.gemm(h, "fc", c2 * n * n, 3)
+    model = _finish(b, y, (1, 1, size, size), (1, 3), f"engine_test_cnn_{seed}", None)
+    return _limit_preactivations(model, seed)

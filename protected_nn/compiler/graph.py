@@ -9,6 +9,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from protected_nn import ir
+from protected_nn.compiler.structure import close_pattern
 from protected_nn.errors import ModelError
 
 
@@ -24,6 +25,7 @@ class Node:
 class MLinear(Node):
     weights: list[sp.csr_matrix] = field(default_factory=list)  # one (size x input size) per input
     bias: np.ndarray = None
+    geometries: list = field(default_factory=list)   # per input: structure.Geometry or None
 
 
 @dataclass
@@ -66,7 +68,15 @@ def lower(graph: ir.Graph) -> tuple[list[Node], str]:
                                   fit_range=tuple(layer.fit_range), fit_max_error=layer.fit_max_error))
         else:
             raise ModelError(f"the compiler does not know IR layer {type(layer).__name__}")
-    return _fold_linear_producers(nodes, graph.output), graph.output
+    nodes = _fold_linear_producers(nodes, graph.output)
+    shapes = {layer.name: tuple(layer.shape) for layer in graph.layers}
+    for node in nodes:
+        if isinstance(node, MLinear):
+            closed = [close_pattern(W, shapes[src], shapes[node.name])
+                      for W, src in zip(node.weights, node.inputs)]
+            node.weights = [w for w, _ in closed]
+            node.geometries = [g for _, g in closed]
+    return nodes, graph.output
 
 
 def _fold_linear_producers(nodes: list[Node], output: str) -> list[Node]:

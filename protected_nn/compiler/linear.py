@@ -128,8 +128,7 @@ def _pack(weights, bias, lays, reps, orig_layouts, slots, g, t_unit, level, cost
     for i, (W, lay) in enumerate(zip(weights, lays)):
         coo = W.tocoo()
         r, j, v = coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data
-        keep = v != 0
-        r, j, v = r[keep], j[keep], v[keep]
+        # explicit zeros (structure.close_pattern) are packed like any weight: no pruning mask shows
         rho = t_unit // lay.unit                 # input units per tree unit
         vp = lay.virtual_period
         rel = (j - r * g * rho) % vp             # where x_j sits relative to the group start

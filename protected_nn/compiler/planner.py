@@ -7,7 +7,6 @@ prime q_l every linear layer returns to the canonical scale delta.
 """
 from __future__ import annotations
 
-import base64
 import math
 from dataclasses import dataclass, field
 
@@ -17,11 +16,11 @@ from protected_nn import ir
 from protected_nn.ckks.context import primes_of
 from protected_nn.ckks.params import CkksParams, HE_STANDARD_128, choose_params
 from protected_nn.compiler import graph as G
+from protected_nn.compiler import mapped_plan as MP
 from protected_nn.compiler.layout import CostModel, Layout, next_pow2
 from protected_nn.compiler.linear import first_layer_free_layout, plan_linear, replication_shifts
 from protected_nn.errors import PlanError
-
-PLAN_VERSION = 1
+from protected_nn.runtime.plan_format import PLAN_VERSION, decode_array, encode_array  # noqa: F401
 RESULT_PRIME_BITS = 31  # a result keeps one prime: 2 x 8192 x 31 bits = 63.5 KB bit-packed
 
 
@@ -46,14 +45,6 @@ class Plan:
     doc: dict                                   # JSON-able: everything the gateway needs
     weights: list[WeightSpec] = field(default_factory=list)
     layer_stats: list[dict] = field(default_factory=list)
-
-
-def encode_array(a: np.ndarray) -> str:
-    return base64.b64encode(np.ascontiguousarray(a, dtype="<i4").tobytes()).decode()
-
-
-def decode_array(s: str, shape) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(s), dtype="<i4").reshape(shape).astype(np.int64)
 
 
 def trim_coeffs(coeffs) -> np.ndarray:
@@ -87,20 +78,43 @@ def node_depths(nodes: list[G.Node]) -> dict[str, int]:
 def compile_graph(graph: ir.Graph, output_bits: int, params: CkksParams | None = None) -> Plan:
     nodes, output = G.lower(graph)
     depth = node_depths(nodes)[output]
-    widest = max(n.size for n in nodes)
     if params is None:
         last_error = None
         for n in sorted(HE_STANDARD_128):
-            if n // 2 < widest:
-                continue
             try:
                 final = final_scale_bits(output_bits)
-                params = choose_params(depth, max(widest, n // 2), output_bits, final_scale_bits=final)
-                return _compile(nodes, output, graph, params)
+                params = choose_params(depth, n // 2, output_bits, final_scale_bits=final)
+                if params.n != n:
+                    continue
+                return _compile_best(nodes, output, graph, params)
             except PlanError as exc:
                 last_error = exc
-        raise last_error or PlanError(f"no parameters fit a {widest}-wide activation")
-    return _compile(nodes, output, graph, params)
+        raise last_error or PlanError("no 128-bit parameters fit the model")
+    return _compile_best(nodes, output, graph, params)
+
+
+def estimated_ms(plan: Plan, params: CkksParams) -> float:
+    cost = CostModel(params.n, params.depth)
+    ms = sum(s["rotations"] * cost.rot(s["level"] - 1) + s["relins"] * cost.relin(s["level"] - 1)
+             + s["products"] * cost.mul(s["level"] - 1) for s in plan.layer_stats)
+    ms += cost.encrypt() * (1 if plan.doc["input"].get("plain") else plan.doc["input"]["num_cts"])
+    # bundle: each weight ciphertext and Galois key is storage and load time on the gateway
+    return ms + len(plan.weights) * cost.step_penalty * 0.15 + len(plan.doc["rotation_steps"]) * cost.step_penalty
+
+
+def _compile_best(nodes, output, graph, params) -> Plan:
+    """Multi-ciphertext packing when the model needs it (wide tensors); when both packings
+    apply, the one the cost model finds cheaper (tiny CNNs stay on the single-ciphertext path)."""
+    if not MP.wants_mapped(nodes, graph.input_name, params.slots):
+        return _compile(nodes, output, graph, params, mapped=False)
+    mapped = _compile(nodes, output, graph, params, mapped=True)
+    if any(n.size > params.slots for n in nodes):
+        return mapped
+    try:
+        legacy = _compile(nodes, output, graph, params, mapped=False)
+    except (PlanError, ValueError):
+        return mapped
+    return mapped if estimated_ms(mapped, params) < estimated_ms(legacy, params) else legacy
 
 
 def plan_output(plan) -> str:
@@ -112,11 +126,14 @@ def _node(nodes, name):
 
 
 class _State:
-    def __init__(self, layout: Layout, level: int, scale: float):
-        self.layout, self.level, self.scale = layout, level, scale
+    """A tensor during planning: a single-ciphertext Layout, or a TensorMap over several."""
+
+    def __init__(self, layout: Layout | None, level: int, scale: float, tmap=None):
+        self.layout, self.level, self.scale, self.tmap = layout, level, scale, tmap
 
 
-def _compile(nodes, output, graph: ir.Graph, params: CkksParams) -> Plan:
+def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
+             plain_input: bool = True) -> Plan:
     slots = params.slots
     primes = primes_of(params)
     data_primes = primes[:-1]
@@ -146,11 +163,23 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams) -> Plan:
 
     input_doc = None
     for node in nodes:
-        if node.size > slots:
+        if node.size > slots and not mapped:
             raise PlanError(f"layer {node.name} has {node.size} values, more than {slots} slots")
         if isinstance(node, G.InputNode):
+            if mapped:
+                tm, gather = MP.plan_input(node, slots)
+                input_doc = {"free": False, "doc": {
+                    "name": node.name, "shape": list(node.shape), "size": node.size, "free": False,
+                    "gather": encode_array(gather), "num_cts": tm.n_cts}}
+                states[node.name] = _State(None, 0, delta, tm)
+                continue
             input_doc, state = _plan_input(node, consumers[node.name], slots, cost, delta)
             states[node.name] = state
+            continue
+        if isinstance(node, G.MLinear) and any(states[i].tmap is not None for i in node.inputs):
+            states[node.name] = _mapped_linear(node, states, slots, cost, plan, steps, add_weight,
+                                               drop_prime, target(node), rot_steps,
+                                               node.name == output)
             continue
         if isinstance(node, G.MLinear) and node.inputs[0] == graph.input_name and input_doc.get("free"):
             states[node.name] = _first_layer(node, input_doc, plan, steps, add_weight,
@@ -162,15 +191,23 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams) -> Plan:
         elif isinstance(node, G.SquareNode):
             src = states[node.inputs[0]]
             q = drop_prime(src.level)
-            steps.append({"op": "square", "src": node.inputs[0], "out": node.name, "level": src.level,
-                          "layout": src.layout.to_dict()})
-            states[node.name] = _State(src.layout, src.level + 1, src.scale * src.scale / q)
+            steps.append({"op": "square", "src": node.inputs[0], "out": node.name, "level": src.level})
+            states[node.name] = _State(src.layout, src.level + 1, src.scale * src.scale / q, src.tmap)
             plan.layer_stats.append({"layer": node.name, "op": "x*x", "level": src.level + 1,
                                      "shape": [node.size, node.size],
                                      "products": 1, "rotations": 0, "relins": 1, "sources": node.sources})
         elif isinstance(node, G.PolyNode):
             states[node.name] = _poly(node, states, steps, plan, drop_prime, target(node))
     out_state = states[output]
+    in_node = graph.input_name
+    # The frame stays in clear when only linear maps read it (the first layer's products are then
+    # encrypted weight x plaintext; runtime/evaluator.py re-randomizes the result).
+    input_doc["doc"]["plain"] = bool(plain_input) and all(
+        isinstance(c, G.MLinear) for c in consumers[in_node]) and (
+        input_doc["doc"]["free"] or states[in_node].tmap is not None)
+    if out_state.layout is None:
+        raise PlanError("the model's output must come from a dense or linear layer "
+                        "(a flattened head), not a multi-ciphertext tensor")
     plan.doc = {
         "version": PLAN_VERSION,
         "ckks": params.to_dict() | {"primes": [str(p) for p in primes], "delta": delta},
@@ -261,6 +298,35 @@ def _linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delt
     return _State(pack.out_layout, level + 1, out_scale)
 
 
+def _mapped_linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delta, rot_steps,
+                   is_output):
+    ins = [states[i] for i in node.inputs]
+    level = max(s.level for s in ins)
+    pack, out_map, out_layout, _ = MP.plan_mapped_linear(node, ins, slots, level, cost, rot_steps,
+                                                         is_output)
+    q = drop_prime(level)
+    t_scale = delta * q
+    out_scale = t_scale / q
+    steps.append(MP.step_doc(node, pack, ins, level, is_output, add_weight, t_scale, out_scale,
+                             out_map, out_layout))
+    rot_steps.update(pack.steps)
+    floor = MP.floor_products(node, slots)
+    plan.layer_stats.append({"layer": node.name, "op": "conv (grid)" if out_map is not None else
+                             "dense (residue)", "level": level + 1,
+                             "products": pack.products, "rotations": pack.rotations,
+                             "relins": pack.relins, "weight_cts": pack.products + len(pack.bias),
+                             "floor_products": round(floor, 1),
+                             "in_cts": [as_cts(s) for s in ins],
+                             "out_cts": out_map.n_cts if out_map is not None else 1,
+                             "sources": node.sources,
+                             "shape": [node.size, sum(w.shape[1] for w in node.weights)]})
+    return _State(out_layout, level + 1, out_scale, out_map)
+
+
+def as_cts(state) -> int:
+    return state.tmap.n_cts if state.tmap is not None else 1
+
+
 def _poly(node, states, steps, plan, drop_prime, delta):
     """Powers by repeated squaring/products, then one plaintext-coefficient combination.
     `delta` is the scale the output returns to (smaller for the model's result)."""
@@ -287,10 +353,10 @@ def _poly(node, states, steps, plan, drop_prime, delta):
     lay = src.layout
     steps.append({"op": "poly", "src": node.inputs[0], "out": node.name, "recipe": recipe,
                   "top": top, "terms": terms, "c0": float(coeffs[0]), "c0_scale": t_scale,
-                  "layout": lay.to_dict()})
+                  "layout": lay.to_dict() if lay is not None else None})
     plan.layer_stats.append({"layer": node.name, "op": f"poly deg {deg} ({node.op})", "level": top + 1,
                              "shape": [node.size, node.size],
                              "products": len(recipe) + len(terms), "rotations": 0,
                              "relins": len(recipe), "sources": node.sources,
                              "fit_range": list(node.fit_range), "fit_max_error": node.fit_max_error})
-    return _State(lay, top + 1, t_scale / q)
+    return _State(lay, top + 1, t_scale / q, src.tmap)

@@ -1,27 +1,42 @@
 """Gateway side: run a compiled plan on an encrypted frame with public evaluation keys only.
 
-The loop is deliberately short: each step reads named ciphertexts, writes one, and frees
-what no later step reads. Levels are tracked here (Pyfhel's mod_level counter is unreliable
-after deserialization, see shared/notes/pyfhel.md)."""
+The loop is deliberately short: each step reads named tensors (lists of ciphertexts), writes
+one, and frees what no later step reads. Steps are dispatched by a table of handlers: a plan with
+a step kind or version this gateway does not know is refused before anything runs. Levels are
+tracked here (Pyfhel's mod_level counter is unreliable after deserialization, see
+shared/notes/pyfhel.md). Only runtime modules are imported: the gateway never loads the compiler."""
 from __future__ import annotations
 
 import numpy as np
 
+from Pyfhel import PyPtxt
+
 from protected_nn.ckks.context import Ckks
-from protected_nn.compiler.layout import Layout
-from protected_nn.compiler.planner import decode_array
-from protected_nn.errors import InputError
+from protected_nn.errors import BundleError, InputError
+from protected_nn.runtime.plan_format import check_version, decode_array
 
 
 class _Reg:
-    __slots__ = ("ct", "level")
+    """A tensor: one ciphertext (`ct`) or several (`cts`), all at `level`."""
+    __slots__ = ("cts", "level")
 
     def __init__(self, ct, level: int):
-        self.ct, self.level = ct, level
+        self.cts = list(ct) if isinstance(ct, list) else [ct]
+        self.level = level
+
+    @property
+    def ct(self):
+        return self.cts[0]
 
 
 class Evaluator:
     def __init__(self, plan: dict, ckks: Ckks, weights: list):
+        check_version(plan)
+        self._handlers = {"first_linear": self._first_linear_step, "linear": self._linear,
+                          "mlinear": self._mlinear, "square": self._square, "poly": self._poly_step}
+        unknown = sorted({str(st.get("op")) for st in plan["steps"]} - set(self._handlers))
+        if unknown:
+            raise BundleError(f"the plan has step kinds this gateway does not know: {', '.join(unknown)}")
         self.plan, self.ckks, self.w = plan, ckks, weights
         self.slots = ckks.slots
         self.delta = float(plan["ckks"]["delta"])
@@ -48,27 +63,34 @@ class Evaluator:
         if not np.all(np.isfinite(flat)):
             raise InputError("input contains NaN or infinite values")
         padded = np.append(flat, 0.0)          # index -1 (unused slot) reads the trailing zero
+        if self.plain_input:                   # laid out in clear; see run()
+            return [np.ascontiguousarray(padded[g]) for g in self.gather]
         return [self.ckks.encrypt(padded[g], self.delta) for g in self.gather]
+
+    @property
+    def plain_input(self) -> bool:
+        """The gateway holds the frame in clear: the first layer multiplies encrypted weights by
+        plaintexts (no input encryption, no relinearization, input rotations done in numpy)."""
+        return bool(self.plan["input"].get("plain"))
 
     # --- evaluation -----------------------------------------------------------------------
     def run(self, input_cts: list):
         regs: dict[str, _Reg] = {}
-        if not self.plan["input"]["free"]:          # compact input: one ciphertext, read by name
-            regs[self.plan["input"]["name"]] = _Reg(input_cts[0], 0)
+        if not self.plan["input"]["free"]:          # laid-out input, read by name
+            regs[self.plan["input"]["name"]] = _Reg(list(input_cts), 0)
+        self._input_cts = input_cts
         for idx, step in enumerate(self.plan["steps"]):
-            op = step["op"]
-            if op == "first_linear":
-                regs[step["out"]] = self._first_linear(step, input_cts)
-            elif op == "linear":
-                regs[step["out"]] = self._linear(step, regs)
-            elif op == "square":
-                regs[step["out"]] = self._square(regs, step)
-            elif op == "poly":
-                regs[step["out"]] = self._poly(regs, step, self._poly_plain[idx])
+            self._idx = idx
+            regs[step["out"]] = self._handlers[step["op"]](step, regs)
             for name in [n for n, last in self._last_use.items() if last == idx]:
                 regs.pop(name, None)
         out = regs[self.plan["output"]["src"]]
         self.ckks.mod_switch(out.ct, self.depth - out.level)   # smallest result to send
+        if self.plain_input:
+            # Re-randomize: without it the result would be a deterministic function of the public
+            # bundle and the frame, so a bundle holder could test guessed frames against it.
+            zero = self.ckks.encrypt(np.zeros(self.slots), out.ct.scale, self.depth)
+            self.ckks.add_inplace(out.ct, zero)
         return out.ct
 
     def serialize(self, ct) -> bytes:
@@ -78,13 +100,78 @@ class Evaluator:
         return self.serialize(self.run(self.encrypt_input(x)))
 
     # --- steps ----------------------------------------------------------------------------
+    def _first_linear_step(self, step, regs) -> _Reg:
+        return self._first_linear(step, self._input_cts)
+
+    def _poly_step(self, step, regs) -> _Reg:
+        return self._poly(regs, step, self._poly_plain[self._idx])
+
+    def _mlinear(self, step, regs) -> _Reg:
+        """Tensors over several ciphertexts: babies rotated once per source ciphertext and shared
+        by every output ciphertext; per output, Horner over the giant steps (see compiler/mapped.py)."""
+        ck = self.ckks
+        level = step["level"]
+        ins = []
+        for spec in step["inputs"]:
+            reg = regs[spec["src"]]
+            cts = reg.cts
+            if spec["switch"] and not isinstance(cts[0], np.ndarray):   # plaintexts: encoded below
+                cts = [ck.copy(c) for c in cts]
+                for c in cts:
+                    ck.mod_switch(c, spec["switch"])
+            ins.append(cts)
+        sources = [ins[i][c] for i, c in step["sources"]]
+        babies = []
+        for src, built_from, chain in step["babies"]:
+            ct = sources[src] if built_from < 0 else babies[built_from]
+            for st in chain:
+                ct = np.roll(ct, -st) if isinstance(ct, np.ndarray) else ck.rotate(ct, st)
+            babies.append(ct)
+        babies = [self._plaintext(b, level) if isinstance(b, np.ndarray) else b for b in babies]
+        outs = []
+        for out in step["outs"]:
+            acc = None
+            for giant in out["giants"]:
+                inner = None
+                size3 = False
+                for b_idx, widx in giant["terms"]:
+                    prod = self._product(babies[b_idx], self.w[widx])
+                    size3 |= not isinstance(babies[b_idx], PyPtxt)
+                    inner = prod if inner is None else (ck.add_inplace(inner, prod) or inner)
+                if size3:
+                    ck.relinearize(inner)
+                acc = inner if acc is None else (ck.add_inplace(acc, inner) or acc)
+                for st in giant["shift"]:
+                    acc = ck.rotate(acc, st)
+            outs.append(self._finish(acc, {"tree": step["tree"], "bias": out["bias"],
+                                           "rescale_last": step["rescale_last"]}, level,
+                                     relinearized=True).ct)
+        return _Reg(outs, level + 1)
+
     def _first_linear(self, step, input_cts) -> _Reg:
         ck = self.ckks
         acc = None
+        size3 = False
         for ct, widx in zip(input_cts, step["weights"]):
-            prod = ck.multiply_no_relin(ct, self.w[widx])
+            if isinstance(ct, np.ndarray):
+                ct = self._plaintext(ct, 0)
+            size3 |= not isinstance(ct, PyPtxt)
+            prod = self._product(ct, self.w[widx])
             acc = prod if acc is None else (ck.add_inplace(acc, prod) or acc)
-        return self._finish(acc, step, level=0)
+        return self._finish(acc, step, level=0, relinearized=not size3)
+
+    def _plaintext(self, vec: np.ndarray, level: int):
+        """The encoding of a laid-out frame; a vector that encodes to zero (a black frame) would
+        make SEAL refuse the product as "transparent": it is encrypted instead."""
+        if np.max(np.abs(vec)) * self.delta < 1.0:
+            return self.ckks.encrypt(vec, self.delta, level)
+        return self.ckks.encode(vec, self.delta, level)
+
+    def _product(self, x, weight):
+        """Encrypted weight times a ciphertext (size 3, relinearized later) or a plaintext."""
+        if isinstance(x, PyPtxt):
+            return self.ckks.multiply_plain(weight, x)
+        return self.ckks.multiply_no_relin(x, weight)
 
     def _linear(self, step, regs) -> _Reg:
         ck = self.ckks
@@ -133,19 +220,25 @@ class Evaluator:
             ck.rescale(acc)
         return _Reg(acc, level + 1)
 
-    def _square(self, regs, step) -> _Reg:
+    def _square(self, step, regs) -> _Reg:
         ck = self.ckks
         src = regs[step["src"]]
-        ct = ck.multiply_no_relin(src.ct, src.ct)
-        ck.relinearize(ct)
-        ck.rescale(ct)
-        return _Reg(ct, src.level + 1)
+        out = []
+        for c in src.cts:
+            ct = ck.multiply_no_relin(c, c)
+            ck.relinearize(ct)
+            ck.rescale(ct)
+            out.append(ct)
+        return _Reg(out, src.level + 1)
 
     def _poly_plaintexts(self, step):
-        lay = Layout.from_dict(step["layout"])
-        mask = np.zeros(self.slots)
-        for copy in range(0, self.slots, lay.period):
-            mask[copy + lay.slots_of()] = 1.0
+        lay = step.get("layout")
+        if lay is None:                 # a tensor over several ciphertexts: nothing reads the rest
+            mask = np.ones(self.slots)
+        else:
+            mask = np.zeros(self.slots)
+            for copy in range(0, self.slots, int(lay["period"])):
+                mask[copy + np.arange(int(lay["n"])) * int(lay["unit"])] = 1.0
         consts = {k: self.ckks.encode(np.full(self.slots, c), scale, step["top"])
                   for k, c, scale in step["terms"]}
         c0 = self.ckks.encode(mask * step["c0"], step["c0_scale"], step["top"]) if step["c0"] else None
@@ -155,6 +248,9 @@ class Evaluator:
         ck = self.ckks
         consts, c0 = plain
         src = regs[step["src"]]
+        if len(src.cts) > 1:
+            outs = [self._poly({"_": _Reg(c, src.level)}, dict(step, src="_"), plain).ct for c in src.cts]
+            return _Reg(outs, step["top"] + 1)
         powers = {1: _Reg(src.ct, src.level)}
         for k, a, b, lvl in step["recipe"]:
             x, y = self._at_level(powers[a], lvl), self._at_level(powers[b], lvl)

@@ -16,13 +16,14 @@ def pack(blobs: list[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def unpack(data: bytes, expected: int) -> list[bytes]:
+def unpack(data: bytes, expected: int) -> list[memoryview]:
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
         raise BundleError("encrypted parameters: bad header")
     (count,) = struct.unpack_from(">I", data, len(MAGIC))
     if count != expected:
         raise BundleError(f"encrypted parameters: {count} ciphertexts, the plan needs {expected}")
     off = len(MAGIC) + 4
+    view = memoryview(data)      # slices without copies: a bundle's parameters can be a gigabyte
     out = []
     for i in range(count):
         if off + 4 > len(data):
@@ -32,7 +33,7 @@ def unpack(data: bytes, expected: int) -> list[bytes]:
         if off + n > len(data):
             raise BundleError(f"encrypted parameters: ciphertext {i} declares {n} bytes, "
                               f"{len(data) - off} left")
-        out.append(data[off:off + n])
+        out.append(view[off:off + n])
         off += n
     if off != len(data):
         raise BundleError("encrypted parameters: trailing bytes")

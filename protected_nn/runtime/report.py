@@ -43,7 +43,7 @@ def build_report(graph, plan, artifacts, fidelity: dict, timings: dict, toleranc
               + s["products"] * cost.mul(lvl))
         est_ms += ms
         rows.append(s | {"est_ms": round(ms, 1)})
-    est_ms += doc["input"]["num_cts"] * cost.encrypt()
+    est_ms += cost.encrypt() * (1 if doc["input"].get("plain") else doc["input"]["num_cts"])
     data = {
         "ckks": {"ring_dimension": params.n, "slots": params.slots, "qi_bits": list(params.qi_sizes),
                  "scale_bits": params.scale_bits, "log_q": params.log_q,

@@ -12,13 +12,13 @@ def output_range(refs: np.ndarray) -> float:
     return span if span > 1e-6 else max(1e-6, float(np.max(np.abs(refs))) if refs.size else 1.0)
 
 
-def fidelity_check(artifacts, secret_key: bytes, inputs: np.ndarray, refs: np.ndarray) -> dict:
-    from protected_nn.api import EdgeModel, OwnerModel
-
+def fidelity_check(make_edge, make_owner, inputs: np.ndarray, refs: np.ndarray) -> dict:
+    """`make_edge()` / `make_owner()` build the gateway and backend sides (passed in, so this
+    module does not import the facade that imports it)."""
     t0 = time.perf_counter()
-    edge = EdgeModel(artifacts)
+    edge = make_edge()
     load_s = time.perf_counter() - t0
-    owner = OwnerModel(artifacts, secret_key)
+    owner = make_owner()
     errs, lat, sizes, outs = [], [], [], []
     for x, ref in zip(inputs, refs):
         t = time.perf_counter()

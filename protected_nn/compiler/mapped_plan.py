@@ -1,0 +1,123 @@
+"""Planner steps for tensors over several ciphertexts (see tensor_map.py, mapped.py).
+
+Used when a model has a convolution after the first layer or a tensor wider than a ciphertext:
+the input is encrypted in channel blocks, every convolution writes a (multiplexed) grid chosen
+among candidates by the cost model, and a dense layer reads whatever layout it is given and
+writes the compact single-ciphertext layout the remaining dense layers and the decoder know.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from protected_nn.compiler import graph as G
+from protected_nn.compiler.layout import Layout
+from protected_nn.compiler.linear import ZERO_HOMES
+from protected_nn.compiler.mapped import (MappedPacking, _best_beta, _decode_key, _terms_grid,
+                                          pack_mapped, residue_period_for)
+from protected_nn.compiler.structure import chw
+from protected_nn.compiler.tensor_map import (TensorMap, compact_map, conv_output_grids, grid_map,
+                                              input_map, phase_grids, phase_tree)
+from protected_nn.errors import PlanError
+
+
+def wants_mapped(nodes: list[G.Node], input_name: str, slots: int) -> bool:
+    """A convolution after the first layer, or a tensor wider than one ciphertext."""
+    if any(n.size > slots for n in nodes):
+        return True
+    for n in nodes:
+        if isinstance(n, G.MLinear) and input_name not in n.inputs:
+            if any(g is not None and not g.is_dense for g in n.geometries):
+                return True
+    return False
+
+
+def plan_input(node: G.InputNode, slots: int):
+    tm = input_map(chw(node.shape), slots)
+    if tm is None:
+        raise PlanError(f"one channel of the input {tuple(node.shape)} does not fit {slots} slots")
+    gather = tm.gather(slots)
+    return tm, gather
+
+
+def as_map(state) -> TensorMap:
+    if getattr(state, "tmap", None) is not None:
+        return state.tmap
+    lay: Layout = state.layout
+    return compact_map(lay.n, lay.unit, None)
+
+
+def _estimate(weights, in_maps, out_map, slots, level, cost) -> float:
+    keys, _, _ = _terms_grid(weights, in_maps, out_map, slots)
+    n_cts = max(t.n_cts for t in in_maps)
+    terms = {_decode_key(int(u), len(in_maps), n_cts, slots) for u in np.unique(np.concatenate(keys))}
+    beta = _best_beta(terms, slots)
+    babies = {(i, ct, k % beta) for (_, i, ct, k) in terms if k % beta}
+    giants = {(o, k - k % beta) for (o, _, _, k) in terms if k - k % beta}
+    relins = len({(o, k - k % beta) for (o, _, _, k) in terms})
+    return ((len(babies) + len(giants)) * cost.rot(level) + relins * cost.relin(level)
+            + len(terms) * (cost.mul(level) + cost.step_penalty * 0.15))
+
+
+def choose_output(node: G.MLinear, in_maps: list[TensorMap], slots, level, cost, is_output):
+    """A grid for a convolution's output (cheapest candidate), else None (residue/compact)."""
+    geo = node.geometries[0] if node.geometries else None
+    grid = in_maps[0].grid
+    if is_output or geo is None or geo.is_dense or grid is None:
+        return None
+    if tuple(grid.chw) != tuple(geo.in_chw):
+        return None
+    best = None
+    cands = [grid_map(g, n) for g, n in conv_output_grids(grid, geo.out_chw, geo.stride, slots)]
+    if len(in_maps) == 1:
+        cands += list(phase_grids(grid, geo.out_chw, geo.stride, slots))
+    for tm in cands:
+        c = _estimate(node.weights, in_maps, tm, slots, level, cost)
+        if tm.phases is not None:        # the tree folding the phases, per output ciphertext
+            c += len(phase_tree(tm.phases)) * tm.n_cts * cost.rot(level + 1)
+        if best is None or c < best[0]:
+            best = (c, tm)
+    return None if best is None else best[1]
+
+
+def plan_mapped_linear(node: G.MLinear, ins, slots, level, cost, known_steps, is_output):
+    in_maps = [as_map(s) for s in ins]
+    out_map = choose_output(node, in_maps, slots, level, cost, is_output)
+    period = 0
+    if out_map is None:
+        period = residue_period_for(node.size, ZERO_HOMES if is_output else 0, slots)
+        if node.size + (ZERO_HOMES if is_output else 0) > slots:
+            raise PlanError(f"dense layer {node.name} has {node.size} outputs, more than {slots} slots")
+    pack: MappedPacking = pack_mapped(node.weights, node.bias, in_maps, out_map, slots, level, cost,
+                                      known_steps, residue_period=period)
+    out_layout = Layout(n=node.size, unit=1, period=period, zero_padded=True) if out_map is None else None
+    return pack, out_map, out_layout, in_maps
+
+
+def step_doc(node, pack: MappedPacking, ins, level, late, add_weight, t_scale, out_scale,
+             out_map, out_layout) -> dict:
+    outs = []
+    for o, horner in enumerate(pack.outs):
+        giants = [{"shift": [int(x) for x in shift],
+                   "terms": [[b_idx, add_weight(vec, level, t_scale / ins[pack.sources[pack.babies[b_idx][0]][0]].scale,
+                                                node.name, "weight")] for b_idx, vec in terms]}
+                  for shift, terms in horner]
+        bidx = add_weight(pack.bias[o], level if late else level + 1, t_scale if late else out_scale,
+                          node.name, "bias")
+        outs.append({"giants": giants, "bias": bidx})
+    doc = {"op": "mlinear", "out": node.name, "level": level,
+           "inputs": [{"src": name, "switch": level - s.level} for name, s in zip(node.inputs, ins)],
+           "sources": [[int(i), int(c)] for i, c in pack.sources],
+           "babies": [[int(s), int(src), [int(x) for x in sts]] for s, _, src, sts in pack.babies],
+           "outs": outs, "tree": [int(t) for t in pack.tree], "rescale_last": late,
+           "n_cts": len(outs)}
+    if out_layout is not None:
+        doc["layout"] = out_layout.to_dict()
+    return doc
+
+
+def floor_products(node: G.MLinear, slots: int) -> float:
+    """(trained weights x output positions they are applied at) / slots, from the structure."""
+    total = 0.0
+    for W in node.weights:
+        total += W.nnz
+    return total / slots
