@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=100, help="frames per synthetic sequence (10 fps)")
     ap.add_argument("--epochs", type=int, default=15,
                     help="passes over the synthetic set (the real frames are drawn 32 per step: ~150 passes)")
-    ap.add_argument("--seed", type=int, default=0, help="torch seed")
+    ap.add_argument("--seed", type=int, default=1, help="torch seed (1: the shipped model; see models/README.md for the spread)")
     ap.add_argument("--pos-weight", type=float, default=Weights.incident_pos_weight,
                     help="weight of incident frames in the incident loss")
     ap.add_argument("--no-mall", action="store_true", help="do not train on the repository's Mall frames")
