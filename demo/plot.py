@@ -1,5 +1,5 @@
 """The demo's picture: the crowd as the owner sees it (the band the backend publishes) against the
-rendered truth, the incident state against the true incident, and every alert event marked.
+ground truth (the annotated count of the real frames, the renderer's count of the rendered scene), the incident state against the true incident, and every alert event marked.
 
     python -m demo.plot demo-out            # redraw demo-out/demo.png from the saved run
 
@@ -52,7 +52,16 @@ def draw(out_png: Path, header: dict, truth: list[dict], states: list[dict], ale
     fig, (ax, ax_inc) = plt.subplots(2, 1, figsize=(13, 6.5), sharex=True,
                                      gridspec_kw={"height_ratios": [3, 1]})
     tt = [r["t"] - start for r in truth]
-    ax.plot(tt, [r["count"] for r in truth], color="black", lw=1.4, label="people in view (rendered truth)")
+    real_end = float(header.get("real_seconds") or 0.0)
+    if real_end > 0:
+        for axis in (ax, ax_inc):
+            axis.axvspan(0, real_end, color="tab:green", alpha=0.07, lw=0)
+        ax.text(real_end / 2, 1.0, "real footage (Mall frames 641-800, never trained on)", transform=ax.get_xaxis_transform(),
+                ha="center", va="bottom", fontsize=8, color="tab:green")
+        ax.text(real_end + (tt[-1] - real_end) / 2 if tt else real_end, 1.0, "rendered scene",
+                transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8, color="gray")
+    ax.plot(tt, [r["count"] for r in truth], color="black", lw=1.4,
+            label="people in view: ground truth (annotated heads / rendered)")
 
     states = sorted((s for s in states if s.get("time") is not None), key=lambda s: s["time"])
     banded = [(s["time"] - start, limits[lab]) for s in states
@@ -68,7 +77,7 @@ def draw(out_png: Path, header: dict, truth: list[dict], states: list[dict], ale
 
     inc_truth = [1.0 if r["incident"] else 0.0 for r in truth]
     ax_inc.fill_between(tt, 0, inc_truth, step="post", color="tab:red", alpha=0.25, lw=0,
-                        label="incident (rendered truth)")
+                        label="incident (ground truth)")
     if states:
         ax_inc.step([s["time"] - start for s in states],
                     [1.0 if (s.get("incident") or {}).get("active") else 0.0 for s in states],
@@ -97,8 +106,9 @@ def draw(out_png: Path, header: dict, truth: list[dict], states: list[dict], ale
     ax_inc.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, framealpha=0.9)
     ax_inc.grid(alpha=0.3)
     scenario = header.get("scenario", {})
-    fig.suptitle(f"fhe-edge demo: encrypted CNN on the gateway, alerts from the backend "
-                 f"(scene: crowd to {scenario.get('peak_count', '?')}, then {scenario.get('kind', '?')})"
+    scene = (f"{real_end:.0f} s real mall footage, then " if real_end > 0 else "") + \
+        f"a rendered crowd to {scenario.get('peak_count', '?')}, then {scenario.get('kind', '?')}"
+    fig.suptitle(f"fhe-edge demo: encrypted CNN on the gateway, alerts from the backend ({scene})"
                  + (f"\n{title_note}" if title_note else ""), fontsize=10)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from training.features import MAX_FRAME_GAP, gray_small, model_input
+from training.features import INPUT_SIZE, MAX_FRAME_GAP, gray_small, model_input
 from training.scenes import KINDS, SceneRenderer
 
 KIND_WEIGHTS = {"calm": 0.1, "crowd": 0.35, "dispersal": 0.3, "fall": 0.25}
@@ -30,7 +30,7 @@ KIND_WEIGHTS = {"calm": 0.1, "crowd": 0.35, "dispersal": 0.3, "fall": 0.25}
 
 @dataclass
 class LabelledSet:
-    x: np.ndarray            # (N, 2, 32, 32) float32
+    x: np.ndarray            # (N, 2, H, W) float32
     count: np.ndarray        # (N,) float32
     incident: np.ndarray     # (N,) float32, 0 or 1
     kind: np.ndarray         # (N,) str: scenario kind ("real" for footage)
@@ -61,9 +61,11 @@ def _chosen_frames(seed: int, n_frames: int, chunks: int | None, chunk_len: int)
 
 def synthetic_sequence(args: tuple) -> LabelledSet:
     """One rendered sequence -> model inputs; motion gaps of 1..max_gap frames (seeded).
-    args: (seed, n_frames, sizes, max_gap, chunks, chunk_len); sizes = ((w, h), ...) one of
-    which is picked per seed; chunks = None renders every frame."""
-    seed, n_frames, sizes, max_gap, chunks, chunk_len = args
+    args: (seed, n_frames, sizes, max_gap, chunks, chunk_len[, input_size]); sizes = ((w, h), ...)
+    one of which is picked per seed; chunks = None renders every frame; input_size = the model
+    input's (H, W) (default 32x32)."""
+    seed, n_frames, sizes, max_gap, chunks, chunk_len, *rest = args
+    input_size = tuple(rest[0]) if rest else (INPUT_SIZE, INPUT_SIZE)
     kind = kind_for_seed(seed)
     pick = np.random.default_rng([int(seed), 4])
     width, height = sizes[int(pick.integers(len(sizes)))]
@@ -75,7 +77,7 @@ def synthetic_sequence(args: tuple) -> LabelledSet:
         label = renderer.advance()
         if t not in drawn:
             continue
-        grays[t] = gray_small(renderer.render())
+        grays[t] = gray_small(renderer.render(), input_size)
         gaps = [g for g in range(1, max_gap + 1) if t - g in grays]
         if t > 0 and not gaps:
             continue                 # first frame of a run: only serves as the previous frame
@@ -89,11 +91,13 @@ def synthetic_sequence(args: tuple) -> LabelledSet:
 
 def synthetic_set(seeds, n_frames: int = 100, width: int = 160, height: int = 120,
                   max_gap: int = MAX_FRAME_GAP, workers: int = 2, *, sizes=None,
-                  chunks: int | None = None, chunk_len: int = 5) -> LabelledSet:
+                  chunks: int | None = None, chunk_len: int = 5,
+                  input_size: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> LabelledSet:
     """Render one sequence per seed (forked workers; the result does not depend on `workers`).
-    `sizes` (a list of (w, h)) overrides width/height with a per-seed choice."""
+    `sizes` (a list of (w, h)) overrides width/height with a per-seed choice; `input_size` is
+    the model input's (H, W)."""
     sizes = tuple(tuple(s) for s in (sizes or [(width, height)]))
-    jobs = [(int(s), n_frames, sizes, max_gap, chunks, chunk_len) for s in seeds]
+    jobs = [(int(s), n_frames, sizes, max_gap, chunks, chunk_len, tuple(input_size)) for s in seeds]
     if workers <= 1 or len(jobs) < 4:
         parts = [synthetic_sequence(j) for j in jobs]
     else:
@@ -122,7 +126,8 @@ def _parse_row(csv_path: Path, line: int, row: dict) -> tuple[str, float, float,
     return name, count, float(inc in ("1", "true", "yes")), (row.get("sequence") or "").strip()
 
 
-def load_labelled_folder(folder: str | Path, csv_name: str = "labels.csv") -> LabelledSet:
+def load_labelled_folder(folder: str | Path, csv_name: str = "labels.csv",
+                         input_size: tuple[int, int] = (INPUT_SIZE, INPUT_SIZE)) -> LabelledSet:
     """Frames + CSV labels -> model inputs with the same preprocessing as the synthetic data."""
     folder = Path(folder)
     csv_path = folder / csv_name
@@ -143,7 +148,7 @@ def load_labelled_folder(folder: str | Path, csv_name: str = "labels.csv") -> La
         img = cv2.imread(str(path), cv2.IMREAD_COLOR) if path.is_file() else None
         if img is None:
             raise FootageError(f"{csv_path}:{line}: field 'frame': cannot read image {path}")
-        g = gray_small(img)
+        g = gray_small(img, input_size)
         xs.append(model_input(g, prev.get(seq)))
         prev[seq] = g
     return LabelledSet(np.concatenate(xs), np.asarray([r[1] for r in rows], np.float32),

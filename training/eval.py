@@ -1,4 +1,5 @@
-"""Measure a crowd-and-incident ONNX model on held-out synthetic sequences (onnxruntime).
+"""Measure a crowd-and-incident ONNX model on held-out synthetic sequences (onnxruntime);
+with --json also on the held-out real frames (training/eval_real.py).
 
     python -m training.eval --model models/crowd_incident.onnx --sequences 120 --json models/crowd_incident.metrics.json
 
@@ -21,13 +22,21 @@ QUICK_SEQUENCES = 12          # the small held-out set the test suite re-measure
 
 
 def heldout_set(n_sequences: int, n_frames: int = 100, width: int = 160, height: int = 120,
-                workers: int = 2, first: int = 0) -> LabelledSet:
+                workers: int = 2, first: int = 0, input_size: tuple[int, int] = (32, 32)) -> LabelledSet:
     seeds = range(HELDOUT_SEED_BASE + first, HELDOUT_SEED_BASE + first + n_sequences)
-    return synthetic_set(seeds, n_frames=n_frames, width=width, height=height, max_gap=1, workers=workers)
+    return synthetic_set(seeds, n_frames=n_frames, width=width, height=height, max_gap=1, workers=workers,
+                         input_size=input_size)
+
+
+def model_input_size(model_path: str | Path) -> tuple[int, int]:
+    """(H, W) of the model's (1, 2, H, W) input."""
+    import onnx
+    dims = onnx.load(str(model_path)).graph.input[0].type.tensor_type.shape.dim
+    return int(dims[2].dim_value), int(dims[3].dim_value)
 
 
 def predict_onnx(model_path: str | Path, x: np.ndarray) -> np.ndarray:
-    """Run the (batch-1) model on every row of x: (N, 2, 32, 32) -> (N, 2)."""
+    """Run the (batch-1) model on every row of x: (N, 2, H, W) -> (N, 2)."""
     import onnxruntime as ort
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
@@ -64,7 +73,7 @@ def metrics(outputs: np.ndarray, data: LabelledSet) -> dict:
 
 def evaluate(model_path: str | Path, n_sequences: int, width: int = 160, height: int = 120,
              n_frames: int = 100, workers: int = 2) -> dict:
-    data = heldout_set(n_sequences, n_frames, width, height, workers)
+    data = heldout_set(n_sequences, n_frames, width, height, workers, input_size=model_input_size(model_path))
     res = metrics(predict_onnx(model_path, data.x), data)
     res.update(sequences=n_sequences, resolution=f"{width}x{height}", frames_per_sequence=n_frames)
     return res
@@ -91,15 +100,18 @@ def main(argv=None) -> int:
     ap.add_argument("--size", action="append", default=[], help="WxH of the rendered scenes (repeatable)")
     ap.add_argument("--json", help="write the results (and the quick-check set's) here")
     args = ap.parse_args(argv)
-    sizes = args.size or ["160x120", "320x240"]
+    sizes = args.size or ["160x120"]
     results = []
     for s in sizes:
         w, h = (int(v) for v in s.lower().split("x"))
         results.append(evaluate(args.model, args.sequences, w, h, args.frames))
     print(format_table(results))
     if args.json:
+        from training.eval_real import real_metrics
         quick = evaluate(args.model, QUICK_SEQUENCES, 160, 120, args.frames)
-        doc = {"model": Path(args.model).name, "results": results, "quick_check": quick}
+        real = real_metrics(args.model)
+        print(json.dumps(real, indent=1))
+        doc = {"model": Path(args.model).name, "real_validation": real, "results": results, "quick_check": quick}
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 

@@ -20,8 +20,8 @@ FRAME_INTERVAL_S = 0.1
 MAX_FRAME_GAP = 2
 
 
-def gray_small(frame_bgr: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
-    """HxWx3 uint8 BGR (or HxW gray) -> size x size float32 in [0, 1]."""
+def gray_small(frame_bgr: np.ndarray, size: int | tuple[int, int] = INPUT_SIZE) -> np.ndarray:
+    """HxWx3 uint8 BGR (or HxW gray) -> size x size (or size = (height, width)) float32 in [0, 1]."""
     if frame_bgr.dtype != np.uint8:
         raise ValueError(f"frame must be uint8, got {frame_bgr.dtype}")
     if frame_bgr.ndim == 3 and frame_bgr.shape[2] == 3:
@@ -32,7 +32,8 @@ def gray_small(frame_bgr: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
         raise ValueError(f"frame must be HxWx3 BGR or HxW gray, got shape {frame_bgr.shape}")
     # resize in float: a uint8 resize would round away the sub-level changes small, far-away
     # walkers leave in the 32x32 motion channel
-    small = cv2.resize(gray.astype(np.float32), (size, size), interpolation=cv2.INTER_AREA)
+    h, w = (size, size) if isinstance(size, int) else size
+    small = cv2.resize(gray.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
     return small * np.float32(1 / 255)
 
 
