@@ -28,38 +28,19 @@ from paho.mqtt.properties import Properties
 from protected_nn import api, bundle
 from protected_nn.envelope import decode
 from tests.support.gateway_keys import write_key
+from tests.support.tiny_bundle import tiny_onnx
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.rtsp_camera import RtspCamera, gstreamer_available
 
 REPO = Path(__file__).resolve().parents[1]
-SIZE = 8
 pytestmark = pytest.mark.skipif(not gstreamer_available(), reason="GStreamer RTSP server not installed")
-
-
-def _tiny_onnx(path: Path) -> None:
-    """(1, 2, 8, 8) gray+motion -> [mean gray, mean motion]: outputs a test can predict."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-    w = np.zeros((2, 2 * SIZE * SIZE), np.float32)
-    w[0, :SIZE * SIZE] = w[1, SIZE * SIZE:] = 1.0 / (SIZE * SIZE)
-    nodes = [helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-             helper.make_node("Gemm", ["flat", "w", "b"], ["output"], transB=1)]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 2, SIZE, SIZE])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 2])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(2, np.float32), "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    model.metadata_props.add(key="fhe_edge.input", value=json.dumps(
-        {"shape": [1, 2, SIZE, SIZE], "channels": "gray+motion", "scale": 1 / 255}))
-    onnx.save(model, str(path))
 
 
 @pytest.fixture(scope="module")
 def owner():
     """Protected tiny model, owner signing key, a signed bundle factory."""
     d = Path(tempfile.mkdtemp(prefix="edge-owner-"))
-    _tiny_onnx(d / "tiny.onnx")
+    tiny_onnx(d / "tiny.onnx")
     try:
         prot = api.protect(d / "tiny.onnx")
     except NotImplementedError:

@@ -25,7 +25,8 @@ import pytest
 
 from tests.support.mosquitto import Mosquitto
 from tests.support.rtsp_camera import RtspCamera, gstreamer_available
-from tests.test_edge_daemon import Collector, Daemon, _tiny_onnx
+from tests.support.tiny_bundle import tiny_onnx
+from tests.test_edge_daemon import Collector, Daemon
 from tests.test_security_adversarial import BROKER_QUEUE, BackendProcess
 
 pytestmark = pytest.mark.skipif(not gstreamer_available(), reason="GStreamer RTSP server not installed")
@@ -43,7 +44,7 @@ class Owner:
         from backend_decryptor.store import Store
         from protected_nn import api, bundle
         path = root / "tiny.onnx"
-        _tiny_onnx(path)
+        tiny_onnx(path)
         model = onnx.load(str(path))
         model.metadata_props.add(key="fhe_edge.outputs", value=json.dumps(OUTPUTS))
         onnx.save(model, str(path))
