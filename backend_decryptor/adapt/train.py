@@ -1,0 +1,145 @@
+"""Fine-tuning: polynomials from the observed ranges, then distillation on the original's outputs.
+
+Loss = MSE(adapted, original) per output element, normalised by the original's variance on the
+training inputs (so a count and a logit weigh alike), + the labels' loss when labels are given
+(cross-entropy for class ids, normalised MSE for targets), + RANGE_WEIGHT x the mean squared
+distance by which activation inputs leave their polynomial's range (in units of the range's
+half width): the encrypted evaluation must see the ranges the polynomials were trained on.
+Adam, cosine learning-rate decay, gradient norm clipped at 1 (polynomials can spike early).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from backend_decryptor.adapt import require_torch
+from backend_decryptor.adapt.onnx_graph import attributes
+from backend_decryptor.adapt.polynomial import PolyActivation, activation_function, channel_ranges
+from backend_decryptor.adapt.torch_model import OnnxModule, clip_bounds
+
+torch = require_torch()
+RANGE_WEIGHT = 1.0
+EVAL_BATCH = 256
+
+
+@dataclass
+class TrainConfig:
+    degree: int = 2
+    epochs: int = 30
+    seed: int = 0
+    lr: float = 3e-3
+    batch: int = 64
+
+
+def predict(module: OnnxModule, x: np.ndarray, mode: str) -> np.ndarray:
+    module.mode = mode
+    with torch.no_grad():
+        outs = [module(torch.from_numpy(x[i:i + EVAL_BATCH])) for i in range(0, len(x), EVAL_BATCH)]
+    return torch.cat(outs).numpy()
+
+
+def observed_ranges(module: OnnxModule, x: np.ndarray, mode: str) -> dict[str, tuple]:
+    """Per activation: per-channel (min, max) of its inputs over x."""
+    module.capture = {}
+    try:
+        predict(module, x, mode)
+        ranges = {}
+        for name, parts in module.capture.items():
+            vals = torch.cat(parts)
+            ranges[name] = channel_ranges(vals, vals.shape[1] if vals.dim() > 1 else 1)
+    finally:
+        module.capture = None
+    return ranges
+
+
+def build_polynomials(module: OnnxModule, x_train: np.ndarray, degree: int) -> None:
+    ranges = observed_ranges(module, x_train, "original")
+    for node in module.g.activations():
+        lo, hi = ranges[node.name]
+        f = activation_function(node.op_type, attributes(node), clip_bounds(node, module.g)
+                                if node.op_type == "Clip" else (None, None))
+        module.acts[node.name] = PolyActivation(node.name, node.op_type, f, lo, hi, degree)
+
+
+class _RangeProbe:
+    """Collects each polynomial's range excess during one forward pass."""
+
+    def __init__(self, module: OnnxModule):
+        self.terms = []
+        self.handles = [act.register_forward_pre_hook(self._hook) for act in module.acts.values()]
+
+    def _hook(self, act, args):
+        self.terms.append(PolyActivation.excess(act.normalised(args[0])))
+
+    def take(self):
+        terms, self.terms = self.terms, []
+        return torch.stack(terms).mean() if terms else torch.zeros(())
+
+    def close(self):
+        for h in self.handles:
+            h.remove()
+
+
+def distill_loss(out, teacher, scale):
+    return ((out - teacher) ** 2 / scale).mean()
+
+
+def label_loss(out, labels, label_scale):
+    if labels.dtype == torch.int64:
+        return torch.nn.functional.cross_entropy(out.reshape(len(out), -1), labels)
+    return ((out.reshape(labels.shape) - labels) ** 2 / label_scale).mean()
+
+
+def teacher_scale(teacher: np.ndarray):
+    return torch.from_numpy(np.maximum(teacher.var(axis=0), 1e-8).astype(np.float32))
+
+
+def fine_tune(module: OnnxModule, x: np.ndarray, teacher: np.ndarray, labels: np.ndarray | None,
+              cfg: TrainConfig, log=print) -> list[dict]:
+    module.mode = "adapted"
+    module.train()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    xt, tt = torch.from_numpy(x), torch.from_numpy(teacher)
+    scale = teacher_scale(teacher)
+    yt = None if labels is None else torch.from_numpy(labels)
+    yscale = None
+    if yt is not None and yt.dtype != torch.int64:
+        yscale = torch.from_numpy(np.maximum(labels.var(axis=0), 1e-8).astype(np.float32))
+    opt = torch.optim.Adam(module.parameters(), lr=cfg.lr)
+    steps = max(1, cfg.epochs * math.ceil(len(x) / cfg.batch))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    probe = _RangeProbe(module)
+    history = []
+    try:
+        for epoch in range(cfg.epochs):
+            t0 = time.perf_counter()
+            order = torch.randperm(len(x), generator=gen)
+            sums = {"loss": 0.0, "distill": 0.0, "labels": 0.0, "range": 0.0}
+            for i in range(0, len(x), cfg.batch):
+                idx = order[i:i + cfg.batch]
+                out = module(xt[idx])
+                parts = {"distill": distill_loss(out, tt[idx], scale), "range": probe.take()}
+                if yt is not None:
+                    parts["labels"] = label_loss(out, yt[idx], yscale)
+                loss = parts["distill"] + RANGE_WEIGHT * parts["range"] + parts.get("labels", 0.0)
+                opt.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                parts["loss"] = loss
+                for k, v in parts.items():
+                    sums[k] += float(v.detach()) * len(idx)
+            row = {k: v / len(x) for k, v in sums.items()} | {"epoch": epoch + 1,
+                                                               "seconds": time.perf_counter() - t0}
+            history.append(row)
+            log(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.5f}  (distill {row['distill']:.5f}"
+                + (f", labels {row['labels']:.4f}" if yt is not None else "")
+                + f", range {row['range']:.2e})  {row['seconds']:.1f} s")
+    finally:
+        probe.close()
+        module.eval()
+    return history
