@@ -28,16 +28,6 @@ def held_back_metrics(original: np.ndarray, adapted: np.ndarray, labels: np.ndar
     return m
 
 
-def out_of_range_share(ranges: dict, fit_ranges: dict) -> float:
-    """Share of activation channels whose held-back inputs leave the polynomial's range."""
-    total = outside = 0
-    for name, (lo, hi) in ranges.items():
-        fr = np.asarray(fit_ranges[name])
-        outside += int(np.sum((lo < fr[:, 0]) | (hi > fr[:, 1])))
-        total += len(lo)
-    return outside / total if total else 0.0
-
-
 def _pct(v) -> str:
     return f"{100 * v:.1f}%"
 
@@ -62,7 +52,9 @@ def render(r: dict) -> str:
         lines.append(f"  mean abs error vs labels: original {np.round(m['mae_original'], 4).tolist()}, "
                      f"adapted {np.round(m['mae_adapted'], 4).tolist()}")
     lines.append(f"  max |adapted - original| = {m['max_abs_diff_over_range']:.3g} of the output range")
-    lines.append(f"  activation channels whose inputs left their range: {_pct(r['out_of_range_share'])}")
+    o = r["outside_range"]
+    lines.append(f"  activation inputs outside their polynomial's range: {100 * o['share']:.3f}% "
+                 f"(largest {o['max_normalised']:.2f}x the half width from the centre)")
     lines.append("Encrypted plan (protect's planner, no keys, nothing encrypted):")
     for key, label in (("plan_adapted", "adapted"), ("plan_original", "original, protect's fits")):
         p = r.get(key) or {}

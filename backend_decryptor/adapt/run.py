@@ -138,7 +138,6 @@ def _adapt(model_path, x, labels, out, degree, epochs, seed, lr, log) -> AdaptRe
                          f"{epochs} epoch(s); kept the original, wrote nothing to {out} "
                          f"(try more --epochs, more data or a higher --degree)")
     trained_ranges = train.observed_ranges(module, x[train_idx], "adapted")
-    hold_ranges = train.observed_ranges(module, x[hold_idx], "adapted")
     fit_ranges = {n: a.fit_ranges() for n, a in module.acts.items()}
     path = Path(model_path) if isinstance(model_path, (str, Path)) else None
     record = {
@@ -161,7 +160,7 @@ def _adapt(model_path, x, labels, out, degree, epochs, seed, lr, log) -> AdaptRe
     r = dict(record) | {
         "out": str(out), "held_back": metrics, "held_back_indices": hold_idx.tolist(),
         "loss_before": loss_before, "loss_after": loss_after, "history": history,
-        "train_seconds": train_s, "out_of_range_share": report.out_of_range_share(hold_ranges, fit_ranges),
+        "train_seconds": train_s, "outside_range": train.outside_share(module, x[hold_idx]),
         "plan_adapted": _plan(api, adapted, cal), "plan_original": _plan(api, original, cal)}
     r["seconds"] = time.perf_counter() - t_start
     out.parent.mkdir(parents=True, exist_ok=True)

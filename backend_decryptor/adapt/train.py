@@ -55,6 +55,24 @@ def observed_ranges(module: OnnxModule, x: np.ndarray, mode: str) -> dict[str, t
     return ranges
 
 
+def outside_share(module: OnnxModule, x: np.ndarray) -> dict:
+    """Share of the polynomials' input values on x outside their ranges, and the largest
+    |normalised input| (1 = the edge of the range)."""
+    module.capture = {}
+    try:
+        predict(module, x, "adapted")
+        outside = total = 0
+        worst = 0.0
+        for name, parts in module.capture.items():
+            t = module.acts[name].normalised(torch.cat(parts)).abs()
+            outside += int((t > 1).sum())
+            total += t.numel()
+            worst = max(worst, float(t.max()))
+    finally:
+        module.capture = None
+    return {"share": outside / max(1, total), "max_normalised": worst}
+
+
 def build_polynomials(module: OnnxModule, x_train: np.ndarray, degree: int) -> None:
     ranges = observed_ranges(module, x_train, "original")
     for node in module.g.activations():
