@@ -1,7 +1,8 @@
 """The owner's models bench_adapt.py adapts, trained here the usual way (ReLU, MaxPool, BatchNorm)
 and written to ONNX with onnx.helper, BatchNorms kept as nodes (what a model owner's export has).
 
-- digits_cnn: scikit-learn's Digits (8x8), two 3x3 convs with BatchNorm and ReLU, a 2x2 MaxPool,
+- digits_net: scikit-learn's Digits (8x8), two 3x3 convs (8 channels: 512 values, cheap
+  under CKKS) with BatchNorm and ReLU, a 2x2 MaxPool,
   a 64-unit ReLU dense layer (the CNN of issue 10); `square=True` is the same shape with x*x.
 - crowd_relu: the shipped crowd model's shape (training/model.py) with ReLU instead of x*x.
 """
@@ -21,10 +22,10 @@ class Square(nn.Module):
 
 def digits_net(square: bool = False) -> nn.Sequential:
     act = Square if square else nn.ReLU
-    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), act(),
-                         nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), act(),
+    return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.BatchNorm2d(8), act(),
+                         nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), act(),
                          nn.AvgPool2d(2) if square else nn.MaxPool2d(2), nn.Flatten(),
-                         nn.Linear(256, 64), act(), nn.Linear(64, 10))
+                         nn.Linear(128, 64), act(), nn.Linear(64, 10))
 
 
 def crowd_relu_net() -> nn.Sequential:

@@ -87,7 +87,7 @@ def adapt(model_path, x, labels=None, *, out: str | Path, degree: int = 2, epoch
         raise AdaptError(f"--degree must be an integer in 1..8, got {degree!r}")
     if epochs < 0:
         raise AdaptError(f"--epochs must be >= 0, got {epochs}")
-    threads = torch.get_num_threads()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)            # one reduction order: the same seed gives the same bytes
@@ -95,6 +95,7 @@ def adapt(model_path, x, labels=None, *, out: str | Path, degree: int = 2, epoch
         return _adapt(model_path, x, labels, Path(out), degree, epochs, seed, lr, log)
     finally:
         torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
 
 
 def _adapt(model_path, x, labels, out, degree, epochs, seed, lr, log) -> AdaptResult:
