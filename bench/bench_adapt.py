@@ -106,10 +106,20 @@ def crowd(work: Path, args, log) -> dict:
     from training.dataset import synthetic_set
     from training.eval import heldout_set
     from training.train import CHUNK_LEN, CHUNKS, TRAIN_SIZES
+    from training.dataset import LabelledSet
     t0 = time.perf_counter()
-    data = synthetic_set(range(args.crowd_sequences), n_frames=100, sizes=TRAIN_SIZES, chunks=CHUNKS,
-                         chunk_len=CHUNK_LEN, workers=2)
-    held = heldout_set(args.crowd_heldout)
+    cache = Path(args.cache) / f"crowd-{args.crowd_sequences}-{args.crowd_heldout}.npz" if args.cache else None
+    if cache and cache.is_file():        # rendering is deterministic: a cached set is the same data
+        z = np.load(cache, allow_pickle=False)
+        data, held = (LabelledSet(z[f"{p}x"], z[f"{p}count"], z[f"{p}incident"], z[f"{p}kind"]) for p in ("", "h"))
+    else:
+        data = synthetic_set(range(args.crowd_sequences), n_frames=100, sizes=TRAIN_SIZES, chunks=CHUNKS,
+                             chunk_len=CHUNK_LEN, workers=2)
+        held = heldout_set(args.crowd_heldout)
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, x=data.x, count=data.count, incident=data.incident, kind=data.kind,
+                     hx=held.x, hcount=held.count, hincident=held.incident, hkind=held.kind)
     log(f"crowd: {len(data)} training frames, {len(held)} held-out frames ({time.perf_counter() - t0:.0f} s)")
     net = am.crowd_relu_net()
     yc = torch.from_numpy(data.count) / 10.0
@@ -199,6 +209,7 @@ def main(argv=None) -> int:
     ap.add_argument("--latency-rounds", type=int, default=21)
     ap.add_argument("--out", default="bench/results/adapt.md")
     ap.add_argument("--json")
+    ap.add_argument("--cache", help="folder to keep the rendered crowd scenes in (re-used if present)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)

@@ -3,8 +3,8 @@
 Each channel c has a range [lo_c, hi_c]: the range its inputs took on the owner's data through
 the original model, widened by protect's own margin (activations.fit_range). The polynomial is
 kept in the normalised variable t = (x - mid_c) / half_c, so t is in [-1, 1] on that range and
-the coefficients are well conditioned for training; it starts as the least-squares fit of the
-original function on the range (protect's fit_polynomial, Chebyshev nodes). `excess` measures
+the coefficients are well conditioned for training; it starts as a least-squares fit of the
+original function (initial_fit: weighted towards the observed inputs, the rest on the range). `excess` measures
 how far inputs leave the range: the range penalty that keeps the encrypted evaluation inside
 what training saw.
 """
@@ -37,18 +37,36 @@ def activation_function(op: str, attrs: dict, clip_bounds=(None, None)):
     raise AdaptError(f"no polynomial for activation {op}")  # pragma: no cover - ACTIVATIONS
 
 
+DATA_WEIGHT = 0.8       # share of the initial fit's weight on the observed inputs (rest: the range)
+
+
+def initial_fit(f, mid: float, half: float, degree: int, samples: np.ndarray | None) -> np.ndarray:
+    """Coefficients in t = (x - mid)/half: protect's least-squares fit on Chebyshev nodes of the
+    range, and, given the observed inputs, a weighted least-squares fit that puts DATA_WEIGHT on
+    where the inputs actually are (most of a ReLU's inputs sit near its kink: a fit uniform over
+    the range starts far from the network's function) and the rest on the whole range."""
+    g = lambda t: f(mid + half * t)  # noqa: E731
+    if samples is None or len(samples) <= degree + 1:
+        return fit_polynomial(g, -1.0, 1.0, degree)[0]
+    n = max(64, 8 * (degree + 1))
+    nodes = np.cos(np.pi * (np.arange(n) + 0.5) / n)
+    t = np.concatenate([(np.asarray(samples, float) - mid) / half, nodes])
+    w = np.concatenate([np.full(len(samples), DATA_WEIGHT / len(samples)), np.full(n, (1 - DATA_WEIGHT) / n)])
+    return np.polynomial.polynomial.polyfit(t, g(t), degree, w=np.sqrt(w))
+
+
 class PolyActivation(torch.nn.Module):
     """y = sum_k w[c, k] t^k with t = (x - mid[c]) / half[c], channel c on axis 1."""
 
-    def __init__(self, name: str, op: str, f, lo: np.ndarray, hi: np.ndarray, degree: int):
+    def __init__(self, name: str, op: str, f, lo: np.ndarray, hi: np.ndarray, degree: int,
+                 samples: list[np.ndarray] | None = None):
         super().__init__()
         self.name, self.op, self.degree = name, op, int(degree)
         ranges = [fit_range(float(a), float(b)) for a, b in zip(lo, hi)]
-        self.observed = (np.asarray(lo, float), np.asarray(hi, float))
         mid = np.array([(a + b) / 2 for a, b in ranges])
         half = np.array([(b - a) / 2 for a, b in ranges])
-        coeffs = [fit_polynomial(lambda t, m=m, h=h: f(m + h * t), -1.0, 1.0, self.degree)[0]
-                  for m, h in zip(mid, half)]
+        coeffs = [initial_fit(f, m, h, self.degree, None if samples is None else samples[c])
+                  for c, (m, h) in enumerate(zip(mid, half))]
         self.register_buffer("center", torch.tensor(mid, dtype=torch.float32))
         self.register_buffer("radius", torch.tensor(half, dtype=torch.float32))
         self.weight = torch.nn.Parameter(torch.tensor(np.array(coeffs), dtype=torch.float32))

@@ -116,7 +116,7 @@ def _adapt(model_path, x, labels, out, degree, epochs, seed, lr, log) -> AdaptRe
     module = OnnxModule(g)
     _check_conversion(module, g, x[train_idx[:8]])
     teacher = train.predict(module, x[train_idx], "original")
-    train.build_polynomials(module, x[train_idx], degree)
+    train.build_polynomials(module, x[train_idx], degree, seed)
     cfg = train.TrainConfig(degree=degree, epochs=epochs, seed=seed, lr=lr)
     hold_teacher = train.predict(module, x[hold_idx], "original")
     scale = train.teacher_scale(teacher)

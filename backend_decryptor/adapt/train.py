@@ -73,13 +73,26 @@ def outside_share(module: OnnxModule, x: np.ndarray) -> dict:
     return {"share": outside / max(1, total), "max_normalised": worst}
 
 
-def build_polynomials(module: OnnxModule, x_train: np.ndarray, degree: int) -> None:
-    ranges = observed_ranges(module, x_train, "original")
+FIT_SAMPLES = 4096       # observed inputs per channel the initial fit uses (a seeded subsample)
+
+
+def build_polynomials(module: OnnxModule, x_train: np.ndarray, degree: int, seed: int = 0) -> None:
+    """One PolyActivation per activation, from its inputs on the training data (original model)."""
+    module.capture = {}
+    try:
+        predict(module, x_train, "original")
+        captured = {n: torch.cat(v) for n, v in module.capture.items()}
+    finally:
+        module.capture = None
+    rng = np.random.default_rng(seed)
     for node in module.g.activations():
-        lo, hi = ranges[node.name]
+        v = captured[node.name]
+        v = (v[:, None] if v.dim() == 1 else v).transpose(0, 1).reshape(v.shape[1] if v.dim() > 1 else 1, -1).numpy()
+        pick = rng.choice(v.shape[1], size=min(FIT_SAMPLES, v.shape[1]), replace=False)
         f = activation_function(node.op_type, attributes(node), clip_bounds(node, module.g)
                                 if node.op_type == "Clip" else (None, None))
-        module.acts[node.name] = PolyActivation(node.name, node.op_type, f, lo, hi, degree)
+        module.acts[node.name] = PolyActivation(node.name, node.op_type, f, v.min(axis=1), v.max(axis=1),
+                                                degree, samples=list(v[:, pick]))
 
 
 class _RangeProbe:
