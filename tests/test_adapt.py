@@ -212,3 +212,38 @@ def test_missing_torch_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)
     with pytest.raises(AdaptError, match=r"pip install -e '\.\[adapt\]'"):
         require_torch()
+
+
+def test_every_adaptable_activation_and_degree_3(tmp_path, data):
+    """Clip/Sigmoid/Tanh/Softplus, SAME padding and a padded AveragePool convert exactly (the
+    PyTorch module is checked against onnxruntime inside adapt); degree 3 is written as a sum of
+    powers that protect reads without fitting anything."""
+    rng = np.random.default_rng(5)
+    nodes = [helper.make_node("Conv", ["input", "w1", "b1"], ["c1"], name="conv1", kernel_shape=[3, 3],
+                              auto_pad="SAME_UPPER"),
+             helper.make_node("Clip", ["c1", "lo", "hi"], ["k1"], name="clip1"),
+             helper.make_node("AveragePool", ["k1"], ["p1"], name="avg1", kernel_shape=[3, 3],
+                              strides=[2, 2], pads=[1, 1, 1, 1]),
+             helper.make_node("Sigmoid", ["p1"], ["s1"], name="sig1"),
+             helper.make_node("Conv", ["s1", "w2"], ["c2"], name="conv2", kernel_shape=[1, 1]),
+             helper.make_node("Tanh", ["c2"], ["t1"], name="tanh1"),
+             helper.make_node("Flatten", ["t1"], ["f"], name="flat"),
+             helper.make_node("Gemm", ["f", "w3", "b3"], ["h"], name="fc1", transB=1),
+             helper.make_node("Softplus", ["h"], ["sp"], name="softplus1"),
+             helper.make_node("Gemm", ["sp", "w4", "b4"], ["output"], name="fc2", transB=1)]
+    inits = [_init("w1", rng.normal(0, 0.8, (3, 1, 3, 3))), _init("b1", rng.normal(0, 0.1, 3)),
+             _init("lo", np.array(0.0)), _init("hi", np.array(1.5)),
+             _init("w2", rng.normal(0, 1.0, (3, 3, 1, 1))),
+             _init("w3", rng.normal(0, 0.3, (8, 48))), _init("b3", rng.normal(0, 0.1, 8)),
+             _init("w4", rng.normal(0, 0.5, (4, 8))), _init("b4", rng.normal(0, 0.1, 4))]
+    graph = helper.make_graph(nodes, "acts", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 1, 8, 8])],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    res = adapt(model, data, out=tmp_path / "acts.onnx", degree=3, epochs=5, lr=1e-3, log=lambda m: None)
+    assert [a["op"] for a in res.report["activations"]] == ["Clip", "Sigmoid", "Tanh", "Softplus"]
+    assert {a["form"] for a in res.report["activations"]} == {"power sum"}
+    out = onnx.load(str(tmp_path / "acts.onnx"))
+    assert {n.op_type for n in out.graph.node} <= set(OP_TABLE) - set(onnx_graph.ACTIVATIONS)
+    g = load_onnx(out, calibration=np.load(tmp_path / "acts.calibration.npy"))
+    assert all(l.op == "Pow" for l in g.layers if isinstance(l, ir.Poly))   # exact monomials only

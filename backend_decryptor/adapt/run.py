@@ -199,6 +199,6 @@ def _plan(api, model: onnx.ModelProto, cal: np.ndarray) -> dict:
     from protected_nn.errors import ProtectedNNError
     try:
         p = api.estimate_plan(model, calibration=cal)
-    except ProtectedNNError as exc:
+    except (ProtectedNNError, ValueError) as exc:      # the planner raises ValueError for some sizes
         return {"error": str(exc).splitlines()[0]}
     return {k: p[k] for k in ("depth", "ring_dimension", "estimated_latency_ms")}

@@ -7,7 +7,8 @@ interpreter over that graph does directly: every trainable initializer is one Pa
 its ONNX name, and export.py replaces exactly those initializers and the replaced nodes.
 
 `mode` "original" computes the model as given (checked against onnxruntime before training);
-"adapted" uses the polynomial activations in `acts` and average pooling for MaxPool.
+"adapted" uses the polynomial activations in `acts` (the original function for an activation
+not in it yet) and average pooling for MaxPool.
 """
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ class OnnxModule(torch.nn.Module):
         if op in ACTIVATIONS:
             if self.capture is not None:
                 self.capture.setdefault(node.name, []).append(x.detach())
-            if self.mode == "adapted":
+            if self.mode == "adapted" and node.name in self.acts:
                 return self.acts[node.name](x)
             return _activation(op, a, x, ins)
         if op == "Conv":

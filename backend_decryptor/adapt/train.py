@@ -5,7 +5,8 @@ training inputs (so a count and a logit weigh alike), + the labels' loss when la
 (cross-entropy for class ids, normalised MSE for targets), + RANGE_WEIGHT x the mean squared
 distance by which activation inputs leave their polynomial's range (in units of the range's
 half width): the encrypted evaluation must see the ranges the polynomials were trained on.
-Adam, cosine learning-rate decay, gradient norm clipped at 1 (polynomials can spike early).
+Each batch also holds mixes of two of its inputs, distilled on the original's outputs for them
+(_mixed). Adam, cosine learning-rate decay, gradient norm clipped at 1.
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from backend_decryptor.adapt.polynomial import PolyActivation, activation_functi
 from backend_decryptor.adapt.torch_model import OnnxModule, clip_bounds
 
 torch = require_torch()
-RANGE_WEIGHT = 1.0
+RANGE_WEIGHT = 10.0
+MIX_SHARE = 0.5          # share of each batch replaced by mixes of two inputs (teacher run on them)
 EVAL_BATCH = 256
 
 
@@ -77,16 +79,18 @@ FIT_SAMPLES = 4096       # observed inputs per channel the initial fit uses (a s
 
 
 def build_polynomials(module: OnnxModule, x_train: np.ndarray, degree: int, seed: int = 0) -> None:
-    """One PolyActivation per activation, from its inputs on the training data (original model)."""
-    module.capture = {}
-    try:
-        predict(module, x_train, "original")
-        captured = {n: torch.cat(v) for n, v in module.capture.items()}
-    finally:
-        module.capture = None
+    """One PolyActivation per activation, in graph order, each from the inputs it gets on the
+    training data once the activations before it are polynomials already (so a later range
+    includes the drift the earlier replacements cause; activations not replaced yet compute
+    the original function)."""
     rng = np.random.default_rng(seed)
     for node in module.g.activations():
-        v = captured[node.name]
+        module.capture = {}
+        try:
+            predict(module, x_train, "adapted")
+            v = torch.cat(module.capture[node.name])
+        finally:
+            module.capture = None
         v = (v[:, None] if v.dim() == 1 else v).transpose(0, 1).reshape(v.shape[1] if v.dim() > 1 else 1, -1).numpy()
         pick = rng.choice(v.shape[1], size=min(FIT_SAMPLES, v.shape[1]), replace=False)
         f = activation_function(node.op_type, attributes(node), clip_bounds(node, module.g)
@@ -128,6 +132,34 @@ def teacher_scale(teacher: np.ndarray):
     return torch.from_numpy(np.maximum(teacher.var(axis=0), 1e-8).astype(np.float32))
 
 
+def _frozen_original(module: OnnxModule) -> OnnxModule:
+    """A copy of the original model that training does not touch: the teacher for mixed inputs."""
+    import copy
+    frozen = copy.deepcopy(module)
+    frozen.acts = torch.nn.ModuleDict()
+    frozen.mode = "original"
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen
+
+
+def _mixed(xt, tt, idx, frozen, gen, labelled: bool):
+    """The batch plus MIX_SHARE as many convex mixes of two of its inputs, with the original's
+    outputs on them: distillation needs no labels, so it can match the original between the
+    owner's inputs too, which keeps the adapted model close to it on inputs it never saw.
+    (Labels apply to the batch's own inputs only: they come first.)"""
+    n = int(len(idx) * MIX_SHARE)
+    if n < 1:
+        return xt[idx], tt[idx]
+    a = idx[torch.randint(len(idx), (n,), generator=gen)]
+    b = idx[torch.randint(len(idx), (n,), generator=gen)]
+    lam = torch.rand((n,) + (1,) * (xt.dim() - 1), generator=gen)
+    xm = lam * xt[a] + (1 - lam) * xt[b]
+    with torch.no_grad():
+        tm = frozen(xm)
+    return torch.cat([xt[idx], xm]), torch.cat([tt[idx], tm.reshape((n,) + tt.shape[1:])])
+
+
 def fine_tune(module: OnnxModule, x: np.ndarray, teacher: np.ndarray, labels: np.ndarray | None,
               cfg: TrainConfig, log=print) -> list[dict]:
     module.mode = "adapted"
@@ -143,6 +175,7 @@ def fine_tune(module: OnnxModule, x: np.ndarray, teacher: np.ndarray, labels: np
     steps = max(1, cfg.epochs * math.ceil(len(x) / cfg.batch))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     probe = _RangeProbe(module)
+    frozen = _frozen_original(module)
     history = []
     try:
         for epoch in range(cfg.epochs):
@@ -151,10 +184,11 @@ def fine_tune(module: OnnxModule, x: np.ndarray, teacher: np.ndarray, labels: np
             sums = {"loss": 0.0, "distill": 0.0, "labels": 0.0, "range": 0.0}
             for i in range(0, len(x), cfg.batch):
                 idx = order[i:i + cfg.batch]
-                out = module(xt[idx])
-                parts = {"distill": distill_loss(out, tt[idx], scale), "range": probe.take()}
+                xb, tb = _mixed(xt, tt, idx, frozen, gen, yt is not None)
+                out = module(xb)
+                parts = {"distill": distill_loss(out, tb, scale), "range": probe.take()}
                 if yt is not None:
-                    parts["labels"] = label_loss(out, yt[idx], yscale)
+                    parts["labels"] = label_loss(out[:len(idx)], yt[idx], yscale)
                 loss = parts["distill"] + RANGE_WEIGHT * parts["range"] + parts.get("labels", 0.0)
                 opt.zero_grad()
                 loss.backward()
