@@ -5,9 +5,11 @@ adaptation recorded under `fhe_edge.adapt`.
 
 A degree-2 polynomial is written in completed-square form, w2 * (x + s)^2 + c per channel:
 Add(shift) folds into the previous linear layer's bias and Mul(scale)+Add(offset) into the next
-one, so the activation costs exactly one x*x - the price of a square-activation model. (When
-the vertex lies far outside the range (a nearly linear channel), |s| would be huge; then, as for other degrees, the powers
-of x - mid are summed with per-channel coefficients, which costs a multi-input linear layer.)
+one, so the activation costs exactly one x*x - the price of a square-activation model. A nearly
+linear channel has its vertex far outside the range: |s| is then large, (x+s)^2 large and w2
+small, which CKKS handles (the error is scaled by w2 as well; protect's fidelity check
+measures it) up to MAX_VERTEX half-widths. Beyond that (w2 ~ 0), and for other degrees, the
+powers of x - mid are summed with per-channel coefficients: a multi-input linear layer, dearer.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from onnx import helper, numpy_helper
 from backend_decryptor.adapt.onnx_graph import OnnxGraph, attributes
 
 META_KEY = "fhe_edge.adapt"
-MAX_VERTEX = 32.0     # completed square only if the vertex is within 32 half-widths of the range
+MAX_VERTEX = 1000.0   # completed square unless the vertex is > 1000 half-widths away (a2 ~ 0)
 
 
 def _const(name: str, value: np.ndarray, dtype) -> onnx.TensorProto:
