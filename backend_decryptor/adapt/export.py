@@ -8,8 +8,8 @@ Add(shift) folds into the previous linear layer's bias and Mul(scale)+Add(offset
 one, so the activation costs exactly one x*x - the price of a square-activation model. A nearly
 linear channel has its vertex far outside the range: |s| is then large, (x+s)^2 large and w2
 small, which CKKS handles (the error is scaled by w2 as well; protect's fidelity check
-measures it) up to MAX_VERTEX half-widths. Beyond that (w2 ~ 0), and for other degrees, the
-powers of x - mid are summed with per-channel coefficients: a multi-input linear layer, dearer.
+measures it) up to MAX_VERTEX half-widths; a vertex beyond is moved there (see below). Other
+degrees sum the powers of x - mid with per-channel coefficients: a multi-input linear layer.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from onnx import helper, numpy_helper
 from backend_decryptor.adapt.onnx_graph import OnnxGraph, attributes
 
 META_KEY = "fhe_edge.adapt"
-MAX_VERTEX = 1000.0   # completed square unless the vertex is > 1000 half-widths away (a2 ~ 0)
+MAX_VERTEX = 1000.0   # a vertex farther than this (in half-widths) is moved there
 
 
 def _const(name: str, value: np.ndarray, dtype) -> onnx.TensorProto:
@@ -43,18 +43,27 @@ def polynomial_nodes(node, act, shape, dtype) -> tuple[list, list, str]:
     mid = act.center.numpy().astype(np.float64)
     c = act.power_coefficients()           # in (x - mid)
     nodes, inits = [], []
-    if act.degree == 2 and np.all(np.abs(c[:, 2]) > 0):
-        s = c[:, 1] / (2 * c[:, 2])        # w2 (u + s)^2 + c0 - w2 s^2,  u = x - mid
-        half = act.radius.numpy().astype(np.float64)
-        if np.all(np.abs(s) <= MAX_VERTEX * half):
-            inits += [_const(p + "_shift", (s - mid).reshape(cs), dtype),
-                      _const(p + "_scale", c[:, 2].reshape(cs), dtype),
-                      _const(p + "_offset", (c[:, 0] - c[:, 2] * s * s).reshape(cs), dtype)]
-            nodes += [helper.make_node("Add", [x, p + "_shift"], [p + "_u"], name=p + "_shift"),
-                      helper.make_node("Mul", [p + "_u", p + "_u"], [p + "_sq"], name=p + "_square"),
-                      helper.make_node("Mul", [p + "_sq", p + "_scale"], [p + "_scaled"], name=p + "_scale"),
-                      helper.make_node("Add", [p + "_scaled", p + "_offset"], [y], name=p + "_offset")]
-            return nodes, inits, "completed square"
+    half = act.radius.numpy().astype(np.float64)
+    if act.degree == 2:
+        w1, w2 = c[:, 1], c[:, 2].copy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            s = np.where(w2 != 0, w1 / (2 * w2), np.inf)   # w2 (u + s)^2 + c0 - w2 s^2, u = x - mid
+        s = np.where((w1 == 0) & (w2 == 0), 0.0, s)
+        far = np.abs(s) > MAX_VERTEX * half
+        # a nearly linear channel (w2 ~ 0): move its vertex to MAX_VERTEX half-widths, i.e.
+        # w2' = w1 / (2 s): the linear term is kept, the output moves by at most
+        # |w1| half / (2 MAX_VERTEX) - 0.05% of the channel's linear swing
+        s[far] = np.sign(w1[far]) * np.where(w2[far] != 0, np.sign(w2[far]), 1.0) * MAX_VERTEX * half[far]
+        w2[far] = w1[far] / (2 * s[far])
+        inits += [_const(p + "_shift", (s - mid).reshape(cs), dtype),
+                  _const(p + "_scale", w2.reshape(cs), dtype),
+                  _const(p + "_offset", (c[:, 0] - w2 * s * s).reshape(cs), dtype)]
+        nodes += [helper.make_node("Add", [x, p + "_shift"], [p + "_u"], name=p + "_shift"),
+                  helper.make_node("Mul", [p + "_u", p + "_u"], [p + "_sq"], name=p + "_square"),
+                  helper.make_node("Mul", [p + "_sq", p + "_scale"], [p + "_scaled"], name=p + "_scale"),
+                  helper.make_node("Add", [p + "_scaled", p + "_offset"], [y], name=p + "_offset")]
+        moved = f" ({int(far.sum())} nearly linear channel(s): vertex moved to {MAX_VERTEX:g} half-widths)"
+        return nodes, inits, "completed square" + (moved if far.any() else "")
     inits.append(_const(p + "_center", (-mid).reshape(cs), dtype))
     nodes.append(helper.make_node("Add", [x, p + "_center"], [p + "_u"], name=p + "_center"))
     terms = []
