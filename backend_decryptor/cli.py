@@ -7,6 +7,7 @@ import argparse
 import sys
 
 from backend_decryptor import service_cli
+from backend_decryptor.adapt import command as adapt_command
 from backend_decryptor.commands import decrypt, export, models, protect
 from protected_nn.service_support import run_cli
 
@@ -16,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="backend-decryptor",
         description="Owner backend: protect (encrypt) ONNX models, export signed bundles, decrypt results.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (protect, export, decrypt, models):
+    for command in (protect, export, decrypt, models, adapt_command):
         command.add_parser(sub)
     service_cli.register(sub)
     return parser

@@ -92,10 +92,8 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     cal = _calibration_inputs(input_shape, calibration, opts)
     calibrated = calibration_record(cal, calibration, opts)
     ref_outputs = _onnxruntime(model, cal)
-    max_out = float(np.max(np.abs(ref_outputs))) if ref_outputs.size else 1.0
-    output_bits = max(4, int(math.ceil(math.log2(max_out * 4 + 1))) + 1)   # 4x headroom over calibration
     try:
-        plan = compile_graph(graph, output_bits)
+        plan = compile_graph(graph, output_bits_for(ref_outputs))
     except PlanError as exc:
         from protected_nn.fidelity_hints import plan_error_hint
         raise PlanError(f"{exc}{plan_error_hint(str(exc), graph, opts.poly_degree)}") from None
@@ -147,6 +145,32 @@ def calibration_record(cal: np.ndarray, given, opts) -> dict:
         what = f"{len(cal)} input(s) from {opts.calibration_source or 'the given array'} " \
                f"spanning [{lo:g}, {hi:g}]"
     return {"input_range": [lo, hi], "description": what, "samples": int(len(cal))}
+
+
+def output_bits_for(ref_outputs: np.ndarray) -> int:
+    """Bits of the result above its scale: 4x headroom over the calibration outputs."""
+    max_out = float(np.max(np.abs(ref_outputs))) if ref_outputs.size else 1.0
+    return max(4, int(math.ceil(math.log2(max_out * 4 + 1))) + 1)
+
+
+def estimate_plan(onnx_path, *, calibration: np.ndarray | None = None,
+                  options: ProtectOptions | None = None) -> dict:
+    """The plan `protect` would make - depth, CKKS ring, per-layer costs, estimated latency -
+    without generating keys or encrypting anything (owner side)."""
+    from protected_nn.compiler.planner import compile_graph
+    from protected_nn.frontend import load_onnx
+    from protected_nn.runtime.report import estimate_latency
+
+    opts = options or ProtectOptions()
+    model = _load_model(onnx_path)
+    graph = load_onnx(model, calibration=calibration, poly_degree=opts.poly_degree,
+                      input_range=opts.input_range, calibration_samples=opts.calibration_samples)
+    cal = _calibration_inputs(_onnx_input_shape(model, graph), calibration, opts)
+    plan = compile_graph(graph, output_bits_for(_onnxruntime(model, cal)))
+    params = CkksParams.from_dict(plan.doc["ckks"])
+    rows, est_ms = estimate_latency(plan)
+    return {"depth": params.depth, "ring_dimension": params.n, "estimated_latency_ms": round(est_ms, 1),
+            "layers": rows, "warnings": list(graph.warnings)}
 
 
 def _onnx_input_shape(model, graph) -> tuple[int, ...]:

@@ -28,13 +28,10 @@ def model_card_from(model, graph, override: dict | None) -> dict:
     return card
 
 
-def build_report(graph, plan, artifacts, fidelity: dict, timings: dict, tolerance: float) -> dict:
-    doc = plan.doc
-    params = CkksParams.from_dict(doc["ckks"])
+def estimate_latency(plan) -> tuple[list[dict], float]:
+    """Per-layer rows with the cost model's milliseconds, and the total (input encryption too)."""
+    params = CkksParams.from_dict(plan.doc["ckks"])
     cost = CostModel(params.n, params.depth)
-    n_weights = sum(1 for w in plan.weights if w.kind == "weight")
-    n_bias = sum(1 for w in plan.weights if w.kind == "bias")
-    sizes = {k: len(v) for k, v in artifacts.as_members().items()}
     est_ms = 0.0
     rows = []
     for s in plan.layer_stats:
@@ -43,7 +40,18 @@ def build_report(graph, plan, artifacts, fidelity: dict, timings: dict, toleranc
               + s["products"] * cost.mul(lvl))
         est_ms += ms
         rows.append(s | {"est_ms": round(ms, 1)})
+    doc = plan.doc
     est_ms += cost.encrypt() * (1 if doc["input"].get("plain") else doc["input"]["num_cts"])
+    return rows, est_ms
+
+
+def build_report(graph, plan, artifacts, fidelity: dict, timings: dict, tolerance: float) -> dict:
+    doc = plan.doc
+    params = CkksParams.from_dict(doc["ckks"])
+    n_weights = sum(1 for w in plan.weights if w.kind == "weight")
+    n_bias = sum(1 for w in plan.weights if w.kind == "bias")
+    sizes = {k: len(v) for k, v in artifacts.as_members().items()}
+    rows, est_ms = estimate_latency(plan)
     data = {
         "ckks": {"ring_dimension": params.n, "slots": params.slots, "qi_bits": list(params.qi_sizes),
                  "scale_bits": params.scale_bits, "log_q": params.log_q,

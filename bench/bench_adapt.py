@@ -1,0 +1,234 @@
+"""Issue 10's targets for `adapt` (needs the adapt and bench extras: torch, scikit-learn).
+
+    .venv/bin/python bench/bench_adapt.py [--only digits|crowd] [--encrypted-frames N] [--out bench/results/adapt.md]
+
+digits: a ReLU/BatchNorm/MaxPool CNN trained on Digits' training split; adapt with the training
+split (and its labels); protect the adapted model; ENCRYPTED accuracy on the whole test split vs
+the original's plaintext accuracy, top-1 agreement, and the encrypted latency next to a
+square-activation model of the same shape (trained the same way), measured alternately.
+crowd: a ReLU version of the shipped crowd model trained on rendered scenes; adapt (distillation
+only); count MAE on held-out sequences, original vs adapted (plaintext and encrypted), latency
+next to the shipped square-activation crowd model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from backend_decryptor.adapt.run import adapt, onnxruntime_outputs  # noqa: E402
+from bench import adapt_models as am  # noqa: E402
+from protected_nn import api  # noqa: E402
+
+
+def encrypted_outputs(prot, x: np.ndarray, input_shape) -> tuple[np.ndarray, list[float]]:
+    edge = api.EdgeModel(prot.artifacts)
+    owner = api.OwnerModel(prot.artifacts, prot.secret_key)
+    outs, times = [], []
+    for xi in x:
+        t0 = time.perf_counter()
+        payload = edge.infer(xi.reshape(input_shape))
+        times.append(time.perf_counter() - t0)
+        outs.append(owner.decrypt(payload).reshape(-1))
+    return np.stack(outs), times
+
+
+def alternate_latency(prots: dict, x: np.ndarray, input_shape, rounds: int) -> dict:
+    """Median ms of EdgeModel.infer per model, the models taking turns (a loaded machine)."""
+    edges = {k: api.EdgeModel(p.artifacts) for k, p in prots.items()}
+    times = {k: [] for k in prots}
+    for r in range(rounds):
+        for k, e in edges.items():
+            t0 = time.perf_counter()
+            e.infer(x[r % len(x)].reshape(input_shape))
+            times[k].append(1000 * (time.perf_counter() - t0))
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def digits(work: Path, args, log) -> dict:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    d = load_digits()
+    x = (d.images / 16.0).astype(np.float32)[:, None]
+    x_tr, x_te, y_tr, y_te = train_test_split(x, d.target, test_size=0.2, stratify=d.target, random_state=0)
+    shape = (1, 1, 8, 8)
+    ce = torch.nn.functional.cross_entropy
+    nets = {}
+    for name, square in (("relu", False), ("square", True)):
+        net = am.digits_net(square=square)
+        yt = torch.from_numpy(y_tr)
+        log(f"digits: training the {name} CNN")
+        am.fit(net, x_tr, lambda out, idx: ce(out, yt[idx]), epochs=40, log=log)
+        nets[name] = am.to_onnx(net, shape, work / f"digits_{name}.onnx",
+                                {"fhe_edge.model_card": f"Digits CNN ({name})"})
+    acc = {k: float(np.mean(onnxruntime_outputs(_load(p), x_te, "input").argmax(1) == y_te))
+           for k, p in nets.items()}
+    log(f"digits: plaintext test accuracy relu {acc['relu']:.4f}, square {acc['square']:.4f}")
+    t0 = time.perf_counter()
+    res = adapt(nets["relu"], x_tr, y_tr, out=work / "digits_adapted.onnx", epochs=args.epochs, log=log)
+    adapt_s = time.perf_counter() - t0
+    log(res.text)
+    plain_a = onnxruntime_outputs(res.model, x_te, "input")
+    plain_o = onnxruntime_outputs(_load(nets["relu"]), x_te, "input")
+    prot = api.protect(work / "digits_adapted.onnx")
+    prot_sq = api.protect(nets["square"], calibration=x_tr[:16].reshape((16,) + shape))
+    log(prot.report_text)
+    n = min(args.encrypted_frames or len(x_te), len(x_te))
+    enc, _ = encrypted_outputs(prot, x_te[:n], shape)
+    lat = alternate_latency({"adapted": prot, "square": prot_sq}, x_te, shape, args.latency_rounds)
+    return {
+        "train": len(x_tr), "test": len(x_te), "encrypted_test": n, "adapt_seconds": adapt_s,
+        "accuracy_original_plain": acc["relu"], "accuracy_square_plain": acc["square"],
+        "accuracy_adapted_plain": float(np.mean(plain_a.argmax(1) == y_te)),
+        "accuracy_adapted_encrypted": float(np.mean(enc.argmax(1) == y_te[:n])),
+        "accuracy_original_plain_same_frames": float(np.mean(plain_o[:n].argmax(1) == y_te[:n])),
+        "agreement_encrypted_vs_original": float(np.mean(enc.argmax(1) == plain_o[:n].argmax(1))),
+        "max_abs_encrypted_minus_plain": float(np.abs(enc - plain_a[:n]).max()),
+        "fidelity_rel_error": prot.report["fidelity"]["max_rel_error"],
+        "held_back": res.report["held_back"],
+        "depth": res.report["plan_adapted"], "plan_original": res.report["plan_original"],
+        "estimated_ms_adapted": prot.report["estimated_latency_ms"],
+        "estimated_ms_square": prot_sq.report["estimated_latency_ms"],
+        "median_ms": lat,
+    }
+
+
+def crowd(work: Path, args, log) -> dict:
+    from training.dataset import synthetic_set
+    from training.eval import heldout_set
+    from training.train import CHUNK_LEN, CHUNKS, TRAIN_SIZES
+    from training.dataset import LabelledSet
+    t0 = time.perf_counter()
+    cache = Path(args.cache) / f"crowd-{args.crowd_sequences}-{args.crowd_heldout}.npz" if args.cache else None
+    if cache and cache.is_file():        # rendering is deterministic: a cached set is the same data
+        z = np.load(cache, allow_pickle=False)
+        data, held = (LabelledSet(z[f"{p}x"], z[f"{p}count"], z[f"{p}incident"], z[f"{p}kind"]) for p in ("", "h"))
+    else:
+        data = synthetic_set(range(args.crowd_sequences), n_frames=100, sizes=TRAIN_SIZES, chunks=CHUNKS,
+                             chunk_len=CHUNK_LEN, workers=2)
+        held = heldout_set(args.crowd_heldout)
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, x=data.x, count=data.count, incident=data.incident, kind=data.kind,
+                     hx=held.x, hcount=held.count, hincident=held.incident, hkind=held.kind)
+    log(f"crowd: {len(data)} training frames, {len(held)} held-out frames ({time.perf_counter() - t0:.0f} s)")
+    net = am.crowd_relu_net()
+    yc = torch.from_numpy(data.count) / 10.0
+    yi = torch.from_numpy(data.incident)
+    bce = torch.nn.BCEWithLogitsLoss()
+
+    def loss(out, idx):
+        return torch.nn.functional.smooth_l1_loss(out[:, 0] / 10.0, yc[idx], beta=0.2) \
+            + 0.5 * bce(out[:, 1], yi[idx])
+    am.fit(net, data.x, loss, epochs=args.crowd_epochs, batch=128, log=log)
+    original = am.to_onnx(net, (1, 2, 32, 32), work / "crowd_relu.onnx",
+                          {"fhe_edge.model_card": "crowd model, ReLU version"})
+    t0 = time.perf_counter()
+    res = adapt(original, data.x, out=work / "crowd_adapted.onnx", epochs=args.epochs, log=log)
+    adapt_s = time.perf_counter() - t0
+    log(res.text)
+    out_o = onnxruntime_outputs(_load(original), held.x, "input")
+    out_a = onnxruntime_outputs(res.model, held.x, "input")
+    prot = api.protect(work / "crowd_adapted.onnx")
+    shipped = Path(__file__).resolve().parents[1] / "models" / "crowd_incident.onnx"
+    prot_sq = api.protect(shipped)
+    step = max(1, len(held.x) // max(1, args.crowd_encrypted))
+    sel = np.arange(0, len(held.x), step)[:args.crowd_encrypted]
+    enc, _ = encrypted_outputs(prot, held.x[sel], (1, 2, 32, 32))
+    lat = alternate_latency({"adapted": prot, "square (shipped)": prot_sq}, held.x, (1, 2, 32, 32),
+                            args.latency_rounds)
+    mae = lambda o, idx=slice(None): float(np.abs(o[:, 0] - held.count[idx]).mean())  # noqa: E731
+    return {
+        "train": len(data), "heldout": len(held), "encrypted_frames": len(sel), "adapt_seconds": adapt_s,
+        "count_mae_original": mae(out_o), "count_mae_adapted": mae(out_a),
+        "count_mae_original_encrypted_frames": mae(out_o[sel], sel),
+        "count_mae_adapted_encrypted": mae(enc, sel),
+        "fidelity_rel_error": prot.report["fidelity"]["max_rel_error"],
+        "held_back": res.report["held_back"], "depth": res.report["plan_adapted"],
+        "estimated_ms_adapted": prot.report["estimated_latency_ms"],
+        "estimated_ms_square": prot_sq.report["estimated_latency_ms"], "median_ms": lat,
+    }
+
+
+def _load(path):
+    import onnx
+    return onnx.load(str(path))
+
+
+def markdown(results: dict, argv: list[str]) -> str:
+    lines = ["# adapt (issue 10)", "", f"`.venv/bin/python bench/bench_adapt.py {' '.join(argv)}`",
+             f"({time.strftime('%Y-%m-%d %H:%M')} UTC, shared 2-core VM, other jobs running; one torch thread)", ""]
+    if "digits" in results:
+        r = results["digits"]
+        lines += ["## Digits CNN (2 conv 3x3 + BatchNorm + ReLU, MaxPool 2, dense 64 ReLU)", "",
+                  "| figure | value | target |", "|---|---:|---|",
+                  f"| original, plaintext test accuracy ({r['test']} images) | {r['accuracy_original_plain']:.4f} | |",
+                  f"| adapted, plaintext test accuracy | {r['accuracy_adapted_plain']:.4f} | |",
+                  f"| adapted, ENCRYPTED test accuracy ({r['encrypted_test']} images) | {r['accuracy_adapted_encrypted']:.4f} | within 0.010 of {r['accuracy_original_plain_same_frames']:.4f} |",
+                  f"| top-1 agreement, encrypted adapted vs original | {r['agreement_encrypted_vs_original']:.4f} | >= 0.98 |",
+                  f"| protect's fidelity check (max error / output range) | {r['fidelity_rel_error']:.2e} | <= 1e-2 |",
+                  f"| adapt wall time | {r['adapt_seconds']:.0f} s | <= 300 s |",
+                  f"| encrypted latency, median ms: adapted / square-activation same shape | {r['median_ms']['adapted']:.0f} / {r['median_ms']['square']:.0f} | adapted <= square |",
+                  f"| estimated ms (protect's cost model): adapted / square | {r['estimated_ms_adapted']:.0f} / {r['estimated_ms_square']:.0f} | |",
+                  f"| square-activation model's plaintext accuracy (for reference) | {r['accuracy_square_plain']:.4f} | |",
+                  "", f"adapt's held-back report: `{json.dumps(r['held_back'])}`; plans: adapted `{json.dumps(r['depth'])}`, "
+                  f"original with protect's fits `{json.dumps(r['plan_original'])}`", ""]
+    if "crowd" in results:
+        r = results["crowd"]
+        lines += ["## Crowd model, ReLU version (Conv 5x5 s2 + BN + ReLU, AvgPool, Gemm 32 + BN + ReLU, Gemm 2)", "",
+                  "| figure | value | target |", "|---|---:|---|",
+                  f"| count MAE on {r['heldout']} held-out frames: original / adapted (plaintext) | {r['count_mae_original']:.3f} / {r['count_mae_adapted']:.3f} | adapted within 5% |",
+                  f"| count MAE on {r['encrypted_frames']} of them: original plaintext / adapted ENCRYPTED | {r['count_mae_original_encrypted_frames']:.3f} / {r['count_mae_adapted_encrypted']:.3f} | |",
+                  f"| protect's fidelity check | {r['fidelity_rel_error']:.2e} | <= 1e-2 |",
+                  f"| adapt wall time ({r['train']} frames) | {r['adapt_seconds']:.0f} s | <= 300 s |",
+                  f"| encrypted latency, median ms: adapted / shipped square model | {r['median_ms']['adapted']:.0f} / {r['median_ms']['square (shipped)']:.0f} | adapted <= square |",
+                  f"| estimated ms: adapted / shipped square | {r['estimated_ms_adapted']:.0f} / {r['estimated_ms_square']:.0f} | |",
+                  "", f"held-back report: `{json.dumps(r['held_back'])}`", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", choices=["digits", "crowd"])
+    ap.add_argument("--epochs", type=int, default=30, help="adapt epochs")
+    ap.add_argument("--encrypted-frames", type=int, default=0, help="Digits test images run encrypted (0: all)")
+    ap.add_argument("--crowd-sequences", type=int, default=300)
+    ap.add_argument("--crowd-heldout", type=int, default=24)
+    ap.add_argument("--crowd-epochs", type=int, default=30)
+    ap.add_argument("--crowd-encrypted", type=int, default=120)
+    ap.add_argument("--latency-rounds", type=int, default=21)
+    ap.add_argument("--out", default="bench/results/adapt.md")
+    ap.add_argument("--json")
+    ap.add_argument("--cache", help="folder to keep the rendered crowd scenes in (re-used if present)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, fn in (("digits", digits), ("crowd", crowd)):
+            if args.only in (None, name):
+                results[name] = fn(Path(tmp), args, log)
+                log(json.dumps(results[name], indent=1))
+    text = markdown(results, argv)
+    print(text)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
