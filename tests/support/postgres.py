@@ -14,6 +14,7 @@ import pwd
 import shutil
 import subprocess
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -102,7 +103,23 @@ class PostgresServer:
             self.proc = subprocess.Popen([str(self.bin / "postgres"), "-D", str(self.data)], cwd=self.dir,
                                          stdout=subprocess.DEVNULL, stderr=log, **self._as_server_user())
         process.wait_listening(self.proc, self.host, self.port, timeout, "postgres", self.log)
+        self._wait_ready(timeout)
         return self
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Listening is not ready: until recovery ends, connections get 'the database system is
+        starting up'."""
+        import psycopg
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.connect().close()
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"postgres did not accept connections: {self.log()}") from None
+                time.sleep(0.1)
 
     def log(self) -> str:
         p = self.dir / "server.log"
