@@ -200,6 +200,10 @@ class DatabaseConfig(Strict):
     connect_timeout: Seconds = Field(10.0, ge=1, description="longest wait for a connection to PostgreSQL")
     retry_for: Seconds = Field(10.0, ge=0, description="how long an operation retries a lost PostgreSQL connection "
                                                       "before the result at hand is dropped (internal_error)")
+    synchronous_commit: bool = Field(
+        True, description="wait for each result's commit to reach PostgreSQL's disk (on: survives a database host "
+                          "crash; off: about the durability of the SQLite default, WAL without fsync per commit - "
+                          "a database host crash can lose the last fraction of a second of handled results)")
     outbox_lease: Seconds = Field(30.0, ge=1, le=3600,
                                   description="an unacknowledged alert stays with the replica that stored it this "
                                               "long after that replica stops renewing it; then another replica "
@@ -234,9 +238,11 @@ class DatabaseConfig(Strict):
     def conninfo(self, application_name: str = "backend-decryptor") -> str:
         """libpq connection string: the URL plus the TLS options (the password is passed apart)."""
         from psycopg.conninfo import make_conninfo
-        tls = {k: str(getattr(self, k)) for k in ("sslrootcert", "sslcert", "sslkey") if getattr(self, k)}
+        extra = {k: str(getattr(self, k)) for k in ("sslrootcert", "sslcert", "sslkey") if getattr(self, k)}
+        if not self.synchronous_commit:
+            extra["options"] = "-c synchronous_commit=off"
         return make_conninfo(self.url, sslmode=self.sslmode, connect_timeout=int(self.connect_timeout),
-                             application_name=application_name[:63], **tls)
+                             application_name=application_name[:63], **extra)
 
 
 class BackendConfig(Strict):

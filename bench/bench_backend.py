@@ -123,7 +123,7 @@ def throughput(work, broker, fp, payloads, workers: int, n: int, database: dict 
                seq0: int = 0) -> tuple[float, float]:
     """(results/s, storage ms per result)."""
     rules = AlertRules.model_validate({})
-    name = f"{'pg' if database else 'sqlite'}-w{workers}"
+    name = f"{'pg' if database else 'sqlite'}{'' if (database or {}).get('synchronous_commit', True) else '-async'}-w{workers}"
     svc = Service(service_config(work, broker, workers, name, database), rules)
     svc.start()
     timer = StorageTimer(svc.db)
@@ -261,10 +261,12 @@ def main() -> int:
             results[f"service_msgs_per_s_{workers}proc"] = rate
             results[f"sqlite_storage_ms_per_result_{workers}proc"] = db_ms
             if database:  # side by side: the same run, right after the SQLite one
-                rate, db_ms = throughput(work, broker, edge.key_fingerprint, payloads, workers, args.messages,
-                                         database, seq0=int(time.time() * 1e6) + run * args.messages)
-                results[f"pg_service_msgs_per_s_{workers}proc"] = rate
-                results[f"pg_storage_ms_per_result_{workers}proc"] = db_ms
+                for label, sync in (("pg", True), ("pg_async_commit", False)):
+                    rate, db_ms = throughput(work, broker, edge.key_fingerprint, payloads, workers, args.messages,
+                                             {**database, "synchronous_commit": sync},
+                                             seq0=int(time.time() * 1e6) + run * args.messages)
+                    results[f"{label}_service_msgs_per_s_{workers}proc"] = rate
+                    results[f"{label}_storage_ms_per_result_{workers}proc"] = db_ms
     if pg_server is not None:
         pg_server.stop()
     with Mosquitto() as broker:

@@ -75,3 +75,19 @@ def test_alerts_command_reads_postgresql(tmp_path, postgres_server):
                           "--config", str(tmp_path / "b.yaml")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "cam-pg" in out.stdout and "x1" in out.stdout and "camera cam-pg: 1 inferences, 1 raised" in out.stdout
+
+
+def test_synchronous_commit_off_reaches_the_session(postgres_server):
+    section = postgres_server.database_config(postgres_server.fresh_database(), synchronous_commit=False)
+    cfg = BackendConfig.model_validate({"database": section})
+    assert "synchronous_commit=off" in cfg.database.conninfo()
+    db = open_storage(cfg)
+    try:
+        assert db._one("SHOW synchronous_commit")[0] == "off"
+    finally:
+        db.close()
+    db = open_storage(BackendConfig.model_validate({"database": {**section, "synchronous_commit": True}}))
+    try:
+        assert db._one("SHOW synchronous_commit")[0] == "on"
+    finally:
+        db.close()

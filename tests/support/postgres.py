@@ -94,7 +94,7 @@ class PostgresServer:
                     f"unix_socket_directories = '{self.dir}'", "max_connections = 100",
                     "shared_buffers = 32MB", "log_min_messages = warning"]
         if not self.durable:
-            settings += ["fsync = off", "synchronous_commit = off", "full_page_writes = off"]
+            settings += ["fsync = off", "full_page_writes = off"]
         with open(self.data / "postgresql.conf", "a") as f:
             f.write("\n".join(settings) + "\n")
         # The postmaster itself, in the foreground of its own process (not pg_ctl's daemon), so
