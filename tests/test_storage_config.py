@@ -91,3 +91,20 @@ def test_synchronous_commit_off_reaches_the_session(postgres_server):
         assert db._one("SHOW synchronous_commit")[0] == "on"
     finally:
         db.close()
+
+
+def test_tls_verify_full_against_the_servers_ca_and_a_wrong_ca_is_refused(tmp_path, postgres_server):
+    name = postgres_server.fresh_database()
+    section = postgres_server.database_config(name, sslmode="verify-full", sslrootcert=str(postgres_server.ca_file))
+    section["url"] = section["url"].replace("127.0.0.1", "localhost")   # the certificate's name
+    db = open_storage(BackendConfig.model_validate({"database": section}))
+    try:
+        assert db._one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")[0] is True
+    finally:
+        db.close()
+    import psycopg
+    other = tmp_path / "other-ca"
+    subprocess.run(["sh", "scripts/gen-broker-certs.sh", str(other)], check=True, capture_output=True)
+    wrong = {**section, "sslrootcert": str(other / "ca.crt")}
+    with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
+        open_storage(BackendConfig.model_validate({"database": wrong}))

@@ -63,9 +63,9 @@ class PostgresStateDB:
                 self._all = [c for c in self._all if not c.closed] + [conn]
         return conn
 
-    def _run(self, fn, transaction: bool = True):
+    def _run(self, fn, transaction: bool = True, retry: bool = True):
         """fn(conn) in one transaction, retried on a lost connection for up to retry_for seconds."""
-        deadline = time.monotonic() + self.retry_for
+        deadline = time.monotonic() + (self.retry_for if retry else 0.0)
         delay = 0.1
         while True:
             try:
@@ -99,7 +99,7 @@ class PostgresStateDB:
                 for sql in statements:
                     conn.execute(sql)
                 conn.execute("INSERT INTO schema_version VALUES (%s, %s, %s)", (version, time.time(), description))
-        self._run(run)
+        self._run(run, retry=False)  # at start: a wrong address, password or certificate fails at once
 
     def schema_version(self) -> int:
         return self._one("SELECT MAX(version) FROM schema_version")[0]

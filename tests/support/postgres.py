@@ -49,7 +49,8 @@ def _server_user() -> pwd.struct_passwd | None:
 
 
 class PostgresServer:
-    """`with PostgresServer() as pg:` -> pg.url(dbname), pg.password_file, pg.fresh_database()."""
+    """`with PostgresServer() as pg:` -> pg.url(dbname), pg.password_file, pg.fresh_database(),
+    pg.ca_file (the CA of its TLS certificate)."""
 
     def __init__(self, durable: bool = False):
         """durable=False turns fsync off (tests: a crash of the test machine loses nothing we
@@ -90,7 +91,7 @@ class PostgresServer:
         pwfile.unlink()
         if out.returncode != 0:
             raise RuntimeError(f"initdb failed: {out.stderr[-2000:]}")
-        settings = [f"port = {self.port}", f"listen_addresses = '{self.host}'",
+        settings = self._tls_settings() + [f"port = {self.port}", f"listen_addresses = '{self.host}'",
                     f"unix_socket_directories = '{self.dir}'", "max_connections = 100",
                     "shared_buffers = 32MB", "log_min_messages = warning"]
         if not self.durable:
@@ -105,6 +106,20 @@ class PostgresServer:
         process.wait_listening(self.proc, self.host, self.port, timeout, "postgres", self.log)
         self._wait_ready(timeout)
         return self
+
+    def _tls_settings(self) -> list[str]:
+        """TLS on (plain connections still allowed): certificates from the project's own
+        scripts/gen-broker-certs.sh (a private CA, a server certificate for localhost/127.0.0.1)."""
+        tls = self.dir / "tls"
+        script = Path(__file__).resolve().parents[2] / "scripts" / "gen-broker-certs.sh"
+        out = subprocess.run(["sh", str(script), str(tls)], capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"gen-broker-certs.sh failed: {out.stderr[-2000:]}")
+        self.ca_file = tls / "ca.crt"
+        if self._user is not None:  # PostgreSQL insists its key is its own and 0600
+            os.chown(tls / "server.key", self._user.pw_uid, self._user.pw_gid)
+            os.chown(tls, self._user.pw_uid, self._user.pw_gid)
+        return ["ssl = on", f"ssl_cert_file = '{tls / 'server.crt'}'", f"ssl_key_file = '{tls / 'server.key'}'"]
 
     def _wait_ready(self, timeout: float) -> None:
         """Listening is not ready: until recovery ends, connections get 'the database system is
