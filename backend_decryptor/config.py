@@ -204,6 +204,9 @@ class DatabaseConfig(Strict):
         True, description="wait for each result's commit to reach PostgreSQL's disk (on: survives a database host "
                           "crash; off: about the durability of the SQLite default, WAL without fsync per commit - "
                           "a database host crash can lose the last fraction of a second of handled results)")
+    retention: Seconds | None = Field(
+        None, gt=0, description="delete published alert history older than this (by the alert's capture time), "
+                                "a batch at a time from the housekeeping; unset = keep it all")
     outbox_lease: Seconds = Field(30.0, ge=1, le=3600,
                                   description="an unacknowledged alert stays with the replica that stored it this "
                                               "long after that replica stops renewing it; then another replica "

@@ -204,6 +204,8 @@ class Pipeline:
         if now - self._last_prune > 60:
             self._last_prune = now
             self.db.prune_seen(now - 2 * self.cfg.checks.max_clock_skew)
+            if self.cfg.database.retention:  # a batch at a time (storage/base.py prune_in_batches)
+                self.db.prune_history(now - self.cfg.database.retention)
 
     def stop(self, timeout: float) -> bool:
         """Stop taking messages and finish (and acknowledge) the ones already taken, for up to

@@ -187,3 +187,16 @@ def test_active_keys_only_move_forward(make_db):
     assert b.active_keys() == {"crowd": ("fp2", 2), "other": ("fpo", 1)}
     b.record_active_keys([("crowd", "fp3", 3)])
     assert a.active_keys()["crowd"] == ("fp3", 3)
+
+
+def test_retention_deletes_old_published_history_in_batches_never_the_outbox(make_db):
+    db = make_db()
+    for seq in range(7):   # alerts captured at t = 1..7
+        db.apply("gw-1", "cam-1", seq, 100.0 + seq, None, lambda old, s=seq: ({}, [
+            AlertEvent(f"r{s}", "cam-1", None, "crowd", "raised", "high", 1.0 + s, 1.0 + s, {"event_no": 1})]))
+    rows = {s.event.id: s.row for s in db.alerts()}
+    db.mark_published([rows[f"r{s}"] for s in range(7) if s != 2])   # r2 still in the outbox
+    assert db.prune_history(6.0, batch=2, budget=60) == 4            # r0, r1, r3, r4: two at a time
+    assert [s.event.id for s in db.alerts()] == ["r2", "r5", "r6"]
+    assert db.counters()["cam-1"]["raised"] == 7                      # the counters keep the totals
+    assert db.prune_history(6.0) == 0

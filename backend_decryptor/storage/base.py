@@ -53,6 +53,7 @@ class Storage(Protocol):
     def mark_state_published(self, camera: str, when: float) -> None: ...
     def pending_alerts(self) -> list[StoredAlert]: ...
     def take_over_alerts(self) -> list[StoredAlert]: ...
+    def prune_history(self, older_than: float, batch: int = 1000, budget: float = 0.1) -> int: ...
     # keys the replicas must hold (storage/active_keys.py)
     def record_active_keys(self, keys: list[tuple[str, str, int]]) -> None: ...
     def active_keys(self) -> dict[str, tuple[str, int]]: ...
@@ -71,6 +72,18 @@ def stored_alert(r, loads) -> StoredAlert:
     row, id_, camera, zone, type_, event, level, t, raised_at, meta, published = r
     ev = AlertEvent(id_, camera, zone, type_, event, level, t, raised_at, loads(meta))
     return StoredAlert(row, ev, bool(published))
+
+
+def prune_in_batches(delete_batch: Callable[[], int], batch: int, budget: float) -> int:
+    """Run `delete_batch()` (one short transaction deleting up to `batch` rows) until it deletes
+    fewer than `batch` or `budget` seconds are spent: old history goes without holding the
+    database (or the decision thread) for long."""
+    deadline, total = time.monotonic() + budget, 0
+    while True:
+        n = delete_batch()
+        total += n
+        if n < batch or time.monotonic() >= deadline:
+            return total
 
 
 class LeaseClock:

@@ -28,7 +28,7 @@ from backend_decryptor.alerts import AlertEvent
 from backend_decryptor.rate_limit import StoredRateLimiter
 from backend_decryptor.storage import schema
 from backend_decryptor.storage.base import (ALERT_COLUMNS, Decide, LeaseClock, StoredAlert, event_counts,
-                                            stored_alert)
+                                            prune_in_batches, stored_alert)
 
 log = logging.getLogger(__name__)
 _MIGRATION_LOCK = 0x6668_6564_6765  # pg_advisory_xact_lock key: one migrating replica at a time
@@ -235,6 +235,14 @@ class PostgresStateDB:
                 f"FOR UPDATE SKIP LOCKED) RETURNING {ALERT_COLUMNS}",
                 (self.replica, now + self.outbox_lease, now, self.replica, batch)).fetchall()
         return [stored_alert(r, json.loads) for r in sorted(self._run(run))]
+
+    def prune_history(self, older_than: float, batch: int = 1000, budget: float = 0.1) -> int:
+        """Delete published alert rows captured before `older_than` (never the outbox); rows another
+        replica is deleting are skipped, not waited for."""
+        sql = ("DELETE FROM alerts WHERE row IN (SELECT row FROM alerts WHERE published=1 AND time < %s "
+               "ORDER BY row LIMIT %s FOR UPDATE SKIP LOCKED)")
+        return prune_in_batches(lambda: self._run(lambda c: c.execute(sql, (older_than, batch)).rowcount),
+                                batch, budget)
 
     # -- keys the replicas must hold ------------------------------------------------------------
     def record_active_keys(self, keys: list[tuple[str, str, int]]) -> None:

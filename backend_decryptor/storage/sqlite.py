@@ -17,7 +17,7 @@ from backend_decryptor.alerts import AlertEvent
 from backend_decryptor.rate_limit import GatewayRateLimiter
 from backend_decryptor.storage import schema
 from backend_decryptor.storage.base import (ALERT_COLUMNS, Decide, LeaseClock, StoredAlert, event_counts,
-                                            stored_alert)
+                                            prune_in_batches, stored_alert)
 
 
 class StateDB:
@@ -184,6 +184,13 @@ class StateDB:
                              [(self.replica, now + self.outbox_lease, r[0]) for r in rows])
             return rows
         return [stored_alert(r, json.loads) for r in self._write(run)]
+
+    def prune_history(self, older_than: float, batch: int = 1000, budget: float = 0.1) -> int:
+        """Delete published alert rows captured before `older_than` (never the outbox)."""
+        sql = ("DELETE FROM alerts WHERE row IN (SELECT row FROM alerts WHERE published=1 AND time < ? "
+               "ORDER BY row LIMIT ?)")
+        return prune_in_batches(lambda: self._write(lambda c: c.execute(sql, (older_than, batch)).rowcount),
+                                batch, budget)
 
     # -- keys the replicas must hold ------------------------------------------------------------
     def record_active_keys(self, keys: list[tuple[str, str, int]]) -> None:
