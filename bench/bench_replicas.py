@@ -10,8 +10,9 @@ store, provisioned from the owner's with `models export-keys` / `models import-k
 only the broker and the database with the other.
 
 1. exact: the same paced input (each camera's results `cameras x gateways / rate` s apart) through
-   ONE replica and through TWO; per camera the alert events (type, event, level, capture time,
-   event_no, which events share an alert) must be identical; 0 lost, 0 handled twice.
+   ONE replica and through TWO; per camera the alert events (type, event, level, the sequence of
+   the result that caused it, event_no, which events share an alert) must be identical; 0 lost,
+   0 handled twice.
 2. kill: two replicas, one SIGKILLed halfway through the stream and restarted after it ends:
    0 lost, 0 decided twice (redeliveries of what it had committed are refused as replays), every
    alert published, duplicates on the broker counted.
@@ -107,7 +108,9 @@ class Bench:
 
     def messages(self, t0: float, spacing: float):
         for r in range(self.rounds):
-            for g, cam in self.cameras:
+            # rotated by one camera per round: the broker hands messages to the replicas in turn,
+            # so with an even number of cameras each camera would otherwise always reach the same one
+            for g, cam in self.cameras[r % len(self.cameras):] + self.cameras[:r % len(self.cameras)]:
                 env = envelope.Envelope(MODEL_ID, self.fp, g, cam, r, t0 + r * spacing, self.payloads[self.plan[cam][r]])
                 yield f"fhe-edge/infer/{g}/{cam}", envelope.encode(env, self.gateways[g])
 
@@ -159,7 +162,8 @@ def alert_shapes(pg, dbname) -> dict[str, list]:
     ids: dict[str, dict] = {}
     for cam, id_, type_, event, level, t, meta in rows:
         first = ids.setdefault(cam, {})
-        out.setdefault(cam, []).append((type_, event, level, round(t, 3), json.loads(meta)["event_no"],
+        meta = json.loads(meta)  # the result's sequence, not its capture time: each run has its own t0
+        out.setdefault(cam, []).append((type_, event, level, meta["sequence"], meta["event_no"],
                                         first.setdefault(id_, len(first))))
     return out
 
@@ -210,7 +214,10 @@ def run_stream(bench, pg, broker, names, *, spacing, pace, kill_at=None, cores=(
         with watch.lock:
             published = [json.loads(p) for t, p, _ in watch.received if t.startswith("fhe-edge/alerts/")]
         keys = [(a["id"], a["event_no"]) for a in published]
-        result = {"replicas": names, "results": bench.total, "processed": processed, "seen_rows": seen,
+        with pg.connect(dbname) as c:
+            split = c.execute("SELECT COUNT(*) FROM (SELECT camera FROM seen GROUP BY camera "
+                              "HAVING COUNT(DISTINCT replica) > 1) x").fetchone()[0]
+        result = {"cameras_decided_by_both_replicas": split, "replicas": names, "results": bench.total, "processed": processed, "seen_rows": seen,
                   "rejected": rejected, "lost": bench.total - processed, "alerts_stored": sum(map(len, alert_shapes(pg, dbname).values())),
                   "alert_messages": len(keys), "alert_duplicates_on_broker": len(keys) - len(set(keys)),
                   "unpublished": unpublished, "seconds": round(elapsed, 1),
@@ -248,15 +255,21 @@ def main() -> int:
     spacing = len(bench.cameras) / args.rate      # a camera's results this far apart
     out = {"gateways": args.gateways, "cameras": len(bench.cameras), "results": bench.total,
            "paced_rate_per_s": args.rate, "camera_interval_s": round(spacing, 2)}
-    with Mosquitto() as broker, PostgresServer(durable=True) as pg:
+    # The whole input may sit in the broker at once (scaling run): Mosquitto's default per-session
+    # queue (1000 QoS 1 messages) would drop the rest.
+    with Mosquitto(extra_config="max_queued_messages 100000") as broker, PostgresServer(durable=True) as pg:
         one, shapes_one = run_stream(bench, pg, broker, ["solo"], spacing=spacing, pace=1 / args.rate)
         two, shapes_two = run_stream(bench, pg, broker, ["rep-a", "rep-b"], spacing=spacing, pace=1 / args.rate)
         differ = sorted(c for c in set(shapes_one) | set(shapes_two) if shapes_one.get(c) != shapes_two.get(c))
         out["exact"] = {"one_replica": one, "two_replicas": two, "cameras_with_alerts": len(shapes_one),
                         "cameras_whose_alerts_differ": differ}
-        kill, _ = run_stream(bench, pg, broker, ["kill-a", "kill-b"], spacing=spacing, pace=1 / args.rate,
+        print(json.dumps(out["exact"], default=str), file=sys.stderr, flush=True)
+        kill, shapes_kill = run_stream(bench, pg, broker, ["kill-a", "kill-b"], spacing=spacing, pace=1 / args.rate,
                              kill_at=bench.total // 2)
         out["kill"] = kill
+        out["kill"]["cameras_whose_alerts_differ_from_one_replica"] = sorted(
+            c for c in set(shapes_one) | set(shapes_kill) if shapes_one.get(c) != shapes_kill.get(c))
+        print(json.dumps(kill, default=str), file=sys.stderr, flush=True)
         if not args.skip_scaling:
             cores = (None, None) if args.no_pin else (0, 1)
             s1, _ = run_stream(bench, pg, broker, ["fast-solo"], spacing=spacing, pace=0, cores=(cores[0],))
