@@ -177,12 +177,89 @@ class MetricsConfig(Strict):
                                description="host:port for the Prometheus /metrics endpoint; off when unset")
 
 
+_PG_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _database_shorthand(v):
+    return {"url": v} if isinstance(v, (str, Path)) else v
+
+
+class DatabaseConfig(Strict):
+    """Where the state lives: SQLite (one host) or PostgreSQL (replicas on several hosts)."""
+    url: str | None = Field(
+        None, description="a postgresql://user@host:port/dbname URL puts all state in PostgreSQL (replicas on "
+                          "several hosts share it); a file path (or unset: state_db) keeps the embedded SQLite file")
+    password_file: str | None = Field(
+        None, description="file holding the PostgreSQL password; $VARIABLES are expanded, so "
+                          "${CREDENTIALS_DIRECTORY}/db-password works with systemd LoadCredential "
+                          "(a password in the URL is refused)")
+    sslmode: str = Field("verify-full", pattern=r"^(disable|allow|prefer|require|verify-ca|verify-full)$",
+                         description="libpq sslmode; verify-full (the default) checks the server certificate "
+                                     "and host name")
+    sslrootcert: Path | None = Field(None, description="CA certificate(s) the server's certificate must chain to")
+    sslcert: Path | None = Field(None, description="client certificate (optional)")
+    sslkey: Path | None = Field(None, description="private key of sslcert")
+    connect_timeout: Seconds = Field(10.0, ge=1, description="longest wait for a connection to PostgreSQL")
+    retry_for: Seconds = Field(10.0, ge=0, description="how long an operation retries a lost PostgreSQL connection "
+                                                      "before the result at hand is dropped (internal_error)")
+    synchronous_commit: bool = Field(
+        True, description="wait for each result's commit to reach PostgreSQL's disk (on: survives a database host "
+                          "crash; off: about the durability of the SQLite default, WAL without fsync per commit - "
+                          "a database host crash can lose the last fraction of a second of handled results)")
+    retention: Seconds | None = Field(
+        None, gt=0, description="delete published alert history older than this (by the alert's capture time), "
+                                "a batch at a time from the housekeeping; unset = keep it all")
+    outbox_lease: Seconds = Field(30.0, ge=1, le=3600,
+                                  description="an unacknowledged alert stays with the replica that stored it this "
+                                              "long after that replica stops renewing it; then another replica "
+                                              "publishes it")
+
+    @field_validator("url")
+    @classmethod
+    def _no_password_in_url(cls, v: str | None) -> str | None:
+        if v and v.startswith(_PG_SCHEMES):
+            from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415 (psycopg only when configured)
+            try:
+                params = conninfo_to_dict(v)
+            except Exception as exc:
+                raise ValueError(f"not a valid PostgreSQL URL: {exc}") from None
+            if params.get("password"):
+                raise ValueError("the URL holds a password: put it in database.password_file instead")
+        return v
+
+    @property
+    def is_postgres(self) -> bool:
+        return bool(self.url) and self.url.startswith(_PG_SCHEMES)
+
+    def password(self) -> str | None:
+        if not self.password_file:
+            return None
+        path = Path(os.path.expandvars(self.password_file))
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"database.password_file {path}: cannot read: {exc.strerror or exc}") from None
+
+    def conninfo(self, application_name: str = "backend-decryptor") -> str:
+        """libpq connection string: the URL plus the TLS options (the password is passed apart)."""
+        from psycopg.conninfo import make_conninfo
+        extra = {k: str(getattr(self, k)) for k in ("sslrootcert", "sslcert", "sslkey") if getattr(self, k)}
+        if not self.synchronous_commit:
+            extra["options"] = "-c synchronous_commit=off"
+        return make_conninfo(self.url, sslmode=self.sslmode, connect_timeout=int(self.connect_timeout),
+                             application_name=application_name[:63], **extra)
+
+
 class BackendConfig(Strict):
     store: Path = Field(Path("/var/lib/backend-decryptor/store"),
                         description="protected model store (models, keys, model cards)")
     state_db: Path = Field(Path("/var/lib/backend-decryptor/state.db"),
                            description="SQLite file: alert history, counters, rule state, seen sequences; replicas "
                                        "on one host share it")
+    database: Annotated[DatabaseConfig, BeforeValidator(_database_shorthand)] = Field(
+        default_factory=DatabaseConfig,
+        description="where the state lives: unset or a path = the SQLite file (state_db); a postgresql:// URL "
+                    "(or {url: ..., password_file: ..., sslmode: ..., sslrootcert: ...}) = PostgreSQL")
     mqtt: MQTTConfig = Field(default_factory=MQTTConfig, description="broker connection")
     checks: ChecksConfig = Field(default_factory=ChecksConfig, description="checks run before any decryption")
     limits: LimitsConfig = Field(default_factory=LimitsConfig,
@@ -192,6 +269,18 @@ class BackendConfig(Strict):
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="log level")
 
+    def sqlite_path(self) -> Path:
+        """The SQLite file when the state is not in PostgreSQL: database.url if it is a path, else state_db."""
+        return Path(self.database.url) if self.database.url else self.state_db
+
+    def describe_database(self) -> str:
+        if self.database.is_postgres:
+            from psycopg.conninfo import conninfo_to_dict
+            p = conninfo_to_dict(self.database.url)
+            return (f"postgresql {p.get('user', '?')}@{p.get('host', 'localhost')}:{p.get('port', 5432)}/"
+                    f"{p.get('dbname', '?')} sslmode={self.database.sslmode}")
+        return f"sqlite {self.sqlite_path()}"
+
 
 def load_config(path: str | Path) -> BackendConfig:
     """Load and validate; relative paths in the file (every path setting) are resolved against the
@@ -199,7 +288,6 @@ def load_config(path: str | Path) -> BackendConfig:
     path = Path(path)
     cfg = load_yaml_model(path, BackendConfig)
     base = path.resolve().parent
-
     def resolved(value):
         if value is None or isinstance(value, Path):
             return value if value is None or value.is_absolute() else base / value
@@ -212,5 +300,10 @@ def load_config(path: str | Path) -> BackendConfig:
                                      for name in ("ca_file", "cert_file", "key_file")})
     mqtt = cfg.mqtt.model_copy(update={"tls": tls, "password_file": resolved(cfg.mqtt.password_file)})
     alerts = cfg.alerts.model_copy(update={"rules_file": resolved(cfg.alerts.rules_file)})
+    db = cfg.database
+    db_updates = {name: resolved(getattr(db, name)) for name in ("sslrootcert", "sslcert", "sslkey", "password_file")}
+    if db.url and not db.is_postgres:
+        db_updates["url"] = resolved(db.url)
+    database = db.model_copy(update=db_updates)
     return cfg.model_copy(update={"store": resolved(cfg.store), "state_db": resolved(cfg.state_db),
-                                  "mqtt": mqtt, "alerts": alerts})
+                                  "mqtt": mqtt, "alerts": alerts, "database": database})

@@ -3,7 +3,7 @@
 The network thread runs the checks (no decryption work for a message that fails them) and hands
 valid messages to the decryption pool; one decision thread takes the messages in ARRIVAL order
 (so a camera's consecutive-inference rules see its inferences in order, and QoS 1 acks go out in
-the order MQTT requires), waits for each decryption, applies the rules in one SQLite transaction,
+the order MQTT requires), waits for each decryption, applies the rules in one database transaction,
 publishes, and only then acknowledges. Every failure is a counted reason and one log line
 (rate-limited per reason, so a flood of bad or over-limit messages cannot flood the log).
 A decrypted result must be plausible (model card ranges) before the rules see it.
@@ -47,6 +47,9 @@ class Pipeline:
         self.clock = clock
         self.checker = MessageChecker(cfg.checks, cfg.mqtt.prefix, catalog, self._seen, clock, cfg.limits,
                                       bind=db.bind_camera)
+        if self.checker.limiter is not None:  # the storage's bucket: shared by all replicas on PostgreSQL
+            lim = self.checker.limiter
+            self.checker.limiter = db.rate_limiter(lim.rate, int(lim.burst), cfg.checks.max_clock_skew)
         self.drop_log = LogLimiter(log)
         self._queue: queue.Queue = queue.Queue()
         self._in_flight: set[tuple[str, str, int]] = set()
@@ -194,11 +197,15 @@ class Pipeline:
 
     def _housekeeping(self) -> None:
         self.db.mark_published(self.publisher.poll())
+        for stored in self.db.take_over_alerts():  # other replicas' alerts whose outbox lease ran out
+            self.publisher.alert(stored)
         self.drop_log.flush()
         now = self.clock()
         if now - self._last_prune > 60:
             self._last_prune = now
             self.db.prune_seen(now - 2 * self.cfg.checks.max_clock_skew)
+            if self.cfg.database.retention:  # a batch at a time (storage/base.py prune_in_batches)
+                self.db.prune_history(now - self.cfg.database.retention)
 
     def stop(self, timeout: float) -> bool:
         """Stop taking messages and finish (and acknowledge) the ones already taken, for up to

@@ -14,12 +14,18 @@ capture times: the skew check (run before this one) refuses times more than `max
 ahead of the backend clock, so the capture-time horizon advances no faster than the wall clock
 after a one-off jump, which the `burst` cap bounds (at most 2 x burst extra messages, once).
 Capture times that do not advance (out of order, or a clock stepped back) earn nothing.
+
+Several replicas: `GatewayRateLimiter` counts in this process only (N replicas would let a
+gateway through N times the rate); `StoredRateLimiter` is the same bucket kept in the shared
+database, one row per gateway updated atomically (storage/postgres.py), so the limit holds for
+the whole group of replicas.
 """
 from __future__ import annotations
 
 import logging
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 
 @dataclass
@@ -67,6 +73,30 @@ class GatewayRateLimiter:
 
     def __len__(self) -> int:
         return len(self._buckets)
+
+
+class StoredRateLimiter:
+    """The same bucket as GatewayRateLimiter, kept by the storage: `take(gateway, capture_time,
+    rate, burst) -> bool` refills, caps and debits in one atomic statement; `forget(before)`
+    deletes buckets whose horizon is older (they would be full anyway)."""
+
+    def __init__(self, rate: float, burst: int, max_clock_skew: float,
+                 take: Callable[[str, float, float, float], bool], forget: Callable[[float], None],
+                 prune_every: float = 60.0):
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be > 0 and burst >= 1")
+        self.rate = rate
+        self.burst = float(burst)
+        self._take, self._forget = take, forget
+        self._forget_after = max_clock_skew + self.burst / rate
+        self._prune_every = prune_every
+        self._last_prune = float("-inf")
+
+    def allow(self, gateway: str, capture_time: float, now: float) -> bool:
+        if now - self._last_prune >= self._prune_every:
+            self._last_prune = now
+            self._forget(now - self._forget_after)
+        return self._take(gateway, capture_time, self.rate, self.burst)
 
 
 class LogLimiter:

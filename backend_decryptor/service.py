@@ -15,12 +15,13 @@ import time
 from backend_decryptor.catalog import StoreCatalog
 from backend_decryptor.config import BackendConfig
 from backend_decryptor.decrypt_pool import DecryptPool, StoreDecryptor
-from backend_decryptor.history import StateDB
 from backend_decryptor.metrics import Metrics
 from backend_decryptor.pipeline import Pipeline
 from backend_decryptor.publish import Publisher
 from backend_decryptor.receiver import Receiver
 from backend_decryptor.rules_config import AlertRules
+from backend_decryptor.storage import Storage, open_storage
+from backend_decryptor.storage.active_keys import record_and_check
 from protected_nn.service_support import sd_notify, watchdog_interval
 
 log = logging.getLogger(__name__)
@@ -33,18 +34,26 @@ class Service:
         benchmark may inject others."""
         self.cfg = cfg
         self.rules = rules
+        self._own_store = catalog is None  # injected catalogs (tests, benchmark) have no store to check
         self.catalog = catalog if catalog is not None else StoreCatalog(cfg.store)
         self.decryptor = decryptor if decryptor is not None else StoreDecryptor(cfg.store)
         self.clock = clock
         self.metrics = Metrics()
-        self.db: StateDB | None = None
+        self.db: Storage | None = None
         self.pool: DecryptPool | None = None
         self.receiver: Receiver | None = None
         self.pipeline: Pipeline | None = None
         self._stop_requested = threading.Event()
 
     def start(self, connect_timeout: float | None = 10.0) -> "Service":
-        self.db = StateDB(self.cfg.state_db, replica=self.cfg.mqtt.client_id)
+        self.db = open_storage(self.cfg)
+        if self._own_store:  # refuse to start without a key another replica made active
+            from backend_decryptor.store import Store
+            try:
+                record_and_check(self.db, Store(self.cfg.store, create=False))
+            except BaseException:
+                self.db.close()
+                raise
         self.pool = DecryptPool(self.decryptor, self.cfg.decrypt.workers, self.cfg.decrypt.timeout)
         self.pool.warm_up()
         self.receiver = Receiver(self.cfg.mqtt, on_message=lambda *a: self.pipeline.on_message(*a),

@@ -23,11 +23,11 @@ def register(subparsers) -> None:
     p.add_argument("config", metavar="FILE", help="backend YAML")
     p.set_defaults(func=cmd_check_config)
 
-    p = subparsers.add_parser("alerts", help="list alert history from the service's SQLite state")
+    p = subparsers.add_parser("alerts", help="list alert history from the service's state (SQLite or PostgreSQL)")
     p.add_argument("--since", default="1h", metavar="DURATION", help="how far back (30m, 1h, 2d; default 1h)")
     p.add_argument("--camera", metavar="ID", help="only this camera")
     p.add_argument("--config", default=default, metavar="FILE",
-                   help=f"backend YAML naming state_db (default {default}, or $BACKEND_DECRYPTOR_CONFIG)")
+                   help=f"backend YAML naming the database (default {default}, or $BACKEND_DECRYPTOR_CONFIG)")
     p.add_argument("--json", action="store_true", help="one JSON object per line instead of a table")
     p.set_defaults(func=cmd_alerts)
 
@@ -70,7 +70,11 @@ def cmd_check_config(args) -> int:
     print(f"{args.config}: {'NOT ok' if errors else 'ok'}")
     print(f"  broker {cfg.mqtt.host}:{cfg.mqtt.port} tls={'on' if cfg.mqtt.tls else 'off'} "
           f"client {cfg.mqtt.client_id} group {cfg.mqtt.shared_group} prefix {cfg.mqtt.prefix}")
-    print(f"  store {cfg.store}  state {cfg.state_db}  decrypt workers {cfg.decrypt.workers}")
+    print(f"  store {cfg.store}  state {cfg.describe_database()}  decrypt workers {cfg.decrypt.workers}")
+    try:
+        cfg.database.password()
+    except ValueError as exc:
+        print(f"  warning: {exc}")
     gateways = ", ".join(cfg.checks.allowed_gateways) or "NONE (every message will be rejected)"
     print(f"  allowed gateways: {gateways}")
     keys = ", ".join(cfg.checks.gateway_keys) or "NONE (every message will be rejected: unknown_gateway)"
@@ -101,13 +105,13 @@ def _fmt_time(t: float | None) -> str:
 
 def cmd_alerts(args) -> int:
     from backend_decryptor.config import load_config
-    from backend_decryptor.history import StateDB
+    from backend_decryptor.storage import open_storage
     from backend_decryptor.yaml_config import parse_duration
     cfg = load_config(args.config)
     since = time.time() - parse_duration(args.since)
-    if not Path(cfg.state_db).exists():
-        raise ValueError(f"no alert history at {cfg.state_db} (has the service run?)")
-    db = StateDB(cfg.state_db)
+    if not cfg.database.is_postgres and not cfg.sqlite_path().exists():
+        raise ValueError(f"no alert history at {cfg.sqlite_path()} (has the service run?)")
+    db = open_storage(cfg, replica=f"{cfg.mqtt.client_id}-cli")
     rows = db.alerts(since=since, camera=args.camera)
     if args.json:
         from backend_decryptor.alerts import alert_json

@@ -157,19 +157,7 @@ class Store:
         if final.exists() or self._query("SELECT 1 FROM models WHERE model_id = ? AND key_fingerprint = ?",
                                          model_id, fingerprint):
             raise StoreError(f"model {model_id!r} already has key {fingerprint}")
-        (self.root / "models").mkdir(mode=0o700, exist_ok=True)
-        final.parent.mkdir(mode=0o700, exist_ok=True)
-        tmp = final.with_name(f".{fingerprint}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(mode=0o700)
-        try:
-            for name, data in artifacts.as_members().items():
-                (tmp / name).write_bytes(data)
-            _write_private(tmp / SECRET_KEY, protected.secret_key)
-            os.replace(tmp, final)  # a key version appears complete or not at all
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+        self._write_version(model_id, artifacts, protected.secret_key)
         report = json.dumps(getattr(protected, "report", {}) or {}, default=str)
         with self._db() as db:
             db.execute("BEGIN IMMEDIATE")
@@ -182,6 +170,52 @@ class Store:
                        (model_id, fingerprint, _now(), onnx_sha256, report, version))
             db.execute("COMMIT")
         return fingerprint
+
+    def _write_version(self, model_id: str, artifacts: ModelArtifacts, secret_key: bytes) -> None:
+        final = self._model_dir(model_id, artifacts.key_fingerprint)
+        (self.root / "models").mkdir(mode=0o700, exist_ok=True)
+        final.parent.mkdir(mode=0o700, exist_ok=True)
+        tmp = final.with_name(f".{artifacts.key_fingerprint}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(mode=0o700)
+        try:
+            for name, data in artifacts.as_members().items():
+                (tmp / name).write_bytes(data)
+            _write_private(tmp / SECRET_KEY, secret_key)
+            os.replace(tmp, final)  # a key version appears complete or not at all
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    def import_version(self, row: dict, artifacts: ModelArtifacts, secret_key: bytes, report_json: str) -> bool:
+        """Add a key version exported from another store (`models import-keys`), keeping its number;
+        it becomes active if it was active there and is newer than every version here, or if the
+        model has no active version here. False if this store already has it."""
+        model_id, fingerprint, version = validate_model_id(row["model_id"]), row["key_fingerprint"], int(row["version"])
+        if artifacts.key_fingerprint != fingerprint:
+            raise StoreError(f"{model_id} v{version}: the public key does not match fingerprint {fingerprint}")
+        if not secret_key:
+            raise StoreError(f"{model_id} v{version}: no secret key")
+        existing = {r["key_fingerprint"]: r for r in self.models() if r["model_id"] == model_id}
+        if fingerprint in existing:
+            return False
+        clash = [r for r in existing.values() if r["version"] == version]
+        if clash:
+            raise StoreError(f"{model_id}: this store's version {version} is key {clash[0]['key_fingerprint']}, "
+                             f"not {fingerprint}: the stores were protected separately")
+        self._write_version(model_id, artifacts, secret_key)
+        with self._db() as db:
+            db.execute("BEGIN IMMEDIATE")
+            newest = all(version > r["version"] for r in existing.values())
+            has_active = db.execute("SELECT 1 FROM models WHERE model_id = ? AND active = 1", (model_id,)).fetchone()
+            active = (bool(row["active"]) and newest) or not has_active
+            if active:
+                db.execute("UPDATE models SET active = 0 WHERE model_id = ?", (model_id,))
+            db.execute("INSERT INTO models (model_id, key_fingerprint, created, active, onnx_sha256, report_json, "
+                       "version) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                       (model_id, fingerprint, row["created"], int(active), row["onnx_sha256"], report_json, version))
+            db.execute("COMMIT")
+        return True
 
     def model_ids(self) -> list[str]:
         return [r[0] for r in self._query("SELECT DISTINCT model_id FROM models ORDER BY model_id")]

@@ -1,6 +1,7 @@
 """Backend service benchmark (not part of the test run).
 
     .venv/bin/python bench/bench_backend.py [--model tiny|tenseal] [--messages 400] [--latency 40]
+        [--database postgresql://user@host/db | --database local]
 
 Measures, with a real Mosquitto on loopback and real encrypted results (protected_nn.api):
   1. decrypt only: OwnerModel.decrypt per second on one core (no MQTT, no rules);
@@ -8,6 +9,10 @@ Measures, with a real Mosquitto on loopback and real encrypted results (protecte
      with 1 and with 2 decryption processes (the whole `run` pipeline, in-process);
   3. latency from the gateway's publish to the alert's arrival at a subscriber (median, p90),
      with rules that make every message raise or clear an alert;
+  2b. with --database: the same throughput runs with the state in PostgreSQL, side by side with
+     SQLite in the same run, and the storage's time per result (apply + replay check) for both
+     (`local` starts a throwaway durable PostgreSQL from tests/support/postgres.py; a URL takes
+     its password from PGPASSWORD or ~/.pgpass, TLS from --sslmode);
   4. the signature check's share of the backend's time per result (issue 15, target < 1%):
      envelope parse + Ed25519 verify per result, timed interleaved with decrypt (including the
      decoder's result checks), against the service's wall time per result with 1 process.
@@ -68,9 +73,10 @@ def envelope_bytes(fp: str, payload: bytes, seq: int, camera: str = "cam-1") -> 
     return f"fhe-edge/infer/gw-1/{camera}", envelope.encode(env, GATEWAY_KEY)
 
 
-def service_config(work: Path, broker, workers: int, name: str) -> BackendConfig:
+def service_config(work: Path, broker, workers: int, name: str, database: dict | None = None) -> BackendConfig:
     return BackendConfig.model_validate({
         "store": str(work / "store"), "state_db": str(work / f"state-{name}.db"),
+        **({"database": database} if database else {}),
         # own shared group per run: a stopped earlier run's persistent session would otherwise keep
         # receiving its share of the stream (see docs/backend.md, "Scaling out")
         "mqtt": {"host": broker.host, "port": broker.port, "client_id": f"bench-{name}", "max_in_flight": 64,
@@ -94,13 +100,37 @@ def publisher(broker):
     return c
 
 
-def throughput(work, broker, fp, payloads, workers: int, n: int) -> float:
+class StorageTimer:
+    """Wall time spent in the storage calls a result costs (apply in the decision thread, the
+    replay check in the network thread)."""
+
+    def __init__(self, db):
+        self.seconds = 0.0
+        for name in ("apply", "is_seen"):
+            setattr(db, name, self._timed(getattr(db, name)))
+
+    def _timed(self, fn):
+        def call(*a, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                self.seconds += time.perf_counter() - t
+        return call
+
+
+def throughput(work, broker, fp, payloads, workers: int, n: int, database: dict | None = None,
+               seq0: int = 0) -> tuple[float, float]:
+    """(results/s, storage ms per result)."""
     rules = AlertRules.model_validate({})
-    svc = Service(service_config(work, broker, workers, f"w{workers}"), rules).start()
+    name = f"{'pg' if database else 'sqlite'}{'' if (database or {}).get('synchronous_commit', True) else '-async'}-w{workers}"
+    svc = Service(service_config(work, broker, workers, name, database), rules)
+    svc.start()
+    timer = StorageTimer(svc.db)
     pub = publisher(broker)
     try:
         t0 = time.perf_counter()
-        for seq in range(n):
+        for seq in range(seq0, seq0 + n):  # seq0: a shared database remembers earlier runs' sequences
             pub.publish(*envelope_bytes(fp, payloads[seq % len(payloads)], seq, f"cam-{seq % 8}"), qos=1)
         while svc.metrics.value("backend_messages_processed") + svc.metrics.value(
                 "backend_messages_rejected", reason="decrypt_failed") < n:
@@ -109,7 +139,7 @@ def throughput(work, broker, fp, payloads, workers: int, n: int) -> float:
                 raise RuntimeError("throughput run did not finish in 10 minutes")
         elapsed = time.perf_counter() - t0
         assert svc.metrics.value("backend_messages_processed") == n, "messages failed to decrypt"
-        return n / elapsed
+        return n / elapsed, 1000 * timer.seconds / n
     finally:
         pub.disconnect()
         pub.loop_stop()
@@ -182,6 +212,9 @@ def main() -> int:
     ap.add_argument("--model", choices=["tiny", "tenseal"], default="tiny")
     ap.add_argument("--messages", type=int, default=400, help="messages per throughput run")
     ap.add_argument("--latency", type=int, default=40, help="messages for the latency run")
+    ap.add_argument("--database", metavar="URL",
+                    help="also run the throughput with the state in PostgreSQL (a postgresql:// URL, or 'local')")
+    ap.add_argument("--sslmode", default="prefer", help="libpq sslmode for --database URL (default prefer)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-backend-"))
@@ -213,11 +246,31 @@ def main() -> int:
 
     results = {"model": args.model, "result_bytes": len(payloads[0]), "decrypt_only_per_s_1core": decrypt_rate}
     results.update(signature_cost(owner, edge.key_fingerprint, payloads, reps))
+    pg_server = None
+    database = None
+    if args.database == "local":
+        from tests.support.postgres import PostgresServer
+        pg_server = PostgresServer(durable=True).start()
+        database = pg_server.database_config(pg_server.fresh_database())
+        results["postgres"] = "local throwaway server, durable settings (fsync on, synchronous_commit on)"
+    elif args.database:
+        database = {"url": args.database, "sslmode": args.sslmode}
     with Mosquitto() as broker:
-        for workers in (1, 2):
-            results[f"service_msgs_per_s_{workers}proc"] = throughput(work, broker, edge.key_fingerprint,
-                                                                     payloads, workers, args.messages)
-        per_result_ms = 1000 / results["service_msgs_per_s_1proc"]
+        for run, workers in enumerate((1, 2)):
+            rate, db_ms = throughput(work, broker, edge.key_fingerprint, payloads, workers, args.messages)
+            results[f"service_msgs_per_s_{workers}proc"] = rate
+            results[f"sqlite_storage_ms_per_result_{workers}proc"] = db_ms
+            if database:  # side by side: the same run, right after the SQLite one
+                for label, sync in (("pg", True), ("pg_async_commit", False)):
+                    rate, db_ms = throughput(work, broker, edge.key_fingerprint, payloads, workers, args.messages,
+                                             {**database, "synchronous_commit": sync},
+                                             seq0=int(time.time() * 1e6) + run * args.messages)
+                    results[f"{label}_service_msgs_per_s_{workers}proc"] = rate
+                    results[f"{label}_storage_ms_per_result_{workers}proc"] = db_ms
+    if pg_server is not None:
+        pg_server.stop()
+    with Mosquitto() as broker:
+        per_result_ms = 1000 / results["service_msgs_per_s_1proc"]  # SQLite, as before
         results["service_ms_per_result_1proc"] = per_result_ms
         results["verify_share_of_service_time_pct"] = 100 * results["verify_us_median"] / 1000 / per_result_ms
         lat = sorted(latency(work, broker, edge.key_fingerprint, high, low, threshold, args.latency))

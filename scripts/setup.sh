@@ -19,6 +19,7 @@ APT_PACKAGES=(
   gstreamer1.0-plugins-bad gstreamer1.0-libav     # the RTSP test camera
   systemd                                        # systemd-analyze verify
   openssl ffmpeg
+  postgresql                                     # backend state on several hosts (tests start their own)
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

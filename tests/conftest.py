@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.support.mosquitto import Mosquitto
+from tests.support.postgres import postgres_server  # noqa: F401 (session-scoped: one server per run)
 
 
 @pytest.fixture

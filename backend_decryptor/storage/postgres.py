@@ -1,0 +1,281 @@
+"""All state in PostgreSQL (psycopg 3, plain SQL), shared by replicas on any number of hosts.
+
+How each guarantee of base.py holds across hosts:
+- replay window: `INSERT INTO seen ... ON CONFLICT DO NOTHING` inside `apply`'s transaction; a
+  second replica inserting the same sequence waits for the first one's commit and then inserts
+  nothing, which tells it the result was a replay (or already handled by the other).
+- rule state: `SELECT ... FOR UPDATE` on the camera's row, so two replicas handling results of
+  one camera take turns on the whole read-decide-write.
+- outbox: leases taken with `FOR UPDATE SKIP LOCKED`, so two replicas looking for expired rows
+  at once take disjoint sets.
+- rate limit: one row per gateway, refilled and debited by a single atomic upsert (rate_limit.py
+  explains the bucket).
+Each thread has its own connection (autocommit; explicit transactions). A lost connection is
+re-opened and the operation retried for up to `retry_for` seconds (backpressure: the decision
+thread waits, and the broker stops delivering beyond mqtt.max_in_flight); after that the error
+reaches the pipeline, which drops that one result as internal_error.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+import psycopg
+
+from backend_decryptor.alerts import AlertEvent
+from backend_decryptor.rate_limit import StoredRateLimiter
+from backend_decryptor.storage import schema
+from backend_decryptor.storage.base import (ALERT_COLUMNS, Decide, LeaseClock, StoredAlert, event_counts,
+                                            prune_in_batches, stored_alert)
+
+log = logging.getLogger(__name__)
+_MIGRATION_LOCK = 0x6668_6564_6765  # pg_advisory_xact_lock key: one migrating replica at a time
+
+
+class _Replayed(Exception):
+    pass
+
+
+class PostgresStateDB:
+    def __init__(self, conninfo: str, replica: str = "backend", outbox_lease: float = 30.0,
+                 password: str | None = None, retry_for: float = 10.0):
+        self.conninfo = conninfo
+        self.replica = replica
+        self.outbox_lease = outbox_lease
+        self.retry_for = retry_for
+        self._password = password
+        self._lease_clock = LeaseClock(outbox_lease)
+        self._local = threading.local()
+        self._all: list[psycopg.Connection] = []
+        self._all_lock = threading.Lock()
+        self._migrate()
+
+    # -- connections ----------------------------------------------------------------------------
+    def _conn(self) -> psycopg.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            kw = {"password": self._password} if self._password is not None else {}
+            conn = psycopg.connect(self.conninfo, autocommit=True, application_name=self.replica[:63], **kw)
+            self._local.conn = conn
+            with self._all_lock:
+                self._all = [c for c in self._all if not c.closed] + [conn]
+        return conn
+
+    def _run(self, fn, transaction: bool = True, retry: bool = True):
+        """fn(conn) in one transaction, retried on a lost connection for up to retry_for seconds."""
+        deadline = time.monotonic() + (self.retry_for if retry else 0.0)
+        delay = 0.1
+        while True:
+            try:
+                conn = self._conn()
+                if not transaction:
+                    return fn(conn)
+                with conn.transaction():
+                    return fn(conn)
+            except psycopg.OperationalError as exc:
+                conn = getattr(self._local, "conn", None)
+                if conn is not None and not conn.broken and not conn.closed:
+                    raise  # a query error on a working connection: not ours to retry
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("database connection lost (%s); retrying", str(exc).strip()[:200])
+                time.sleep(delay)
+                delay = min(2.0, delay * 2)
+
+    def _one(self, sql: str, args=()):
+        return self._run(lambda c: c.execute(sql, args).fetchone(), transaction=False)
+
+    def _all_rows(self, sql: str, args=()):
+        return self._run(lambda c: c.execute(sql, args).fetchall(), transaction=False)
+
+    def _migrate(self) -> None:
+        def run(conn):
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            conn.execute(schema.VERSION_TABLE["postgres"])
+            current = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+            for version, description, statements in schema.pending(current, "postgres"):
+                for sql in statements:
+                    conn.execute(sql)
+                conn.execute("INSERT INTO schema_version VALUES (%s, %s, %s)", (version, time.time(), description))
+        self._run(run, retry=False)  # at start: a wrong address, password or certificate fails at once
+
+    def schema_version(self) -> int:
+        return self._one("SELECT MAX(version) FROM schema_version")[0]
+
+    def close(self) -> None:
+        with self._all_lock:
+            conns, self._all = self._all, []
+        for conn in conns:
+            conn.close()
+
+    # -- checks ---------------------------------------------------------------------------------
+    def is_seen(self, gateway: str, camera: str, sequence: int) -> bool:
+        return self._one("SELECT 1 FROM seen WHERE gateway=%s AND camera=%s AND sequence=%s",
+                         (gateway, camera, sequence)) is not None
+
+    def prune_seen(self, older_than: float) -> int:
+        return self._run(lambda c: c.execute("DELETE FROM seen WHERE capture_time < %s", (older_than,)).rowcount,
+                         transaction=False)
+
+    def bind_camera(self, gateway: str, camera: str, limit: int) -> str | None:
+        row = self._one("SELECT gateway FROM camera_owner WHERE camera=%s", (camera,))
+        if row:
+            return row[0]
+
+        def bind(conn):
+            # One binder per gateway at a time, so two replicas cannot both take its last free slot.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", ("camera_owner:" + gateway,))
+            row = conn.execute("SELECT gateway FROM camera_owner WHERE camera=%s", (camera,)).fetchone()
+            if row:
+                return row[0]
+            if conn.execute("SELECT COUNT(*) FROM camera_owner WHERE gateway=%s", (gateway,)).fetchone()[0] >= limit:
+                return None
+            row = conn.execute("INSERT INTO camera_owner VALUES (%s, %s, %s) ON CONFLICT (camera) DO NOTHING "
+                               "RETURNING gateway", (camera, gateway, time.time())).fetchone()
+            if row is None:  # bound meanwhile (by a binder for another gateway)
+                return conn.execute("SELECT gateway FROM camera_owner WHERE camera=%s", (camera,)).fetchone()[0]
+            return gateway
+        return self._run(bind)
+
+    def camera_owners(self) -> dict[str, str]:
+        return dict(self._all_rows("SELECT camera, gateway FROM camera_owner"))
+
+    def unbind_camera(self, camera: str) -> bool:
+        return self._run(lambda c: c.execute("DELETE FROM camera_owner WHERE camera=%s", (camera,)).rowcount > 0,
+                         transaction=False)
+
+    def count_rejection(self, reason: str) -> None:
+        self._run(lambda c: c.execute("INSERT INTO rejections (reason, count) VALUES (%s, 1) ON CONFLICT (reason) "
+                                      "DO UPDATE SET count = rejections.count + 1", (reason,)), transaction=False)
+
+    def rate_limiter(self, rate: float, burst: int, max_clock_skew: float) -> StoredRateLimiter:
+        return StoredRateLimiter(rate, burst, max_clock_skew, self._take_token, self._forget_buckets)
+
+    def _take_token(self, gateway: str, capture_time: float, rate: float, burst: float) -> bool:
+        # One statement: refill by how far capture time advanced, cap at burst, debit one token;
+        # the WHERE leaves the row untouched (and returns nothing) when no token is left.
+        refilled = "LEAST(%(burst)s, b.tokens + GREATEST(0, %(t)s - b.horizon) * %(rate)s)"
+        sql = ("INSERT INTO rate_buckets AS b (gateway, tokens, horizon) VALUES (%(g)s, %(burst)s - 1, %(t)s) "
+               f"ON CONFLICT (gateway) DO UPDATE SET tokens = {refilled} - 1, horizon = GREATEST(b.horizon, %(t)s) "
+               f"WHERE {refilled} >= 1 RETURNING 1")
+        args = {"g": gateway, "t": capture_time, "rate": rate, "burst": burst}
+        return self._one(sql, args) is not None
+
+    def _forget_buckets(self, horizon_before: float) -> None:
+        self._run(lambda c: c.execute("DELETE FROM rate_buckets WHERE horizon < %s", (horizon_before,)),
+                  transaction=False)
+
+    # -- the one transaction per inference ------------------------------------------------------
+    def apply(self, gateway: str, camera: str, sequence: int, capture_time: float, zone: str | None,
+              decide: Decide) -> tuple[dict, list[StoredAlert], float | None] | None:
+        def run(conn):
+            if conn.execute("INSERT INTO seen (gateway, camera, sequence, capture_time, replica) "
+                            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                            (gateway, camera, sequence, capture_time, self.replica)).rowcount == 0:
+                raise _Replayed
+            lock = "SELECT state, published_at FROM camera_state WHERE camera=%s FOR UPDATE"
+            row = conn.execute(lock, (camera,)).fetchone()
+            if row is None:  # a new camera: create its row (or wait for a racing creator), then lock it
+                conn.execute("INSERT INTO camera_state (camera, zone, state) VALUES (%s, %s, 'null') "
+                             "ON CONFLICT (camera) DO NOTHING", (camera, zone))
+                row = conn.execute(lock, (camera,)).fetchone()
+            new_state, events = decide(json.loads(row[0]))
+            conn.execute("UPDATE camera_state SET zone=%s, state=%s WHERE camera=%s",
+                         (zone, json.dumps(new_state), camera))
+            stored = [StoredAlert(self._insert_alert(conn, ev), ev, False) for ev in events]
+            counts = event_counts(events)
+            conn.execute(
+                "INSERT INTO counters AS c (camera, messages, raised, updated, cleared, last_time) "
+                "VALUES (%s, 1, %s, %s, %s, %s) ON CONFLICT (camera) DO UPDATE SET messages=c.messages+1, "
+                "raised=c.raised+excluded.raised, updated=c.updated+excluded.updated, "
+                "cleared=c.cleared+excluded.cleared, last_time=excluded.last_time",
+                (camera, counts["raised"], counts["updated"], counts["cleared"], capture_time))
+            return new_state, stored, row[1]
+        try:
+            return self._run(run)
+        except _Replayed:
+            return None
+
+    def _insert_alert(self, conn, ev: AlertEvent) -> int:
+        now = time.time()
+        return conn.execute(
+            "INSERT INTO alerts (id, camera, zone, type, event, level, time, raised_at, meta, recorded_at, replica, "
+            "lease_until) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING row",
+            (ev.id, ev.camera, ev.zone, ev.type, ev.event, ev.level, ev.time, ev.raised_at,
+             json.dumps(ev.meta), now, self.replica, now + self.outbox_lease)).fetchone()[0]
+
+    # -- outbox ---------------------------------------------------------------------------------
+    def mark_published(self, rows: list[int]) -> None:
+        if rows:
+            self._run(lambda c: c.execute("UPDATE alerts SET published=1 WHERE row = ANY(%s)", (list(rows),)),
+                      transaction=False)
+
+    def mark_state_published(self, camera: str, when: float) -> None:
+        self._run(lambda c: c.execute("UPDATE camera_state SET published_at=%s WHERE camera=%s", (when, camera)),
+                  transaction=False)
+
+    def pending_alerts(self) -> list[StoredAlert]:
+        rows = self._all_rows(f"UPDATE alerts SET lease_until=%s WHERE published=0 AND replica=%s "
+                              f"RETURNING {ALERT_COLUMNS}", (time.time() + self.outbox_lease, self.replica))
+        return [stored_alert(r, json.loads) for r in sorted(rows)]
+
+    def take_over_alerts(self, batch: int = 100) -> list[StoredAlert]:
+        if not self._lease_clock.due():
+            return []
+
+        def run(conn):
+            now = time.time()
+            conn.execute("UPDATE alerts SET lease_until=%s WHERE published=0 AND replica=%s",
+                         (now + self.outbox_lease, self.replica))
+            return conn.execute(
+                f"UPDATE alerts SET replica=%s, lease_until=%s WHERE row IN (SELECT row FROM alerts "
+                f"WHERE published=0 AND lease_until < %s AND replica <> %s ORDER BY row LIMIT %s "
+                f"FOR UPDATE SKIP LOCKED) RETURNING {ALERT_COLUMNS}",
+                (self.replica, now + self.outbox_lease, now, self.replica, batch)).fetchall()
+        return [stored_alert(r, json.loads) for r in sorted(self._run(run))]
+
+    def prune_history(self, older_than: float, batch: int = 1000, budget: float = 0.1) -> int:
+        """Delete published alert rows captured before `older_than` (never the outbox); rows another
+        replica is deleting are skipped, not waited for."""
+        sql = ("DELETE FROM alerts WHERE row IN (SELECT row FROM alerts WHERE published=1 AND time < %s "
+               "ORDER BY row LIMIT %s FOR UPDATE SKIP LOCKED)")
+        return prune_in_batches(lambda: self._run(lambda c: c.execute(sql, (older_than, batch)).rowcount),
+                                batch, budget)
+
+    # -- keys the replicas must hold ------------------------------------------------------------
+    def record_active_keys(self, keys: list[tuple[str, str, int]]) -> None:
+        def run(conn):
+            for m, fp, v in keys:
+                conn.execute(
+                    "INSERT INTO active_keys AS a VALUES (%s, %s, %s, %s, %s) ON CONFLICT (model_id) DO UPDATE SET "
+                    "key_fingerprint=excluded.key_fingerprint, version=excluded.version, "
+                    "recorded_at=excluded.recorded_at, recorded_by=excluded.recorded_by "
+                    "WHERE excluded.version > a.version", (m, fp, v, time.time(), self.replica))
+        self._run(run)
+
+    def active_keys(self) -> dict[str, tuple[str, int]]:
+        return {m: (fp, v) for m, fp, v in self._all_rows("SELECT model_id, key_fingerprint, version FROM active_keys")}
+
+    # -- queries (CLI, tests) -------------------------------------------------------------------
+    def alerts(self, since: float | None = None, camera: str | None = None) -> list[StoredAlert]:
+        sql, args = f"SELECT {ALERT_COLUMNS} FROM alerts WHERE true", []
+        if since is not None:
+            sql += " AND time >= %s"
+            args.append(since)
+        if camera is not None:
+            sql += " AND camera = %s"
+            args.append(camera)
+        return [stored_alert(r, json.loads) for r in self._all_rows(sql + " ORDER BY time, row", args)]
+
+    def counters(self) -> dict[str, dict]:
+        rows = self._all_rows("SELECT camera, messages, raised, updated, cleared, last_time FROM counters")
+        return {r[0]: dict(zip(("messages", "raised", "updated", "cleared", "last_time"), r[1:])) for r in rows}
+
+    def rejections(self) -> dict[str, int]:
+        return dict(self._all_rows("SELECT reason, count FROM rejections"))
+
+    def camera_states(self) -> dict[str, tuple[str | None, dict]]:
+        rows = self._all_rows("SELECT camera, zone, state FROM camera_state")
+        return {r[0]: (r[1], json.loads(r[2])) for r in rows}
