@@ -54,6 +54,9 @@ class Decoder:
         if not np.all(np.isfinite(values)):
             raise ResultError("the result does not decrypt to finite values")
         if self.zero_slots.size and np.max(np.abs(values[self.zero_slots])) > self.zero_bound:
-            raise ResultError("the result does not decrypt under this model's key (padding slots "
-                              "are not zero): another model's or key's result, or altered")
+            # Overflow looks the same as a wrong key: an input far outside the calibrated range
+            # wraps the result modulo the last prime, and the padding slots fill with noise.
+            raise ResultError("the result does not decrypt cleanly under this model's key (padding slots "
+                              "are not zero): an input outside the calibrated range (overflow), "
+                              "another model's or key's result, or altered")
         return values[self.slots].reshape(self.shape).astype(np.float32)
