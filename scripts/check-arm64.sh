@@ -23,7 +23,11 @@ Run it niced on a shared machine: nice -n 15 scripts/check-arm64.sh
 EOF
 }
 
-die() { echo "check-arm64: FAIL: $*" >&2; exit 1; }
+die() {
+  echo "check-arm64: FAIL: $*" >&2
+  [ -z "${PHASE:-}" ] || phase_end FAIL
+  exit 1
+}
 log() { echo "check-arm64: $*"; }
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -48,21 +52,24 @@ SRC_IN_ROOT=/opt/fhe-edge               # the repository copy, as seen inside th
 MARKER=$ROOT/.fhe-edge-arm64-root-complete
 
 # Gateway-side tests that need no broker, camera or TenSEAL: config, preprocessing, bundle
-# verification, envelopes, encrypted inference of the shipped model and of multi-conv zoo CNNs.
+# verification, envelopes, encrypted inference of the shipped model and of a multi-conv zoo CNN
+# (conv, BatchNorm, residual add, pooling, dense head). The Relu variant of that CNN is left out:
+# it costs as much as the rest together under emulation and adds no aarch64-specific code path.
 TESTS=(tests/test_edge_config.py tests/test_bundle.py tests/test_envelope.py
        tests/test_encrypted_inference.py tests/test_shipped_model_encrypted.py
        "tests/test_edge_pipeline.py::test_preprocess_matches_the_trainers_features"
        "tests/test_edge_pipeline.py::test_preprocess_modes_and_normalisation"
-       "tests/test_edge_pipeline.py::test_bad_input_spec_is_refused_clearly")
+       "tests/test_edge_pipeline.py::test_bad_input_spec_is_refused_clearly"
+       --deselect "tests/test_encrypted_inference.py::test_random_small_cnns_match_onnxruntime[2-relu]")
 
-SUMMARY=()
+SUMMARY=() NOTES=()
 record() { SUMMARY+=("$(printf '%-44s %-5s %6ss' "$1" "$2" "$3")"); }
 phase_start() { PHASE=$1; T0=$(date +%s); log "== $PHASE"; }
-phase_end() { record "$PHASE" "${1:-ok}" "$(( $(date +%s) - T0 ))"; }
+phase_end() { record "$PHASE" "${1:-ok}" "$(( $(date +%s) - T0 ))"; PHASE=; }
 print_summary() {
   echo; echo "check-arm64 summary (root $ROOT)"
   printf '  %s\n' "${SUMMARY[@]}"
-  [ -z "${TIMINGS:-}" ] || printf '%s\n' "$TIMINGS"
+  [ ${#NOTES[@]} -eq 0 ] || printf '  %s\n' "${NOTES[@]}"
 }
 
 # -- 1. host: packages, binfmt_misc, qemu-aarch64 ----------------------------------------------
@@ -152,8 +159,9 @@ mount_root() {
 }
 
 # A clean environment inside the root: none of the host's PIP_*, VIRTUAL_ENV or PYTHONPATH.
+# Bounded ($LIMIT seconds, default 1 h) so a wedged emulated program cannot hang the check.
 in_root() {
-  chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
+  timeout "${LIMIT:-3600}" chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
 }
 
@@ -182,8 +190,15 @@ else
 fi
 [ "$(timeout 120 chroot "$ROOT" /usr/bin/uname -m)" = aarch64 ] \
   || die "an aarch64 program in $ROOT did not run as aarch64 (binfmt/qemu broken?)"
-# Name resolution and the host's apt acquire settings (proxy, snapshot validity) follow the host.
+# Name resolution, the host's local CA certificates (a TLS-inspecting egress proxy makes pip fail
+# without them) and its apt acquire settings (proxy, snapshot validity) follow the host.
 cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+if [ -d /usr/local/share/ca-certificates ] \
+   && ! diff -rq /usr/local/share/ca-certificates "$ROOT/usr/local/share/ca-certificates" >/dev/null 2>&1; then
+  mkdir -p "$ROOT/usr/local/share/ca-certificates"
+  cp -a /usr/local/share/ca-certificates/. "$ROOT/usr/local/share/ca-certificates/"
+  LIMIT=600 in_root update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed inside the root"
+fi
 apt-config dump 2>/dev/null | grep -E '^Acquire::(Check-Valid-Until|Check-Date|https?::Proxy) ' \
   > "$ROOT/etc/apt/apt.conf.d/90fhe-edge-from-host" || true
 
@@ -201,7 +216,7 @@ phase_end
 
 mount_root
 phase_start "scripts/setup.sh inside the root"
-timeout 5400 in_root bash "$SRC_IN_ROOT/scripts/setup.sh" > "$ROOT.setup.log" 2>&1 \
+LIMIT=5400 in_root bash "$SRC_IN_ROOT/scripts/setup.sh" > "$ROOT.setup.log" 2>&1 \
   || { tail -30 "$ROOT.setup.log" >&2; die "scripts/setup.sh failed inside the root (log: $ROOT.setup.log)"; }
 tail -1 "$ROOT.setup.log"
 in_root "$SRC_IN_ROOT/.venv/bin/python" -c \
@@ -212,39 +227,28 @@ phase_end
 FAILED=0
 # -- 4. the gateway-side tests under emulation -------------------------------------------------
 if [ $RUN_TESTS -eq 1 ]; then
-  phase_start "pytest under emulation (${#TESTS[@]} selections)"
-  if in_root bash -c "cd $SRC_IN_ROOT && PYTHONPATH=$SRC_IN_ROOT .venv/bin/python -m pytest -q -p no:cacheprovider $(printf '%q ' "${TESTS[@]}")" \
+  phase_start "pytest under emulation"
+  if in_root bash -c "cd $SRC_IN_ROOT && PYTHONPATH=$SRC_IN_ROOT .venv/bin/python -m pytest -q -p no:cacheprovider --durations=5 $(printf '%q ' "${TESTS[@]}")" \
       > "$ROOT.pytest.log" 2>&1; then
     phase_end ok
   else
     FAILED=1; tail -40 "$ROOT.pytest.log" >&2; phase_end FAIL
   fi
-  log "pytest: $(grep -E '(passed|failed|error)' "$ROOT.pytest.log" | tail -1) (log: $ROOT.pytest.log)"
+  NOTES+=("pytest under emulation: $(grep -E '(passed|failed|error)' "$ROOT.pytest.log" | tail -1 | tr -d '=') (log: $ROOT.pytest.log)")
 fi
 
 # -- 5. cross-architecture round trip ----------------------------------------------------------
-if [ $RUN_ROUNDTRIP -eq 1 ]; then
-  phase_start "round trip host -> arm64 -> host"
-  HPY=$REPO/.venv/bin/python
-  [ -x "$HPY" ] || die "the host has no $REPO/.venv (run scripts/setup.sh on the host first)"
-  WORK=$(mktemp -d)
-  IN_ROOT_WORK=/tmp/fhe-edge-roundtrip
-  rm -rf "$ROOT$IN_ROOT_WORK" && mkdir -p "$ROOT$IN_ROOT_WORK"
-  host() { (cd "$WORK" && PYTHONPATH=$REPO "$HPY" -m "$@"); }
-  MODEL=$REPO/models/crowd_incident.onnx
-  N=${FHE_EDGE_ARM64_INFERENCES:-3}
-  if host backend_decryptor.cli protect "$MODEL" --model-id arm64-check --store store > "$WORK/protect.log" 2>&1 \
-     && host backend_decryptor.cli export arm64-check --out model.bundle --store store > "$WORK/export.log" 2>&1 \
-     && PYTHONPATH=$REPO "$HPY" -c "import numpy as np, sys; c = np.load(sys.argv[1]); np.save(sys.argv[2], c[:int(sys.argv[3])])" \
-          "${MODEL%.onnx}.calibration.npy" "$WORK/input.npy" "$N" \
-     && host edge_agent.cli infer --bundle model.bundle input.npy --out native > "$WORK/native.log" 2>&1 \
-     && cp "$WORK/model.bundle" "$WORK/model.bundle.owner.pub" "$WORK/input.npy" "$ROOT$IN_ROOT_WORK/" \
-     && in_root bash -c "cd $IN_ROOT_WORK && $SRC_IN_ROOT/.venv/bin/edge-agent infer --bundle model.bundle input.npy --out emulated" \
-          > "$WORK/emulated.log" 2>&1 \
-     && cp -r "$ROOT$IN_ROOT_WORK/emulated" "$WORK/emulated" \
-     && host backend_decryptor.cli decrypt arm64-check emulated --out emulated.npy --store store > "$WORK/decrypt.log" 2>&1 \
-     && host backend_decryptor.cli decrypt arm64-check native --out native.npy --store store >> "$WORK/decrypt.log" 2>&1 \
-     && PYTHONPATH=$REPO "$HPY" - "$MODEL" "$WORK" > "$WORK/compare.log" 2>&1 <<'PY'
+make_input() {  # the first N calibration samples beside the model, stacked as (N, *model input)
+  PYTHONPATH=$REPO "$HPY" - "$MODEL" "$WORK/input.npy" "$N" <<'PY'
+import sys, numpy as np, onnx
+model, out, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+shape = tuple(d.dim_value for d in onnx.load(model).graph.input[0].type.tensor_type.shape.dim)
+cal = np.load(model[: -len(".onnx")] + ".calibration.npy").astype(np.float32)
+np.save(out, cal[:n].reshape((n,) + shape))
+PY
+}
+compare_with_onnxruntime() {  # both decrypted results vs onnxruntime on the same inputs
+  PYTHONPATH=$REPO "$HPY" - "$MODEL" "$WORK" <<'PY'
 import sys
 import numpy as np
 import onnxruntime as ort
@@ -252,27 +256,53 @@ model, work = sys.argv[1], sys.argv[2]
 x = np.load(f"{work}/input.npy")
 sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
 name = sess.get_inputs()[0].name
-ref = np.concatenate([np.concatenate([o.reshape(1, -1) for o in sess.run(None, {name: xi[None]})], axis=1) for xi in x])
+ref = np.stack([np.concatenate([o.ravel() for o in sess.run(None, {name: xi})]) for xi in x])
+span = float(ref.max() - ref.min())
 worst = 0.0
 for kind in ("emulated", "native"):
     y = np.load(f"{work}/{kind}.npy").reshape(ref.shape)
     err = float(np.max(np.abs(y - ref)))
     worst = max(worst, err)
-    print(f"{kind:8s} (decrypted on the host) vs onnxruntime: max abs error {err:.2e}, "
-          f"output range [{ref.min():.3f}, {ref.max():.3f}]")
-sys.exit(0 if worst <= 1e-2 * max(1.0, float(np.abs(ref).max())) else 1)
+    print(f"{kind} result decrypted on the host vs onnxruntime: max abs error {err:.2e} "
+          f"(output range [{ref.min():.3f}, {ref.max():.3f}], {err / max(span, 1e-12):.1e} of it)")
+# the tolerance `protect` itself applies: 1e-2 of the output range
+sys.exit(0 if worst <= 1e-2 * max(span, 1e-12) else 1)
 PY
-  then
-    cat "$WORK/compare.log"
-    phase_end ok
-  else
-    FAILED=1
-    for f in "$WORK"/*.log; do echo "--- $f"; tail -15 "$f"; done >&2
-    phase_end FAIL
-  fi
-  each() { grep -o '[0-9.]* s each' "$1" 2>/dev/null | cut -d' ' -f1 || echo '?'; }
-  TIMINGS="  edge-agent infer, crowd_incident bundle, same $N inputs: native x86_64 $(each "$WORK/native.log") s,"
-  TIMINGS+=" emulated aarch64 $(each "$WORK/emulated.log") s per inference (qemu, not ARM hardware speed)"
-  rm -rf "$ROOT$IN_ROOT_WORK"
+}
+host() { (cd "$WORK" && PYTHONPATH=$REPO "$HPY" -m "$@"); }
+step() {  # step NAME CMD...: output to $WORK/NAME.log; on failure show it and fail
+  if "${@:2}" > "$WORK/$1.log" 2>&1; then return 0; fi
+  echo "--- round trip step '$1' failed:" >&2; tail -20 "$WORK/$1.log" >&2; return 1
+}
+roundtrip() {
+  local in_root_work=/tmp/fhe-edge-roundtrip
+  rm -rf "${ROOT:?}$in_root_work" && mkdir -p "$ROOT$in_root_work"
+  step protect host backend_decryptor.cli protect "$MODEL" --model-id arm64-check --store store &&
+  step export host backend_decryptor.cli export arm64-check --out model.bundle --store store &&
+  step input make_input &&
+  step native host edge_agent.cli infer --bundle model.bundle input.npy --out native &&
+  cp "$WORK/model.bundle" "$WORK/model.bundle.owner.pub" "$WORK/input.npy" "$ROOT$in_root_work/" &&
+  step emulated in_root bash -c "cd $in_root_work && $SRC_IN_ROOT/.venv/bin/edge-agent infer --bundle model.bundle input.npy --out emulated" &&
+  cp -r "$ROOT$in_root_work/emulated" "$WORK/emulated" &&
+  step decrypt-emulated host backend_decryptor.cli decrypt arm64-check emulated --out emulated.npy --store store &&
+  step decrypt-native host backend_decryptor.cli decrypt arm64-check native --out native.npy --store store &&
+  step compare compare_with_onnxruntime
+  local rc=$?
+  rm -rf "${ROOT:?}$in_root_work"
+  return $rc
+}
+each() { grep -o '[0-9.]* s each' "$1" 2>/dev/null | cut -d' ' -f1 || echo '?'; }
+
+if [ $RUN_ROUNDTRIP -eq 1 ]; then
+  phase_start "round trip host -> arm64 -> host"
+  HPY=$REPO/.venv/bin/python
+  [ -x "$HPY" ] || die "the host has no $REPO/.venv (run scripts/setup.sh on the host first)"
+  WORK=$(mktemp -d)
+  MODEL=$REPO/models/crowd_incident.onnx
+  N=${FHE_EDGE_ARM64_INFERENCES:-3}
+  if roundtrip; then phase_end ok; else FAILED=1; phase_end FAIL; fi
+  [ ! -f "$WORK/compare.log" ] || while IFS= read -r line; do NOTES+=("$line"); done < "$WORK/compare.log"
+  NOTES+=("edge-agent infer, shipped model's bundle, the same $N inputs, s per inference:"
+          "  native x86_64 $(each "$WORK/native.log")  emulated aarch64 $(each "$WORK/emulated.log") (qemu: not ARM hardware speed)")
 fi
 [ $FAILED -eq 0 ] || exit 1
