@@ -4,10 +4,10 @@
 #   2. an arm64 Debian 12 root under a cache directory (made once, reused)
 #   3. this repository copied into the root and set up there by its own scripts/setup.sh
 #      (so the aarch64 Pyfhel wheel comes from the same recipe, cached inside the root)
-#   4. the gateway-side tests that need no broker or camera, under emulation
-#   5. a cross-architecture round trip: protect + export on the host, `edge-agent infer` on arm64,
+#   4. a cross-architecture round trip: protect + export on the host, `edge-agent infer` on arm64,
 #      `backend-decryptor decrypt` on the host, compared with onnxruntime; the same bundle and
 #      input also run natively so the two inference times sit side by side
+#   5. the gateway-side tests that need no broker or camera, under emulation
 # Idempotent; needs root. Slow (see docs/gateway.md, "ARM gateways"): not part of scripts/test.sh.
 set -euo pipefail
 
@@ -225,19 +225,7 @@ in_root "$SRC_IN_ROOT/.venv/bin/python" -c \
 phase_end
 
 FAILED=0
-# -- 4. the gateway-side tests under emulation -------------------------------------------------
-if [ $RUN_TESTS -eq 1 ]; then
-  phase_start "pytest under emulation"
-  if in_root bash -c "cd $SRC_IN_ROOT && PYTHONPATH=$SRC_IN_ROOT .venv/bin/python -m pytest -q -p no:cacheprovider --durations=5 $(printf '%q ' "${TESTS[@]}")" \
-      > "$ROOT.pytest.log" 2>&1; then
-    phase_end ok
-  else
-    FAILED=1; tail -40 "$ROOT.pytest.log" >&2; phase_end FAIL
-  fi
-  NOTES+=("pytest under emulation: $(grep -E '(passed|failed|error)' "$ROOT.pytest.log" | tail -1 | tr -d '=') (log: $ROOT.pytest.log)")
-fi
-
-# -- 5. cross-architecture round trip ----------------------------------------------------------
+# -- 4. cross-architecture round trip (before the tests: it is the quicker one) ----------------
 make_input() {  # the first N calibration samples beside the model, stacked as (N, *model input)
   PYTHONPATH=$REPO "$HPY" - "$MODEL" "$WORK/input.npy" "$N" <<'PY'
 import sys, numpy as np, onnx
@@ -305,4 +293,16 @@ if [ $RUN_ROUNDTRIP -eq 1 ]; then
   NOTES+=("edge-agent infer, shipped model's bundle, the same $N inputs, s per inference:"
           "  native x86_64 $(each "$WORK/native.log")  emulated aarch64 $(each "$WORK/emulated.log") (qemu: not ARM hardware speed)")
 fi
+# -- 5. the gateway-side tests under emulation -------------------------------------------------
+if [ $RUN_TESTS -eq 1 ]; then
+  phase_start "pytest under emulation"
+  if in_root bash -c "cd $SRC_IN_ROOT && PYTHONPATH=$SRC_IN_ROOT .venv/bin/python -m pytest -q -p no:cacheprovider --durations=5 $(printf '%q ' "${TESTS[@]}")" \
+      > "$ROOT.pytest.log" 2>&1; then
+    phase_end ok
+  else
+    FAILED=1; tail -40 "$ROOT.pytest.log" >&2; phase_end FAIL
+  fi
+  NOTES+=("pytest under emulation: $(grep -E '(passed|failed|error)' "$ROOT.pytest.log" | tail -1 | tr -d '=') (log: $ROOT.pytest.log)")
+fi
+
 [ $FAILED -eq 0 ] || exit 1
