@@ -45,4 +45,6 @@ VPY=$ROOT/.venv/bin/python
 PYFHEL_WHEEL=$(FHE_EDGE_WHEELS="$WHEELS" scripts/build-pyfhel.sh "$VPY")
 "$VPY" -m pip install -q "$PYFHEL_WHEEL"
 "$VPY" -m pip install -q --find-links "$WHEELS" -e ".[$EXTRAS]"
-echo "setup: ok ($("$VPY" -c 'import Pyfhel, onnxruntime; print("Pyfhel", Pyfhel.__version__, "onnxruntime", onnxruntime.__version__)'))"
+# The import check must fail the set-up when it fails (inside "echo $(...)" a crash went unnoticed).
+versions=$("$VPY" -c 'import Pyfhel, onnxruntime; print("Pyfhel", Pyfhel.__version__, "onnxruntime", onnxruntime.__version__)')
+echo "setup: ok ($versions)"
