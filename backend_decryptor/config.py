@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 from backend_decryptor.yaml_config import load_yaml_model, parse_duration
+from protected_nn.config_words import resolve_path_setting
 
 Seconds = Annotated[float, BeforeValidator(parse_duration)]
 
@@ -289,8 +290,10 @@ def load_config(path: str | Path) -> BackendConfig:
     cfg = load_yaml_model(path, BackendConfig)
     base = path.resolve().parent
     def resolved(value):
-        if value is None or isinstance(value, Path):
-            return value if value is None or value.is_absolute() else base / value
+        if value is None:
+            return None
+        if isinstance(value, Path):
+            return Path(resolve_path_setting(str(value), base))
         # password_file: '${CREDENTIALS_DIRECTORY}/x' is absolute once expanded; keep it for later
         return value if value.startswith("$") or Path(value).is_absolute() else str(base / value)
 

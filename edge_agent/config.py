@@ -14,7 +14,7 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from protected_nn.config_words import explain_errors, parse_duration
+from protected_nn.config_words import explain_errors, parse_duration, resolve_path_setting
 
 ID_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"   # the envelope's id alphabet (protected_nn/envelope.py)
 # Seconds: a number, or a duration with a unit as on the backend (250ms, 5s, 2m, 1h).
@@ -273,8 +273,7 @@ def _resolve_paths(data: dict, base: Path) -> dict:
         for key in fields[:-1]:
             holder = holder.get(key) if isinstance(holder, dict) else None
         if isinstance(holder, dict) and isinstance(holder.get(fields[-1]), str):
-            p = Path(holder[fields[-1]])
-            holder[fields[-1]] = str(p if p.is_absolute() else base / p)
+            holder[fields[-1]] = resolve_path_setting(holder[fields[-1]], base)
     return data
 
 
