@@ -13,7 +13,7 @@ from protected_nn.compiler import graph as G
 from protected_nn.compiler.layout import Layout
 from protected_nn.compiler.linear import ZERO_HOMES
 from protected_nn.compiler.mapped import (MappedPacking, _best_beta, _decode_key, _terms_grid,
-                                          pack_mapped, residue_period_for)
+                                          _terms_residue, pack_mapped, residue_period_for)
 from protected_nn.compiler.structure import chw
 from protected_nn.compiler.tensor_map import (TensorMap, compact_map, conv_output_grids, grid_map,
                                               input_map, phase_grids, phase_tree)
@@ -47,7 +47,12 @@ def as_map(state) -> TensorMap:
 
 
 def _estimate(weights, in_maps, out_map, slots, level, cost) -> float:
-    keys, _, _ = _terms_grid(weights, in_maps, out_map, slots)
+    """Cost of a layer writing `out_map` (a grid), or the residue layout when it is None."""
+    if out_map is None:
+        period = residue_period_for(weights[0].shape[0], 0, slots)
+        keys, _, _ = _terms_residue(weights, in_maps, period, slots)
+    else:
+        keys, _, _ = _terms_grid(weights, in_maps, out_map, slots)
     n_cts = max(t.n_cts for t in in_maps)
     terms = {_decode_key(int(u), len(in_maps), n_cts, slots) for u in np.unique(np.concatenate(keys))}
     beta = _best_beta(terms, slots)
@@ -58,30 +63,50 @@ def _estimate(weights, in_maps, out_map, slots, level, cost) -> float:
             + len(terms) * (cost.mul(level) + cost.step_penalty * 0.15))
 
 
-def choose_output(node: G.MLinear, in_maps: list[TensorMap], slots, level, cost, is_output):
-    """A grid for a convolution's output (cheapest candidate), else None (residue/compact)."""
+def _candidates(node: G.MLinear, in_maps: list[TensorMap], slots, is_output) -> list[TensorMap]:
+    """Output grids a convolution may write; [] for dense layers (residue/compact output)."""
     geo = node.geometries[0] if node.geometries else None
     grid = in_maps[0].grid
     if is_output or geo is None or geo.is_dense or grid is None:
-        return None
+        return []
     if tuple(grid.chw) != tuple(geo.in_chw):
-        return None
-    best = None
+        return []
     cands = [grid_map(g, n) for g, n in conv_output_grids(grid, geo.out_chw, geo.stride, slots)]
     if len(in_maps) == 1:
         cands += list(phase_grids(grid, geo.out_chw, geo.stride, slots))
+    return cands
+
+
+def _own_cost(node, in_maps, tm, slots, level, cost) -> float:
+    c = _estimate(node.weights, in_maps, tm, slots, level, cost)
+    if tm is not None and tm.phases is not None:   # the tree folding the phases, per output ct
+        c += len(phase_tree(tm.phases)) * tm.n_cts * cost.rot(level + 1)
+    return c
+
+
+def choose_output(node: G.MLinear, in_maps: list[TensorMap], slots, level, cost, is_output,
+                  consumer=None):
+    """A grid for a convolution's output, else None (residue/compact). Each candidate is
+    charged its own cost plus the cheapest cost of `consumer` (the next linear layer, reading
+    this output alone) given it: a layout cheap to write can make the next layer pay several
+    times more (more ciphertexts to read, fewer aligned channel pairs)."""
+    cands = _candidates(node, in_maps, slots, is_output)
+    best = None
     for tm in cands:
-        c = _estimate(node.weights, in_maps, tm, slots, level, cost)
-        if tm.phases is not None:        # the tree folding the phases, per output ciphertext
-            c += len(phase_tree(tm.phases)) * tm.n_cts * cost.rot(level + 1)
+        c = _own_cost(node, in_maps, tm, slots, level, cost)
+        if consumer is not None:
+            nxt, nxt_output = consumer
+            nxt_cands = _candidates(nxt, [tm], slots, nxt_output) or [None]
+            c += min(_own_cost(nxt, [tm], t2, slots, level + 2, cost) for t2 in nxt_cands)
         if best is None or c < best[0]:
             best = (c, tm)
     return None if best is None else best[1]
 
 
-def plan_mapped_linear(node: G.MLinear, ins, slots, level, cost, known_steps, is_output):
+def plan_mapped_linear(node: G.MLinear, ins, slots, level, cost, known_steps, is_output,
+                       consumer=None):
     in_maps = [as_map(s) for s in ins]
-    out_map = choose_output(node, in_maps, slots, level, cost, is_output)
+    out_map = choose_output(node, in_maps, slots, level, cost, is_output, consumer)
     period = 0
     if out_map is None:
         period = residue_period_for(node.size, ZERO_HOMES if is_output else 0, slots)

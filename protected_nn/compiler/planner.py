@@ -177,9 +177,11 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
             states[node.name] = state
             continue
         if isinstance(node, G.MLinear) and any(states[i].tmap is not None for i in node.inputs):
+            nxt = _next_linear(node, consumers)
             states[node.name] = _mapped_linear(node, states, slots, cost, plan, steps, add_weight,
                                                drop_prime, target(node), rot_steps,
-                                               node.name == output)
+                                               node.name == output,
+                                               None if nxt is None else (nxt, nxt.name == output))
             continue
         if isinstance(node, G.MLinear) and node.inputs[0] == graph.input_name and input_doc.get("free"):
             states[node.name] = _first_layer(node, input_doc, plan, steps, add_weight,
@@ -298,12 +300,24 @@ def _linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delt
     return _State(pack.out_layout, level + 1, out_scale)
 
 
+def _next_linear(node, consumers):
+    """The linear layer that alone reads `node` through element-wise activations, if any."""
+    cur = node
+    while len(consumers[cur.name]) == 1:
+        cur = consumers[cur.name][0]
+        if isinstance(cur, G.MLinear):
+            return cur if len(cur.inputs) == 1 else None
+        if not isinstance(cur, (G.SquareNode, G.PolyNode)):
+            return None
+    return None
+
+
 def _mapped_linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delta, rot_steps,
-                   is_output):
+                   is_output, consumer=None):
     ins = [states[i] for i in node.inputs]
     level = max(s.level for s in ins)
     pack, out_map, out_layout, _ = MP.plan_mapped_linear(node, ins, slots, level, cost, rot_steps,
-                                                         is_output)
+                                                         is_output, consumer)
     q = drop_prime(level)
     t_scale = delta * q
     out_scale = t_scale / q
