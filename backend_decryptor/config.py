@@ -21,6 +21,20 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def read_password_file(setting_value: str | None, setting: str) -> str | None:
+    """A password from its file ($VARIABLES expanded, e.g. ${CREDENTIALS_DIRECTORY}/mqtt-password),
+    or None when the setting is empty; an unreadable file names the setting and the path."""
+    if not setting_value:
+        return None
+    path = Path(os.path.expandvars(setting_value))
+    try:
+        return path.read_text().strip()
+    except OSError as exc:
+        raise ValueError(f"{setting} {path}: cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{setting} {path}: not UTF-8 text") from None
+
+
 class TLSConfig(Strict):
     ca_file: Path | None = Field(None, description="CA certificate(s) the broker's certificate must chain to; system CAs if unset")
     cert_file: Path | None = Field(None, description="client certificate for mutual TLS (optional)")
@@ -54,15 +68,7 @@ class MQTTConfig(Strict):
                                            "bounds memory and lets the broker spread load across replicas")
 
     def password(self) -> str | None:
-        if not self.password_file:
-            return None
-        path = Path(os.path.expandvars(self.password_file))
-        try:
-            return path.read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"mqtt.password_file {path}: cannot read: {exc.strerror or exc}") from None
-        except UnicodeDecodeError:
-            raise ValueError(f"mqtt.password_file {path}: not UTF-8 text") from None
+        return read_password_file(self.password_file, "mqtt.password_file")
 
 
 class ChecksConfig(Strict):
@@ -233,13 +239,7 @@ class DatabaseConfig(Strict):
         return bool(self.url) and self.url.startswith(_PG_SCHEMES)
 
     def password(self) -> str | None:
-        if not self.password_file:
-            return None
-        path = Path(os.path.expandvars(self.password_file))
-        try:
-            return path.read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"database.password_file {path}: cannot read: {exc.strerror or exc}") from None
+        return read_password_file(self.password_file, "database.password_file")
 
     def conninfo(self, application_name: str = "backend-decryptor") -> str:
         """libpq connection string: the URL plus the TLS options (the password is passed apart)."""
