@@ -27,6 +27,7 @@ from paho.mqtt.properties import Properties
 from backend_decryptor.config import MQTTConfig
 
 log = logging.getLogger(__name__)
+MAX_PEERS = 256   # replicas tracked for the duplicate-replica warning; more than any deployment has
 
 
 class Receiver:
@@ -117,6 +118,8 @@ class Receiver:
         peer, state = parts[-2], payload.decode("utf-8", "replace")[:16]
         if peer == self.cfg.client_id or not state or self.peers.get(peer) == state:
             return
+        if peer not in self.peers and len(self.peers) >= MAX_PEERS:
+            return   # whoever can write these topics must not grow this table without bound
         self.peers[peer] = state
         if state == "online":
             log.warning("another backend replica %r is online on this broker: replicas in shared group %r split "

@@ -57,3 +57,18 @@ def test_peer_messages_never_reach_the_inference_pipeline(broker):
         assert seen == []
     finally:
         r.stop()
+
+
+def test_the_peer_table_is_bounded(broker, monkeypatch):
+    """Whoever can write availability topics cannot grow the replica's memory without bound."""
+    import backend_decryptor.receiver as receiver_module
+    monkeypatch.setattr(receiver_module, "MAX_PEERS", 3)
+    r = receiver(broker, "backend-a")
+    try:
+        for i in range(6):
+            r._on_peer_availability(f"fhe-edge/backend/fake-{i}/availability", b"online")
+        assert len(r.peers) == 3
+        r._on_peer_availability("fhe-edge/backend/fake-0/availability", b"offline")
+        assert r.peers["fake-0"] == "offline"       # known peers still update
+    finally:
+        r.stop()
