@@ -21,7 +21,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
-from backend_decryptor.model_card import Reading
+from backend_decryptor.readings import Reading
 from backend_decryptor.rules_config import CameraRuleSet
 
 

@@ -18,14 +18,14 @@ import threading
 import time
 from pathlib import Path
 
-from backend_decryptor.model_card import ModelCard, parse_card
+from protected_nn.model_card import ModelCard, parse_card
 
 
 class StaticCatalog:
     def __init__(self, models: dict[str, tuple[list[str], dict]]):
         """models: model id -> (fingerprints, model card dict)."""
         self._fps = {m: set(fps) for m, (fps, _) in models.items()}
-        self._cards = {m: parse_card(m, card) for m, (_, card) in models.items()}
+        self._cards = {m: parse_card(m, card, need_outputs=True) for m, (_, card) in models.items()}
 
     def fingerprints(self, model_id: str) -> set[str] | None:
         """None if the model is unknown."""
@@ -76,7 +76,7 @@ class StoreCatalog:
         key = (model_id, fingerprint)
         card = self._cards.get(key)
         if card is None:
-            card = parse_card(model_id, self._store.model_card(model_id, fingerprint))
+            card = parse_card(model_id, self._store.model_card(model_id, fingerprint), need_outputs=True)
             self._cards[key] = card
         return card
 

@@ -70,13 +70,13 @@ def check(cfg: BackendConfig, rules: AlertRules) -> tuple[list[str], list[str], 
 
 
 def _check_store(cfg: BackendConfig, rules: AlertRules, errors: list[str], models: list[str]) -> set[str]:
-    from backend_decryptor.model_card import CardError, parse_card
+    from protected_nn.model_card import CardError, parse_card
     from backend_decryptor.store import Store
     store = Store(cfg.store, create=False)
     outputs: set[str] = set()
     for model_id in store.model_ids():
         try:
-            card = parse_card(model_id, store.model_card(model_id))
+            card = parse_card(model_id, store.model_card(model_id), need_outputs=True)
         except CardError as exc:
             errors.append(f"{exc}: {CARD_FIX.format(id=model_id)}")
             models.append(f"model {model_id}: NO VALID CARD (see the error)")

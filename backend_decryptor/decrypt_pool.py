@@ -2,8 +2,9 @@
 
 Each worker holds a `Decryptor`: a picklable object with `decrypt(model_id, fingerprint, payload)
 -> np.ndarray`. The production one, `StoreDecryptor`, keeps one `OwnerModel` per (model id, key
-fingerprint), loaded from the store on first use (or at start by `preload`), so several models and
-several keys of one model (old and new during a rotation) are served at once.
+fingerprint), loaded from the store on first use (or at start by `preload`) and cached by the
+worker's one `Store`, so several models and several keys of one model (old and new during a
+rotation) are served at once.
 
 The decryptor is injectable: the plumbing tests and the benchmark's transport figures pass a
 trivial codec so they can exercise the queueing without real ciphertexts.
@@ -28,40 +29,39 @@ log = logging.getLogger(__name__)
 
 
 class StoreDecryptor:
-    """Decrypts with the owner keys in the protected model store; only the path is pickled."""
+    """Decrypts with the owner keys in the protected model store; only the path is pickled.
+
+    Each process (every worker, or the service itself with `workers: 0`) opens the store once, on
+    first use, without creating it: the store's own cache (`Store.owner_model`) then keeps one
+    `OwnerModel` per key version for the life of the worker. A store that is not there is an
+    error naming it, never an empty store made at a mistyped path."""
 
     def __init__(self, store_root: str | Path):
         self.store_root = str(store_root)
-        self._models: dict[tuple[str, str], object] = {}
+        self._opened = None
 
     def __getstate__(self):
         return {"store_root": self.store_root}
 
     def __setstate__(self, state):
         self.store_root = state["store_root"]
-        self._models = {}
+        self._opened = None
 
     def _store(self):
-        from backend_decryptor.store import Store
-        return Store(self.store_root)
+        if self._opened is None:
+            from backend_decryptor.store import Store
+            self._opened = Store(self.store_root, create=False)
+        return self._opened
 
     def preload(self) -> None:
         """Load every key the store holds now, so the first messages do not wait for key loading."""
         store = self._store()
         for model_id in store.model_ids():
             for fp in store.fingerprints(model_id):
-                self._load(store, model_id, fp)
-
-    def _load(self, store, model_id: str, fingerprint: str):
-        model = store.owner_model(model_id, fingerprint)
-        self._models[(model_id, fingerprint)] = model
-        return model
+                store.owner_model(model_id, fp)
 
     def decrypt(self, model_id: str, fingerprint: str, payload: bytes) -> np.ndarray:
-        model = self._models.get((model_id, fingerprint))
-        if model is None:
-            model = self._load(self._store(), model_id, fingerprint)
-        return model.decrypt(payload)
+        return self._store().owner_model(model_id, fingerprint).decrypt(payload)
 
 
 _worker_decryptor = None

@@ -17,12 +17,13 @@ import time
 from dataclasses import dataclass, replace
 
 from protected_nn.envelope import Envelope
+from protected_nn.model_card import CardError
 from protected_nn.runtime.result_checks import ResultRejected
 
 from backend_decryptor import alerts
 from backend_decryptor.checks import MessageChecker, Rejected
 from backend_decryptor.decrypt_pool import Job
-from backend_decryptor.model_card import CardError, ImplausibleOutput, OutputError, check_plausible, read_outputs
+from backend_decryptor.readings import ImplausibleOutput, OutputError, check_plausible, read_outputs
 from backend_decryptor.rate_limit import LogLimiter
 
 log = logging.getLogger(__name__)

@@ -292,7 +292,15 @@ class Store:
             raise StoreError(f"store is damaged: cannot read the secret key of {model_id}/{fingerprint}: {e}") from e
 
     def owner_model(self, model_id: str, fingerprint: str | None = None):
-        """api.OwnerModel for this key version, built once (loading keys is slow) and cached."""
+        """api.OwnerModel for this key version, built once (loading keys is slow) and cached. A
+        cached key version is returned without asking the index: this is the decryption workers'
+        path, per result; which keys are accepted is the catalog's business (backend_decryptor/
+        catalog.py), and a key retired by this Store leaves the cache at once."""
+        if fingerprint is not None:
+            with self._lock:
+                cached = self._owner_models.get((model_id, fingerprint))
+            if cached is not None:
+                return cached
         fingerprint = self._resolve(model_id, fingerprint)
         key = (model_id, fingerprint)
         with self._lock:

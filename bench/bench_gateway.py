@@ -157,7 +157,7 @@ def main() -> int:
     t = time.perf_counter()
     prot = api.protect(args.model)
     protect_s = time.perf_counter() - t
-    shape = tuple(prot.artifacts.card().get("input_shape") or api.EdgeModel(prot.artifacts).input_shape)
+    shape = tuple(prot.artifacts.card().input_shape or api.EdgeModel(prot.artifacts).input_shape)
     model = Model(prot.artifacts, Path(args.model).stem.replace("_", "-"), prot.artifacts.key_fingerprint)
     rows = {w: pool_fps(model, shape, w, args.seconds) for w in (1, 2)}
     speedup = rows[2]["fps"] / rows[1]["fps"] if rows[1]["fps"] else float("nan")

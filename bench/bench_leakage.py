@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from backend_decryptor import alerts  # noqa: E402
-from backend_decryptor.model_card import Reading  # noqa: E402
+from backend_decryptor.readings import Reading  # noqa: E402
 from backend_decryptor.rules_config import load_rules  # noqa: E402
 
 CAMERA = "cam-x"

@@ -79,13 +79,12 @@ def split_batch(x: np.ndarray, input_shape: tuple[int, ...], source) -> tuple[li
                      f"or a stack (N, {', '.join(map(str, input_shape))}){batch}")
 
 
-def range_warning(x: np.ndarray, card: dict, source) -> str | None:
+def range_warning(x: np.ndarray, card, source) -> str | None:
     """A warning when the input leaves the range the model was calibrated on (recorded by
     `protect` in the model card): fitted activations and the result's headroom hold only there."""
-    rng = card.get("calibrated_input_range")
-    if not (isinstance(rng, list) and len(rng) == 2):
+    if card.calibrated_input_range is None:
         return None
-    lo, hi = float(rng[0]), float(rng[1])
+    lo, hi = card.calibrated_input_range
     slack = 1e-6 * max(1.0, hi - lo)
     x_lo, x_hi = float(np.min(x)), float(np.max(x))
     if x_lo >= lo - slack and x_hi <= hi + slack:

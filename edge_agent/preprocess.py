@@ -1,6 +1,6 @@
 """Camera frame -> the model's input tensor, as the bundle's model card specifies it.
 
-The model card (JSON member of the bundle) carries the input spec under "input":
+The card's `input` and `motion` sections (schema and defaults: protected_nn/model_card.py):
 
     {"input": {"shape": [1, C, H, W],
                "channels": "gray" | "bgr" | "gray+motion",
@@ -23,11 +23,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-CHANNEL_MODES = {"gray": 1, "gray+motion": 2, "bgr": 3}
-_DEFAULT_MODE = {1: "gray", 2: "gray+motion", 3: "bgr"}
+from protected_nn.model_card import CHANNEL_MODES, CardError, ModelCard, MotionSection, parse_card
+
+_DEFAULT_MODE = {c: mode for mode, c in CHANNEL_MODES.items()}
 
 
-class InputSpecError(ValueError):
+class InputSpecError(CardError):
     """The model card's input spec is malformed or asks for something we cannot produce."""
 
 
@@ -46,35 +47,39 @@ class InputSpec:
         return (1, CHANNEL_MODES[self.channels], self.height, self.width)
 
     @classmethod
-    def from_card(cls, card: dict, fallback_shape: tuple[int, ...] | None = None) -> "InputSpec":
-        spec = card.get("input") if isinstance(card, dict) else None
-        spec = spec if isinstance(spec, dict) else {}
-        shape = spec.get("shape") or card.get("input_shape") or fallback_shape
+    def from_card(cls, card: ModelCard | dict, fallback_shape: tuple[int, ...] | None = None) -> "InputSpec":
+        """From the bundle's card (`ModelArtifacts.card()`, or its JSON as a dict)."""
+        if not isinstance(card, ModelCard):
+            try:
+                card = parse_card(None, card)
+            except CardError as exc:
+                raise InputSpecError(str(exc)) from None
+        section = card.input
+        shape = (section.full_shape() if section else None) or card.input_shape or fallback_shape
         if isinstance(shape, (list, tuple)) and len(shape) == 3:
             shape = [1, *shape]
-        if (not isinstance(shape, (list, tuple)) or len(shape) != 4 or shape[0] != 1
-                or not all(isinstance(d, int) and d > 0 for d in shape)):
+        if not isinstance(shape, (list, tuple)) or len(shape) != 4 or shape[0] != 1:
             raise InputSpecError(f"model card input shape {shape!r}: expected [1, C, H, W]")
         c = shape[1]
-        mode = spec.get("channels", _DEFAULT_MODE.get(c))
-        if mode not in CHANNEL_MODES or CHANNEL_MODES[mode] != c:
-            raise InputSpecError(f"model card input channels {mode!r} do not fit {c} channel(s) "
-                                 f"(known: {', '.join(f'{k}={v}' for k, v in CHANNEL_MODES.items())})")
-        scale = float(spec.get("scale", 1.0 / 255.0))
-        mean = _per_channel(spec.get("mean", 0.0), c, "mean")
-        std = _per_channel(spec.get("std", 1.0), c, "std")
-        if any(s == 0 for s in std):
-            raise InputSpecError("model card input std contains 0")
-        motion = card.get("motion") if isinstance(card.get("motion"), dict) else {}
-        interval = motion.get("frame_interval_s", spec.get("motion_interval_s", 0.1))
-        if not isinstance(interval, (int, float)) or not 0 < interval <= 10:
-            raise InputSpecError(f"model card motion frame_interval_s {interval!r}: expected 0 < s <= 10")
-        return cls(mode, shape[2], shape[3], scale, mean, std, float(interval))
+        mode = (section.channels if section else None) or _DEFAULT_MODE.get(c)
+        if mode is None:
+            raise InputSpecError(f"model card input shape {list(shape)}: a camera frame gives 1, 2 or 3 "
+                                 f"channels (known: {', '.join(f'{k}={v}' for k, v in CHANNEL_MODES.items())})")
+        if CHANNEL_MODES[mode] != c:
+            raise InputSpecError(f"model card input channels {mode!r} do not fit {c} channel(s) of "
+                                 f"input shape {list(shape)}")
+        if section is None:
+            scale, mean, std = 1.0 / 255.0, 0.0, 1.0
+        else:
+            scale, mean, std = section.scale, section.mean, section.std
+        motion = card.motion or MotionSection()
+        return cls(mode, shape[2], shape[3], float(scale), _per_channel(mean, c, "mean"),
+                   _per_channel(std, c, "std"), float(motion.frame_interval_s))
 
 
 def _per_channel(value, c: int, name: str) -> tuple[float, ...]:
     values = [value] * c if isinstance(value, (int, float)) else value
-    if not isinstance(values, (list, tuple)) or len(values) != c:
+    if len(values) != c:   # the card checks its own sections; here the shape may be the fallback
         raise InputSpecError(f"model card input {name} {value!r}: expected a number or {c} numbers")
     return tuple(float(v) for v in values)
 

@@ -28,9 +28,6 @@ from protected_nn.runtime.plan_format import check_version
 # OwnerModel only, so a gateway process never even loads them.
 
 
-CALIBRATED_RANGE = "calibrated_input_range"   # model card field: [low, high] of the calibration inputs
-
-
 @dataclass
 class ProtectOptions:
     poly_degree: int = 4               # degree of polynomials replacing Relu/Sigmoid/... activations
@@ -39,7 +36,7 @@ class ProtectOptions:
     calibration_samples: int = 8       # drawn in the input range when no calibration file is given
     input_range: tuple[float, float] = (0.0, 1.0)
     check_samples: int = 2             # calibration inputs run through the encrypted path
-    model_card: dict | None = None     # overrides/extends the card read from ONNX metadata
+    model_card: dict | None = None     # overrides/extends the card read from ONNX metadata (model_card.py)
     calibration_source: str | None = None   # where a given calibration array came from (a file)
     seeded: bool = True                # keys and weight ciphertexts stored seeded (half the bundle)
 
@@ -75,7 +72,8 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     from protected_nn.compiler.planner import compile_graph
     from protected_nn.frontend import load_onnx
     from protected_nn.runtime.owner import encrypt_weights
-    from protected_nn.runtime.report import build_report, model_card_from
+    from protected_nn.model_card import card_from_onnx
+    from protected_nn.runtime.report import build_report
     from protected_nn.runtime.selfcheck import fidelity_check
 
     opts = options or ProtectOptions()
@@ -91,6 +89,11 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     input_shape = _onnx_input_shape(model, graph)
     cal = _calibration_inputs(input_shape, calibration, opts)
     calibrated = calibration_record(cal, calibration, opts)
+    # Before the slow part: a card that does not fit the schema is refused with the field named.
+    # The calibrated range is in the bundle and the store: the gateway warns on inputs outside
+    # it, `decrypt` names it when a result does not decrypt (an input far outside overflows it).
+    card = card_from_onnx(None, {p.key: p.value for p in model.metadata_props}, graph.input.shape,
+                          graph.output_shape, opts.model_card, calibrated["input_range"])
     ref_outputs = _onnxruntime(model, cal)
     try:
         plan = compile_graph(graph, output_bits_for(ref_outputs))
@@ -105,15 +108,11 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     weight_blobs = encrypt_weights(sk, plan.weights, seeded=opts.seeded)
     t_encrypt = time.perf_counter() - t1
     pub = sk.public_bytes(seeded_keys=opts.seeded)
-    card = model_card_from(model, graph, opts.model_card)
-    # in the bundle and the store: the gateway warns on inputs outside it, `decrypt` names it
-    # when a result does not decrypt (an input far outside overflows the result)
-    card[CALIBRATED_RANGE] = calibrated["input_range"]
     artifacts = ModelArtifacts(plan=json.dumps(plan.doc).encode(), context=pub["context"],
                                public_key=pub["public_key"], relin_key=pub["relin_key"],
                                rotation_keys=pub["rotation_keys"],
                                params=params_blob.pack(weight_blobs),
-                               model_card=json.dumps(card).encode())
+                               model_card=card.to_json())
     secret = sk.secret_bytes()
     fidelity = fidelity_check(lambda: EdgeModel(artifacts), lambda: OwnerModel(artifacts, secret),
                               cal[:max(1, opts.check_samples)],

@@ -40,5 +40,8 @@ class ModelArtifacts:
     def plan_json(self) -> dict:
         return json.loads(self.plan)
 
-    def card(self) -> dict:
-        return json.loads(self.model_card) if self.model_card else {}
+    def card(self):
+        """The model card as a `protected_nn.model_card.ModelCard`; CardError if it does not fit
+        the schema (an empty member is a card with nothing in it)."""
+        from protected_nn.model_card import parse_card  # pydantic: only for those who read cards
+        return parse_card(None, self.model_card)

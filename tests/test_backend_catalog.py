@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from backend_decryptor.catalog import StoreCatalog
-from backend_decryptor.model_card import ImplausibleOutput, check_plausible
+from backend_decryptor.readings import ImplausibleOutput, check_plausible
 from backend_decryptor.store import Store
 from tests.test_bundle import fake_artifacts
 from tests.support.process import eventually

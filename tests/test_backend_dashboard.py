@@ -12,7 +12,7 @@ import time
 
 from backend_decryptor import alerts
 from backend_decryptor.catalog import StaticCatalog
-from backend_decryptor.model_card import parse_card
+from protected_nn.model_card import parse_card
 from backend_decryptor.publish import camera_of_object_id, ha_object_id
 from backend_decryptor.rules_config import AlertRules
 from backend_decryptor.service import Service
@@ -44,7 +44,7 @@ def test_event_numbers_make_the_documented_dedup_rule_give_the_true_level():
                                                      "levels": {"low": 0, "high": 10, "very_high": 20}},
                                           "incident": {"enabled": False}}).for_camera("c")
     card = parse_card("m", CARD)
-    from backend_decryptor.model_card import read_outputs
+    from backend_decryptor.readings import read_outputs
     import numpy as np
     state, events = alerts.CameraState(), []
     for t, count in enumerate([12, 25, 14, 22, 15, 1]):

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from backend_decryptor import alerts
-from backend_decryptor.model_card import CardError, ImplausibleOutput, check_plausible, parse_card
+from backend_decryptor.readings import ImplausibleOutput, check_plausible
+from protected_nn.model_card import CardError, parse_card
 from backend_decryptor.service import Service
 from tests.test_backend_support import config, handled, rules, wait_for
 from tests.test_backend_support import MQTTTestClient as MqttClient

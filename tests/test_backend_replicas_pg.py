@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 
 from backend_decryptor import alerts
-from backend_decryptor.model_card import parse_card, read_outputs
+from backend_decryptor.readings import read_outputs
+from protected_nn.model_card import parse_card
 from tests.support.gateway_keys import public_keys
 from tests.test_backend_support import CARD, MODEL, RULES, message, rules, wait_for
 from tests.test_backend_support import MQTTTestClient as MqttClient

@@ -8,7 +8,8 @@ import pytest
 
 from backend_decryptor import alerts
 from backend_decryptor.config import load_config
-from backend_decryptor.model_card import CardError, OutputError, Reading, parse_card, read_outputs
+from backend_decryptor.readings import OutputError, Reading, read_outputs
+from protected_nn.model_card import CardError, parse_card
 from backend_decryptor.rules_config import AlertRules, load_rules
 from backend_decryptor.yaml_config import ConfigError
 
@@ -131,7 +132,7 @@ def test_model_card_decoding_kinds():
     with pytest.raises(OutputError, match="not finite"):
         read_outputs(card, np.array([np.nan] * 6), "crowd_count", None)
     with pytest.raises(CardError, match="outputs"):
-        parse_card("m", {"labels": {}})
+        parse_card("m", {"labels": {}}, need_outputs=True)
     with pytest.raises(CardError, match="kind"):
         parse_card("m", {"outputs": [{"name": "x", "index": 0, "kind": "mystery"}]})
 

@@ -16,7 +16,7 @@ def fake_artifacts(seed=0) -> ModelArtifacts:
     rng = random.Random(seed)
     members = {m: rng.randbytes(rng.randint(50, 400)) for m in MEMBERS}
     members["plan"] = json.dumps({"layers": [], "seed": seed}).encode()
-    members["model_card"] = json.dumps({"outputs": ["a", "b"]}).encode()
+    members["model_card"] = json.dumps({"outputs": [{"name": "a", "index": 0, "kind": "count"}]}).encode()
     return ModelArtifacts(**members)
 
 

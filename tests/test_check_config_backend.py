@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from backend_decryptor.config import load_config
-from backend_decryptor.model_card import CardError, parse_card
+from protected_nn.model_card import CardError, parse_card
 from backend_decryptor.rules_config import load_rules
 from backend_decryptor.store import Store
 from backend_decryptor.yaml_config import ConfigError

@@ -51,7 +51,7 @@ def test_key_versions(tmp_path):
     assert store.artifacts("m", fp1) == fake_artifacts(1)       # old key kept for in-flight results
     assert store.secret_key("m", fp1) == b"SECRET-1"
     assert store.report("m") == {"layers": [2]}
-    assert store.model_card("m") == {"outputs": ["a", "b"]}
+    assert store.model_card("m") == {"outputs": [{"name": "a", "index": 0, "kind": "count"}]}
     assert store.model_of_fingerprint(fp1) == "m"
     assert [r["active"] for r in store.models()] == [False, True]
     assert [r["version"] for r in store.models()] == [1, 2]

@@ -1,6 +1,6 @@
 """The model card YAML an owner may keep beside the ONNX file (MODEL.card.yaml or MODEL.yaml).
 
-It says what the outputs mean (see backend_decryptor/model_card.py); it is validated here, at
+It says what the outputs mean (the schema: protected_nn/model_card.py); it is validated here, at
 protect time, so that a typo is reported with its file and line instead of surfacing later as an
 alert that never fires."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from backend_decryptor.model_card import ModelCard
+from protected_nn.model_card import ModelCard
 from backend_decryptor.yaml_config import load_yaml_model
 
 

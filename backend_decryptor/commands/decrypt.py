@@ -58,12 +58,12 @@ def _check_key(store: Store, model_id: str, path: Path, env: envelope.Envelope) 
                            f"key of model {model_id!r} ({where}; {model_id!r} keys: {', '.join(known)})")
 
 
-def overflow_hint(card: dict) -> str:
+def overflow_hint(card) -> str:
     """The key in the envelope is this model's, so a result that does not decrypt cleanly was
     most likely computed on an input far outside the calibrated range: its values overflowed
     the result's headroom and wrapped around, which looks exactly like another key's result."""
-    rng = card.get("calibrated_input_range")
-    where = f" [{rng[0]:g}, {rng[1]:g}]" if isinstance(rng, list) and len(rng) == 2 else ""
+    rng = card.calibrated_input_range
+    where = f" [{rng[0]:g}, {rng[1]:g}]" if rng is not None else ""
     return (f" - or out of the calibrated range? The envelope names this model's key; an input "
             f"outside the range the model was calibrated on{where} overflows the result. Scale "
             f"inputs like the calibration data, or protect again with --input-range/--calibration "

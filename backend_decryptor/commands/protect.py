@@ -85,30 +85,26 @@ def _calibration(args, model: Path):
 def _check_card(model_id: str, model: Path, override: dict | None) -> None:
     """The backend refuses to start on a stored model whose card does not say what its outputs
     mean: refuse an invalid card now, warn when there is none (infer/decrypt still work)."""
-    import types
-
     import onnx
 
-    from backend_decryptor.model_card import CardError, parse_card
-    from protected_nn.runtime.report import model_card_from
+    from protected_nn.model_card import CardError, card_from_onnx
     try:
         onnx_model = onnx.load(str(model), load_external_data=False)
     except Exception:
         return   # not a readable model: protect itself says so, with its own message
-    stub = types.SimpleNamespace(input=types.SimpleNamespace(shape=()), output_shape=())
-    card = model_card_from(onnx_model, stub, override)
-    if "outputs" not in card:
+    metadata = {p.key: p.value for p in onnx_model.metadata_props}
+    try:   # the shapes are checked against the card by protect itself, once the model is read
+        card = card_from_onnx(model_id, metadata, None, None, override)
+    except CardError as exc:
+        raise CommandError(f"{exc} (from the ONNX metadata fhe_edge.* of {model}; fix it or give "
+                           f"--card CARD.yaml, see docs/backend.md)") from None
+    if not card.outputs:
         print(f"warning: model {model_id} has no model card 'outputs' (neither --card, "
               f"{model.stem}.card.yaml beside the model, nor fhe_edge.outputs in the ONNX "
               f"metadata): infer and decrypt work, but `backend-decryptor run` refuses to start "
               f"with it in its store; give --card CARD.yaml (docs/backend.md, model cards)",
               file=sys.stderr)
         return
-    try:
-        parse_card(model_id, card)
-    except CardError as exc:
-        raise CommandError(f"{exc} (from the ONNX metadata fhe_edge.* of {model}; fix it or give "
-                           f"--card CARD.yaml, see docs/backend.md)") from None
 
 
 def _quiet_onnxruntime() -> None:

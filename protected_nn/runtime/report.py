@@ -2,30 +2,8 @@
 that they are 128-bit secure), per-layer costs, sizes, speed and measured exactness."""
 from __future__ import annotations
 
-import json
-
 from protected_nn.ckks.params import HE_STANDARD_128, CkksParams
 from protected_nn.compiler.layout import CostModel
-
-
-def model_card_from(model, graph, override: dict | None) -> dict:
-    """The card travels in the bundle (the gateway's preprocessing reads `input`) and the store
-    (the backend's alert rules read `outputs`). Source: ONNX metadata_props fhe_edge.*."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    card: dict = {"input_shape": list(graph.input.shape), "output_shape": list(graph.output_shape)}
-    for key, value in meta.items():          # fhe_edge.input, .outputs, .motion, ... -> card[...]
-        if not key.startswith("fhe_edge."):
-            continue
-        field = key[len("fhe_edge."):]
-        if field == "model_card":
-            card["description"] = value
-            continue
-        try:
-            card[field] = json.loads(value)
-        except ValueError:
-            card[field] = value
-    card.update(override or {})
-    return card
 
 
 def estimate_latency(plan) -> tuple[list[dict], float]:
