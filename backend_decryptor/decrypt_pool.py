@@ -86,7 +86,8 @@ def _ping() -> bool:
 
 
 @dataclass
-class Job:
+class DecryptJob:
+    """One result's decryption in the pool; submitted once more if it broke the pool."""
     model_id: str
     fingerprint: str
     payload: bytes
@@ -117,8 +118,8 @@ class DecryptPool:
         for f in futures:
             f.result(timeout=max(self.timeout, 120))
 
-    def submit(self, model_id: str, fingerprint: str, payload: bytes) -> Job:
-        return Job(model_id, fingerprint, payload, self._submit(model_id, fingerprint, payload))
+    def submit(self, model_id: str, fingerprint: str, payload: bytes) -> DecryptJob:
+        return DecryptJob(model_id, fingerprint, payload, self._submit(model_id, fingerprint, payload))
 
     def _submit(self, model_id, fingerprint, payload) -> Future:
         with self._lock:
@@ -133,7 +134,7 @@ class DecryptPool:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._executor = self._start()
 
-    def result(self, job: Job) -> np.ndarray:
+    def result(self, job: DecryptJob) -> np.ndarray:
         """The decrypted tensor; raises the decryptor's exception, TimeoutError, or BrokenProcessPool
         if the job broke the pool twice (then it is the job's own fault)."""
         try:

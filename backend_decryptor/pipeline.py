@@ -22,7 +22,7 @@ from protected_nn.runtime.result_checks import ResultRejected
 
 from backend_decryptor import alerts
 from backend_decryptor.checks import MessageChecker, Rejected
-from backend_decryptor.decrypt_pool import Job
+from backend_decryptor.decrypt_pool import DecryptJob
 from backend_decryptor.readings import ImplausibleOutput, OutputError, check_plausible, read_outputs
 from backend_decryptor.rate_limit import LogLimiter
 
@@ -37,7 +37,7 @@ class Item:
     qos: int
     received: float
     envelope: Envelope | None = None
-    job: Job | None = None
+    job: DecryptJob | None = None
     rejection: Rejected | None = None
 
 
@@ -137,7 +137,7 @@ class Pipeline:
                 log.exception("could not publish the drop in the state of camera %s", env.camera_id)
 
     def _public_state(self, camera: str) -> dict:
-        zone, state = self.db.camera_states().get(camera, (self.rules.for_camera(camera).zone, None))
+        zone, state = self.db.camera_state(camera) or (self.rules.for_camera(camera).zone, None)
         return alerts.public_state(camera, zone, alerts.CameraState.from_dict(state))
 
     def _handle(self, item: Item) -> None:

@@ -26,8 +26,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from edge_agent.health import Metrics  # noqa: E402
-from edge_agent.pool import Job, Model, WorkerPool  # noqa: E402
+from edge_agent.metrics import Metrics  # noqa: E402
+from edge_agent.pool import InferenceJob, Model, WorkerPool  # noqa: E402
 from protected_nn import api, bundle  # noqa: E402
 from protected_nn.envelope import decode  # noqa: E402
 
@@ -71,7 +71,7 @@ def pool_fps(model: Model, shape: tuple, workers: int, seconds: float) -> dict:
         rss_peak: dict[int, float] = {}
         while time.monotonic() < warm:
             if pool.depth < workers:
-                pool.submit(Job("bench", rng.random(shape, dtype=np.float32), time.time()))
+                pool.submit(InferenceJob("bench", rng.random(shape, dtype=np.float32), time.time()))
             time.sleep(0.005)
         # Why 2 workers may not double: compare the CPU each inference costs (more = the workers
         # slow each other: caches, memory, clock) with the CPU the workers get (less = someone
@@ -81,7 +81,7 @@ def pool_fps(model: Model, shape: tuple, workers: int, seconds: float) -> dict:
         own0, steal0 = time.process_time(), steal_seconds()
         while time.monotonic() < end:
             if pool.depth < workers:
-                pool.submit(Job("bench", rng.random(shape, dtype=np.float32), time.time()))
+                pool.submit(InferenceJob("bench", rng.random(shape, dtype=np.float32), time.time()))
             else:
                 time.sleep(0.005)
             for pid in pool.worker_pids():

@@ -294,11 +294,11 @@ def signing_key_path(cfg: EdgeConfig) -> Path:
 def read_signing_key(cfg: EdgeConfig):
     """The gateway's Ed25519 signing key; ConfigError naming the file on any problem."""
     from protected_nn.gateway_key import load_private_key
-    from protected_nn.errors import KeyError_
+    from protected_nn.errors import KeyMaterialError
     field = "signing_key_file" if cfg.signing_key_file is not None else "signing_key_credential"
     try:
         return load_private_key(signing_key_path(cfg))
-    except KeyError_ as exc:
+    except KeyMaterialError as exc:
         raise ConfigError([f"{field}: {exc}"]) from None
 
 

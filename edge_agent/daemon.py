@@ -19,8 +19,9 @@ from protected_nn.errors import ProtectedNNError
 from edge_agent.bundle_watch import BundleWatcher
 from edge_agent.capture import ONLINE, CameraCapture
 from edge_agent.config import ConfigError, EdgeConfig, read_password, read_signing_key
-from edge_agent.health import HealthReporter, Metrics, sd_notify
-from edge_agent.pool import Job, Model, WorkerPool
+from edge_agent.health import HealthReporter, sd_notify
+from edge_agent.metrics import Metrics
+from edge_agent.pool import InferenceJob, Model, WorkerPool
 from edge_agent.preprocess import InputSpec, InputSpecError, Preprocessor
 from edge_agent.publisher import Publisher
 from edge_agent.sequences import SequenceStore
@@ -76,7 +77,7 @@ class Daemon:
             pre, generation = self._preprocessors[camera_id], self._generation
         x = pre(frame, reference)
         self.metrics.stage_seconds.labels(stage="preprocess").observe(time.perf_counter() - t0)
-        self.pool.submit(Job(camera_id=camera_id, tensor=x, capture_time=capture_time,
+        self.pool.submit(InferenceJob(camera_id=camera_id, tensor=x, capture_time=capture_time,
                              generation=generation))
 
     def _on_read(self, camera_id: str) -> None:
@@ -86,7 +87,7 @@ class Daemon:
         self.metrics.camera_online.labels(camera=camera_id).set(1 if status == ONLINE else 0)
         self.publisher.set_camera_status(camera_id, status)
 
-    def _on_result(self, job: Job, payload: bytes, model: Model) -> None:
+    def _on_result(self, job: InferenceJob, payload: bytes, model: Model) -> None:
         try:
             data = encode(Envelope(model_id=model.model_id, key_fingerprint=model.key_fingerprint,
                                    gateway_id=self.cfg.gateway_id, camera_id=job.camera_id,

@@ -44,7 +44,8 @@ class Msg(str, Enum):
 
 
 @dataclass
-class Job:
+class InferenceJob:
+    """One camera frame's model input, queued for a worker (the daemon's `submit`)."""
     camera_id: str
     tensor: np.ndarray
     capture_time: float
@@ -101,13 +102,13 @@ class _Slot:
     conn: Connection | None = None
     generation: int = -1
     ready: bool = False
-    busy: Job | None = None
+    busy: InferenceJob | None = None
     retiring: bool = False
     failures: int = 0             # consecutive deaths before READY (backoff)
     next_start: float = 0.0
 
 
-ResultCallback = Callable[[Job, bytes, Model], None]
+ResultCallback = Callable[[InferenceJob, bytes, Model], None]
 
 
 class WorkerPool:
@@ -119,7 +120,7 @@ class WorkerPool:
         self.metrics = metrics
         self.model_class = model_class or DEFAULT_MODEL_CLASS
         self._slots = [_Slot() for _ in range(workers)]
-        self._pending: collections.deque[Job] = collections.deque()
+        self._pending: collections.deque[InferenceJob] = collections.deque()
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._models: dict[int, Model] = {model.generation: model}
@@ -148,7 +149,7 @@ class WorkerPool:
     def worker_pids(self) -> list[int]:
         return [s.proc.pid for s in self._slots if s.proc is not None and s.proc.is_alive()]
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: InferenceJob) -> None:
         with self._lock:
             if not self._accepting:
                 self.metrics.frames_dropped.labels(camera=job.camera_id, reason="shutdown").inc()
@@ -313,7 +314,7 @@ class WorkerPool:
                 if job is not None:
                     self.metrics.frames_dropped.labels(camera=job.camera_id, reason="infer_error").inc()
 
-    def _next_job(self, generation: int) -> Job | None:
+    def _next_job(self, generation: int) -> InferenceJob | None:
         with self._lock:
             while self._pending:
                 job = self._pending.popleft()

@@ -22,7 +22,7 @@ class PlanError(ProtectedNNError):
     """The model does not fit the CKKS parameters (depth, slots, security)."""
 
 
-class KeyError_(ProtectedNNError):
+class KeyMaterialError(ProtectedNNError):
     """Missing or mismatched keys (e.g. a rotation step without its Galois key)."""
 
 

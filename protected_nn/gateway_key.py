@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from protected_nn.errors import KeyError_
+from protected_nn.errors import KeyMaterialError
 
 PUBLIC_PREFIX = "ed25519:"
 
@@ -56,7 +56,7 @@ def write_private_key(key: Ed25519PrivateKey, path: str | os.PathLike, overwrite
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
-        raise KeyError_(f"{path} already exists: a gateway keeps its key (give --force to replace it, "
+        raise KeyMaterialError(f"{path} already exists: a gateway keeps its key (give --force to replace it, "
                         "then update the backend's checks.gateway_keys)") from None
     with os.fdopen(fd, "wb") as f:
         os.fchmod(f.fileno(), 0o600)
@@ -64,21 +64,21 @@ def write_private_key(key: Ed25519PrivateKey, path: str | os.PathLike, overwrite
 
 
 def load_private_key(path: str | os.PathLike) -> Ed25519PrivateKey:
-    """Load the gateway's signing key; KeyError_ naming the file on any problem, including a file
+    """Load the gateway's signing key; KeyMaterialError naming the file on any problem, including a file
     that others may read (a copied key lets anyone sign results as this gateway)."""
     path = Path(path)
     try:
         st = path.stat()
         data = path.read_bytes()
     except OSError as exc:
-        raise KeyError_(f"gateway signing key {path}: cannot read: {exc.strerror or exc}") from None
+        raise KeyMaterialError(f"gateway signing key {path}: cannot read: {exc.strerror or exc}") from None
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyError_(f"gateway signing key {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}): "
+        raise KeyMaterialError(f"gateway signing key {path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}): "
                         f"chmod 600 it (and make a new key if it may have been copied)")
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise KeyError_(f"gateway signing key {path} is not an unencrypted PEM private key: {exc}") from None
+        raise KeyMaterialError(f"gateway signing key {path} is not an unencrypted PEM private key: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyError_(f"gateway signing key {path} is not an Ed25519 key")
+        raise KeyMaterialError(f"gateway signing key {path} is not an Ed25519 key")
     return key

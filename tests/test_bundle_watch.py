@@ -12,7 +12,7 @@ import pytest
 
 from edge_agent.bundle_pin import BundleRefused
 from edge_agent.bundle_watch import BundleWatcher
-from edge_agent.health import Metrics
+from edge_agent.metrics import Metrics
 from protected_nn import bundle
 from tests.test_bundle import fake_artifacts
 

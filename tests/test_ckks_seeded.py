@@ -12,7 +12,7 @@ from protected_nn.api import EdgeModel, OwnerModel, ProtectOptions, protect
 from protected_nn.ckks import seeded
 from protected_nn.ckks.context import Ckks, SecretCkks
 from protected_nn.ckks.params import CkksParams
-from protected_nn.errors import KeyError_
+from protected_nn.errors import KeyMaterialError
 
 PARAMS = CkksParams(8192, (40, 30, 30, 30, 50), 30)   # a 50-bit special prime: low rotation noise
 SCALE = 2.0 ** 30
@@ -87,13 +87,13 @@ def test_no_seeded_artifact_contains_the_secret_key(owner):
 
 def test_missing_rotation_step_is_refused_at_load_and_at_rotate(owner, gateway):
     pub = owner.public_bytes(seeded_keys=True)       # keys for STEPS only
-    with pytest.raises(KeyError_, match=r"lack the Galois keys for steps \[3\]"):
+    with pytest.raises(KeyMaterialError, match=r"lack the Galois keys for steps \[3\]"):
         Ckks.from_public_bytes(PARAMS, pub["context"], pub["public_key"], pub["relin_key"],
                                pub["rotation_keys"], STEPS | {3})
-    with pytest.raises(KeyError_, match=r"steps \[1\]"):
+    with pytest.raises(KeyMaterialError, match=r"steps \[1\]"):
         Ckks.from_public_bytes(PARAMS, pub["context"], pub["public_key"], pub["relin_key"], b"", {1})
     ct = gateway.encrypt(_vec(5), SCALE)
-    with pytest.raises(KeyError_, match="no Galois key for rotation step 3"):
+    with pytest.raises(KeyMaterialError, match="no Galois key for rotation step 3"):
         gateway.rotate(ct, 3)
     assert seeded.missing_rotation_steps(gateway.he, [1, -2, 3, 7]) == [3, 7]
 
@@ -105,7 +105,7 @@ def test_seeded_calls_refuse_bad_input(owner, gateway):
         seeded.seeded_galois_keys(owner.he, [])
     with pytest.raises(ValueError, match="slot values"):
         seeded.encrypt_symmetric_seeded(owner.he, np.zeros(10), SCALE, 0)
-    with pytest.raises(KeyError_, match="secret key"):
+    with pytest.raises(KeyMaterialError, match="secret key"):
         seeded.seeded_relin_key(gateway.he)                # a gateway cannot make them
 
 

@@ -13,7 +13,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.capture import OFFLINE, ONLINE, CameraCapture
 from edge_agent.config import CameraConfig, CaptureConfig, MqttConfig
-from edge_agent.health import Metrics, sd_notify
+from edge_agent.health import sd_notify
+from edge_agent.metrics import Metrics
 from edge_agent.preprocess import InputSpec, InputSpecError, Preprocessor
 from edge_agent.publisher import Publisher
 from edge_agent.sequences import LEASE, SequenceStore

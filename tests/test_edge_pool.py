@@ -10,8 +10,8 @@ import time
 
 import numpy as np
 
-from edge_agent.health import Metrics
-from edge_agent.pool import Job, Model, WorkerPool
+from edge_agent.metrics import Metrics
+from edge_agent.pool import InferenceJob, Model, WorkerPool
 
 MODEL_CLASS = "tests.test_edge_pool:StandInModel"
 POISON = -1.0            # a frame whose first value is this kills its worker, every time
@@ -60,8 +60,8 @@ def _pool(workers: int, queue_size: int = 8):
     return pool, results, metrics
 
 
-def _job(value: float, camera: str = "cam") -> Job:
-    return Job(camera, np.full((1, 1, 2, 2), value, np.float32), time.time())
+def _job(value: float, camera: str = "cam") -> InferenceJob:
+    return InferenceJob(camera, np.full((1, 1, 2, 2), value, np.float32), time.time())
 
 
 def _dropped(metrics: Metrics, reason: str, camera: str = "cam") -> float:

@@ -11,7 +11,7 @@ from protected_nn.api import EdgeModel, OwnerModel, ProtectOptions, protect
 from protected_nn.artifacts import ModelArtifacts
 from protected_nn.ckks.context import Ckks
 from protected_nn.ckks.params import CkksParams
-from protected_nn.errors import InputError, KeyError_, ResultError
+from protected_nn.errors import InputError, KeyMaterialError, ResultError
 
 TOL = 1e-2   # max |encrypted - onnxruntime| as a fraction of the output range (issue target)
 
@@ -78,7 +78,7 @@ def test_missing_rotation_key_is_an_error_not_garbage(tenseal_net):
     ck = Ckks.from_public_bytes(CkksParams.from_dict(plan["ckks"]), a.context, a.public_key,
                                 a.relin_key, a.rotation_keys, set(plan["rotation_steps"]))
     ct = ck.encrypt(np.zeros(ck.slots), 2.0 ** 20)
-    with pytest.raises(KeyError_, match="no Galois key for rotation step 3"):
+    with pytest.raises(KeyMaterialError, match="no Galois key for rotation step 3"):
         ck.rotate(ct, 3)
 
 

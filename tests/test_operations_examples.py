@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from backend_decryptor.metrics import Metrics as BackendMetrics
-from edge_agent.health import Metrics as EdgeMetrics
+from edge_agent.metrics import Metrics as EdgeMetrics
 
 REPO = Path(__file__).resolve().parents[1]
 METRIC = re.compile(r"\b((?:edge_agent|backend)_[a-z_]+)\b")

@@ -147,7 +147,7 @@ def test_invented_camera_ids_are_capped_per_gateway(tmp_path, broker):
         wait_for(lambda: handled(svc) >= 11)
         assert svc.metrics.value("backend_messages_rejected", reason="too_many_cameras") == 7
         assert svc.metrics.value("backend_messages_processed") == 4
-        assert len(svc.db.camera_states()) == 3 and len(svc.db.camera_owners()) == 3
+        assert len(svc.db.counters()) == 3 and len(svc.db.camera_owners()) == 3
     finally:
         pub.close()
         svc.stop()

@@ -32,7 +32,7 @@ def test_apply_stores_state_events_counters_and_refuses_a_replay(make_db):
     assert db.is_seen("gw-1", "cam-1", 7) and not db.is_seen("gw-1", "cam-1", 8)
     assert db.apply("gw-1", "cam-1", 7, 100.0, "zone-a", counting()) is None      # replay
     assert db.counters()["cam-1"]["messages"] == 1 and db.counters()["cam-1"]["raised"] == 1
-    assert db.camera_states() == {"cam-1": ("zone-a", {"n": 1})}
+    assert db.camera_state("cam-1") == ("zone-a", {"n": 1})
     [alert] = db.alerts()
     assert alert.event.id == "a1" and alert.event.meta == {"event_no": 1} and alert.row == stored[0].row
     db.mark_state_published("cam-1", 123.0)
@@ -50,7 +50,7 @@ def test_a_failing_decision_leaves_no_trace(make_db):
         raise RuntimeError("rules failed")
     with pytest.raises(RuntimeError):
         db.apply("gw-1", "cam-1", 1, 100.0, None, boom)
-    assert not db.is_seen("gw-1", "cam-1", 1) and db.counters() == {} and db.camera_states() == {}
+    assert not db.is_seen("gw-1", "cam-1", 1) and db.counters() == {} and db.camera_state("cam-1") is None
     assert db.apply("gw-1", "cam-1", 1, 100.0, None, counting()) is not None   # handled normally after
 
 
@@ -75,7 +75,7 @@ def test_concurrent_results_of_one_camera_take_turns(make_db):
     for t in threads:
         t.join(120)
     assert not errors, errors
-    assert dbs[0].camera_states()["cam-1"][1] == {"n": 100}
+    assert dbs[0].camera_state("cam-1")[1] == {"n": 100}
     assert dbs[1].counters()["cam-1"]["messages"] == 100
 
 

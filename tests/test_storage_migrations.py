@@ -52,7 +52,7 @@ def check_migrated(db) -> None:
     assert db.schema_version() == schema.LATEST
     assert db.is_seen("gw-1", "cam-1", 41)
     assert db.apply("gw-1", "cam-1", 41, 1000.0, "zone-a", lambda old: (old, [])) is None   # still a replay
-    assert db.camera_states()["cam-1"] == ("zone-a", {"crowd_streak": 3, "crowd_alert": "a1"})
+    assert db.camera_state("cam-1") == ("zone-a", {"crowd_streak": 3, "crowd_alert": "a1"})
     assert db.counters()["cam-1"]["messages"] == 41 and db.rejections() == {"replayed": 4}
     assert db.camera_owners() == {"cam-1": "gw-1"}
     # the old replica's unacknowledged alert is still its outbox after the upgrade

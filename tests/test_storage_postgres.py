@@ -24,7 +24,7 @@ def test_dropped_connections_are_reopened_and_the_operation_retried(postgres_ser
         assert killed, "no connection of the storage was found to drop"
         time.sleep(0.2)
         assert db.apply("gw-1", "cam-1", 2, 101.0, None, lambda old: ({"n": old["n"] + 1}, [])) is not None
-        assert db.is_seen("gw-1", "cam-1", 1) and db.camera_states()["cam-1"][1] == {"n": 2}
+        assert db.is_seen("gw-1", "cam-1", 1) and db.camera_state("cam-1")[1] == {"n": 2}
     finally:
         db.close()
 

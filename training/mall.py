@@ -1,6 +1,9 @@
 """The repository's copy of the Mall dataset (frames 1-800) and the train/validation split.
 
-    python -m training.mall --source ../shared/data/mall     # (re)build training/data/mall/mall.npz
+    python -m training.mall --source PATH/TO/mall     # (re)build training/data/mall/mall.npz
+
+(PATH/TO/mall: labels.json and frames/ of the Mall dataset's frames 1-800, see
+training/data/mall/README.md.)
 
 The copy keeps what training, tests and the demo need, a few MB instead of 35: for every model
 input size a grayscale version of each frame exactly as `features.gray_small` computes it from

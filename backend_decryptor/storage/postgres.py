@@ -276,6 +276,6 @@ class PostgresStateDB:
     def rejections(self) -> dict[str, int]:
         return dict(self._all_rows("SELECT reason, count FROM rejections"))
 
-    def camera_states(self) -> dict[str, tuple[str | None, dict]]:
-        rows = self._all_rows("SELECT camera, zone, state FROM camera_state")
-        return {r[0]: (r[1], json.loads(r[2])) for r in rows}
+    def camera_state(self, camera: str) -> tuple[str | None, dict] | None:
+        row = self._one("SELECT zone, state FROM camera_state WHERE camera=%s", (camera,))
+        return None if row is None else (row[0], json.loads(row[1]))

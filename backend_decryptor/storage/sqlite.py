@@ -227,6 +227,6 @@ class StateDB:
     def rejections(self) -> dict[str, int]:
         return dict(self._conn().execute("SELECT reason, count FROM rejections").fetchall())
 
-    def camera_states(self) -> dict[str, tuple[str | None, dict]]:
-        rows = self._conn().execute("SELECT camera, zone, state FROM camera_state").fetchall()
-        return {r[0]: (r[1], json.loads(r[2])) for r in rows}
+    def camera_state(self, camera: str) -> tuple[str | None, dict] | None:
+        row = self._conn().execute("SELECT zone, state FROM camera_state WHERE camera=?", (camera,)).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))

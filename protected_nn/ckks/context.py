@@ -1,5 +1,5 @@
-"""The one place that imports Pyfhel. A thin wrapper that guards the traps listed in
-shared/notes/pyfhel.md:
+"""The one place that imports Pyfhel. A thin wrapper that guards Pyfhel 3.5.0's traps, each of
+which gives silent garbage or a crash instead of an error:
 
 - rotate/relinearize on a key set without that key silently *generates* a garbage key: we keep
   the set of rotation steps ourselves and raise before calling Pyfhel, and at load time check
@@ -18,7 +18,7 @@ from Pyfhel import Pyfhel, PyCtxt, PyPtxt
 
 from protected_nn.ckks import seeded
 from protected_nn.ckks.params import CkksParams, check_128_bit
-from protected_nn.errors import KeyError_, PlanError, ResultError
+from protected_nn.errors import KeyMaterialError, PlanError, ResultError
 
 COMPRESSION = "zstd"   # Pyfhel silently treats an unknown name as "none": keep it a constant
 SEAL_CT_PREFIX = 113   # SEAL 4.1 uncompressed ciphertext: headers and fields before the coefficients
@@ -68,7 +68,7 @@ class Ckks:
         he = Pyfhel()
         he.from_bytes_context(context)
         if he.get_poly_modulus_degree() != params.n or he.total_coeff_modulus_bit_count != params.log_q - params.qi_sizes[-1]:
-            raise KeyError_("the CKKS context does not match the plan's parameters")
+            raise KeyMaterialError("the CKKS context does not match the plan's parameters")
         he.from_bytes_public_key(public_key)
         if relin_key:
             he.from_bytes_relin_key(relin_key)
@@ -77,7 +77,7 @@ class Ckks:
         ckks = cls(he, params, rotation_steps)
         missing = seeded.missing_rotation_steps(he, ckks.rotation_steps - {0})
         if missing:
-            raise KeyError_(f"the rotation keys lack the Galois keys for steps {missing} that the "
+            raise KeyMaterialError(f"the rotation keys lack the Galois keys for steps {missing} that the "
                             f"plan uses")
         return ckks
 
@@ -113,7 +113,7 @@ class Ckks:
 
     def relinearize(self, ct: PyCtxt) -> None:
         if self.he.is_relin_key_empty():
-            raise KeyError_("no relinearization key loaded")
+            raise KeyMaterialError("no relinearization key loaded")
         with warnings.catch_warnings():
             warnings.simplefilter("error")   # a generated key would be garbage: fail instead
             self.he.relinearize(ct)
@@ -131,7 +131,7 @@ class Ckks:
         if step == 0:
             return self.copy(ct)
         if step not in self.rotation_steps or self.he.is_rotate_key_empty():
-            raise KeyError_(f"no Galois key for rotation step {step}: the key set covers "
+            raise KeyMaterialError(f"no Galois key for rotation step {step}: the key set covers "
                             f"{sorted(self.rotation_steps)}")
         with warnings.catch_warnings():
             warnings.simplefilter("error")
@@ -192,7 +192,7 @@ class SecretCkks(Ckks):
     def __init__(self, he: Pyfhel, params: CkksParams, rotation_steps: set[int]):
         super().__init__(he, params, rotation_steps)
         if he.is_secret_key_empty():
-            raise KeyError_("SecretCkks needs a secret key")
+            raise KeyMaterialError("SecretCkks needs a secret key")
 
     @classmethod
     def generate(cls, params: CkksParams, rotation_steps: set[int],

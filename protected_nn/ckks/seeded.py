@@ -16,7 +16,7 @@ from importlib import metadata
 
 import numpy as np
 
-from protected_nn.errors import KeyError_, ProtectedNNError
+from protected_nn.errors import KeyMaterialError, ProtectedNNError
 
 COMPRESSION = "zstd"   # the seeded calls raise on an unknown name (plain Pyfhel means "none")
 PATCHED_CALLS = ("to_bytes_public_key_seeded", "to_bytes_relin_key_seeded",
@@ -46,7 +46,7 @@ def require(he) -> None:
 def _require_secret(he) -> None:
     require(he)
     if he.is_secret_key_empty():
-        raise KeyError_("seeded keys and ciphertexts are made from the secret key: none is loaded")
+        raise KeyMaterialError("seeded keys and ciphertexts are made from the secret key: none is loaded")
 
 
 def seeded_public_key(he, compression: str = COMPRESSION) -> bytes:

@@ -3,8 +3,8 @@
 The loop is deliberately short: each step reads named tensors (lists of ciphertexts), writes
 one, and frees what no later step reads. Steps are dispatched by a table of handlers: a plan with
 a step kind or version this gateway does not know is refused before anything runs. Levels are
-tracked here (Pyfhel's mod_level counter is unreliable after deserialization, see
-shared/notes/pyfhel.md). Only runtime modules are imported: the gateway never loads the compiler."""
+tracked here (Pyfhel's mod_level counter is reset by deserialization: the last of the traps
+listed in protected_nn/ckks/context.py). Only runtime modules are imported: the gateway never loads the compiler."""
 from __future__ import annotations
 
 import numpy as np
