@@ -33,17 +33,26 @@ class ImplausibleOutput(OutputError):
     """A decrypted value that is not finite or lies outside its card range."""
 
 
+def _finite_values(spec: OutputSpec, flat: np.ndarray) -> np.ndarray | None:
+    """The output's raw values (None when the tensor is too short for it); ImplausibleOutput if
+    one is not finite."""
+    end = spec.index + spec.size
+    if end > flat.size:
+        return None
+    values = flat[spec.index:end].astype(np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ImplausibleOutput(f"output {spec.name} is not finite")
+    return values
+
+
 def check_plausible(card: ModelCard, output: np.ndarray) -> None:
     """Every output the card lists (that the tensor has) must be finite and within its range;
     raises ImplausibleOutput naming the first one that is not. Runs before the rules see anything."""
     flat = np.asarray(output).reshape(-1)
     for spec in card.outputs:
-        end = spec.index + spec.size
-        if end > flat.size:
+        values = _finite_values(spec, flat)
+        if values is None:
             continue  # a missing output is read_outputs' business (bad_output if a rule needs it)
-        values = flat[spec.index:end].astype(np.float64)
-        if not np.all(np.isfinite(values)):
-            raise ImplausibleOutput(f"output {spec.name} is not finite")
         if spec.kind == "count":
             values = values * spec.scale
         lo, hi = spec.bounds()
@@ -55,12 +64,9 @@ def check_plausible(card: ModelCard, output: np.ndarray) -> None:
 
 
 def _value(spec: OutputSpec, flat: np.ndarray, card: ModelCard) -> tuple[float, list[str] | None]:
-    end = spec.index + spec.size
-    if end > flat.size:
-        raise OutputError(f"output {spec.name} needs {end} values, the result has {flat.size}")
-    values = flat[spec.index:end].astype(np.float64)
-    if not np.all(np.isfinite(values)):
-        raise ImplausibleOutput(f"output {spec.name} is not finite")
+    values = _finite_values(spec, flat)
+    if values is None:
+        raise OutputError(f"output {spec.name} needs {spec.index + spec.size} values, the result has {flat.size}")
     if spec.kind == "count":
         return float(values[0]) * spec.scale, None
     if spec.kind == "logit":

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from protected_nn.model_card import CHANNEL_MODES, CardError, ModelCard, MotionSection, parse_card
+from protected_nn.model_card import (CHANNEL_MODES, KNOWN_MODES, CardError, InputSpecSection, ModelCard,
+                                     MotionSection, parse_card)
 
 _DEFAULT_MODE = {c: mode for mode, c in CHANNEL_MODES.items()}
 
@@ -47,41 +48,30 @@ class InputSpec:
         return (1, CHANNEL_MODES[self.channels], self.height, self.width)
 
     @classmethod
-    def from_card(cls, card: ModelCard | dict, fallback_shape: tuple[int, ...] | None = None) -> "InputSpec":
-        """From the bundle's card (`ModelArtifacts.card()`, or its JSON as a dict)."""
+    def from_card(cls, card: ModelCard | dict) -> "InputSpec":
+        """From the bundle's card (`ModelArtifacts.card()`, or its JSON as a dict); the card's
+        schema has checked the `input` section against the shape (channels, mean, std)."""
         if not isinstance(card, ModelCard):
             try:
                 card = parse_card(None, card)
             except CardError as exc:
                 raise InputSpecError(str(exc)) from None
-        section = card.input
-        shape = (section.full_shape() if section else None) or card.input_shape or fallback_shape
-        if isinstance(shape, (list, tuple)) and len(shape) == 3:
-            shape = [1, *shape]
-        if not isinstance(shape, (list, tuple)) or len(shape) != 4 or shape[0] != 1:
+        shape = card.frame_shape()
+        if shape is None or len(shape) != 4 or shape[0] != 1:
             raise InputSpecError(f"model card input shape {shape!r}: expected [1, C, H, W]")
         c = shape[1]
-        mode = (section.channels if section else None) or _DEFAULT_MODE.get(c)
+        section = card.input or InputSpecSection()
+        mode = section.channels or _DEFAULT_MODE.get(c)
         if mode is None:
-            raise InputSpecError(f"model card input shape {list(shape)}: a camera frame gives 1, 2 or 3 "
-                                 f"channels (known: {', '.join(f'{k}={v}' for k, v in CHANNEL_MODES.items())})")
-        if CHANNEL_MODES[mode] != c:
-            raise InputSpecError(f"model card input channels {mode!r} do not fit {c} channel(s) of "
-                                 f"input shape {list(shape)}")
-        if section is None:
-            scale, mean, std = 1.0 / 255.0, 0.0, 1.0
-        else:
-            scale, mean, std = section.scale, section.mean, section.std
+            raise InputSpecError(f"model card input shape {shape}: a camera frame gives 1, 2 or 3 "
+                                 f"channels ({KNOWN_MODES})")
         motion = card.motion or MotionSection()
-        return cls(mode, shape[2], shape[3], float(scale), _per_channel(mean, c, "mean"),
-                   _per_channel(std, c, "std"), float(motion.frame_interval_s))
+        return cls(mode, shape[2], shape[3], float(section.scale), _per_channel(section.mean, c),
+                   _per_channel(section.std, c), float(motion.frame_interval_s))
 
 
-def _per_channel(value, c: int, name: str) -> tuple[float, ...]:
-    values = [value] * c if isinstance(value, (int, float)) else value
-    if len(values) != c:   # the card checks its own sections; here the shape may be the fallback
-        raise InputSpecError(f"model card input {name} {value!r}: expected a number or {c} numbers")
-    return tuple(float(v) for v in values)
+def _per_channel(value: float | list[float], c: int) -> tuple[float, ...]:
+    return tuple(float(v) for v in ([value] * c if isinstance(value, (int, float)) else value))
 
 
 class Preprocessor:

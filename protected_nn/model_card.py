@@ -41,6 +41,7 @@ from protected_nn.errors import ProtectedNNError
 
 COUNT_DEFAULT_MIN = -0.5
 CHANNEL_MODES = {"gray": 1, "gray+motion": 2, "bgr": 3}
+KNOWN_MODES = ", ".join(f"{mode}={c}" for mode, c in CHANNEL_MODES.items())
 METADATA_PREFIX = "fhe_edge."        # ONNX metadata_props key of a card field
 DESCRIPTION_KEY = "model_card"       # fhe_edge.model_card: the free text, card field `description`
 
@@ -63,28 +64,13 @@ class InputSpecSection(_Section):
     resize: Literal["area"] = Field("area", description="downsampling: pixel-area averaging (INTER_AREA)")
 
     @model_validator(mode="after")
-    def _consistent(self):
+    def _form(self):
         if self.shape is not None and not (len(self.shape) in (3, 4) and all(d > 0 for d in self.shape)
                                            and (len(self.shape) == 3 or self.shape[0] == 1)):
             raise SettingError(("shape",), f"{self.shape}: expected [1, C, H, W]")
         if 0 in ([self.std] if isinstance(self.std, (int, float)) else self.std):
             raise SettingError(("std",), "std contains 0")
-        c = self.channel_count()
-        if self.channels is not None and CHANNEL_MODES[self.channels] != c:
-            raise SettingError(("channels",), f"channels {self.channels!r} do not fit {c} channel(s) "
-                               f"(known: {', '.join(f'{k}={v}' for k, v in CHANNEL_MODES.items())})")
-        for name in ("mean", "std"):
-            value = getattr(self, name)
-            if isinstance(value, list) and c is not None and len(value) != c:
-                raise SettingError((name,), f"{value}: expected a number or {c} numbers")
         return self
-
-    def full_shape(self) -> list[int] | None:
-        return None if self.shape is None else ([1, *self.shape] if len(self.shape) == 3 else list(self.shape))
-
-    def channel_count(self) -> int | None:
-        shape = self.full_shape()
-        return shape[1] if shape else (CHANNEL_MODES[self.channels] if self.channels else None)
 
 
 class MotionSection(_Section):
@@ -148,11 +134,34 @@ class ModelCard(_Section):
         for name in self.labels:
             if self.output(name) is None:
                 raise SettingError(("labels", name), f"no output is named {name!r}{did_you_mean(name, names)}")
-        shape = self.input.full_shape() if self.input else None
-        if shape and self.input_shape and shape != _full(self.input_shape):
+        return self
+
+    @model_validator(mode="after")
+    def _input_fits(self):
+        """The `input` section against the shape it describes (its own, else input_shape)."""
+        shape = self.frame_shape()
+        if self.input is None or shape is None:
+            return self
+        if self.input.shape and self.input_shape and shape != _full(self.input_shape):
             raise SettingError(("input", "shape"), f"{self.input.shape} is not the model's input shape "
                                                    f"{self.input_shape}")
+        if len(shape) != 4 or shape[0] != 1:
+            raise SettingError(("input",), f"the model input {shape} is not a frame [1, C, H, W]")
+        c = shape[1]
+        if self.input.channels is not None and CHANNEL_MODES[self.input.channels] != c:
+            raise SettingError(("input", "channels"), f"channels {self.input.channels!r} do not fit {c} "
+                               f"channel(s) (known: {KNOWN_MODES})")
+        for name in ("mean", "std"):
+            value = getattr(self.input, name)
+            if isinstance(value, list) and len(value) != c:
+                raise SettingError(("input", name), f"{value}: expected a number or {c} numbers")
         return self
+
+    def frame_shape(self) -> list[int] | None:
+        """The shape the gateway makes frames into: `input.shape`, else `input_shape` (3 dims get
+        the batch of one); None when the card has neither."""
+        shape = (self.input.shape if self.input else None) or self.input_shape
+        return None if shape is None else _full(shape)
 
     def output(self, name: str) -> OutputSpec | None:
         return next((o for o in self.outputs if o.name == name), None)

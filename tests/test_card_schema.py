@@ -102,6 +102,9 @@ def test_a_misspelt_top_level_key_in_a_card_yaml_names_its_line(tmp_path):
     ({"outputs": OUTPUTS, "labels": {"incidnet": ["calm", "incident"]}}, "no output is named 'incidnet' - did you mean 'incident'"),
     ({"input_shape": [1, 2, 8, 8], "input": {"shape": [1, 2, 16, 16]}}, "is not the model's input shape"),
     ({"input": {"shape": [1, 2, 8, 8], "chanels": "gray+motion"}}, "input.chanels: unknown setting 'chanels' - did you mean 'channels'"),
+    ({"input_shape": [1, 3, 8, 8], "input": {"channels": "gray"}}, "input.channels: channels 'gray' do not fit 3"),
+    ({"input_shape": [1, 2, 8, 8], "input": {"mean": [0, 0, 0]}}, "input.mean: [0.0, 0.0, 0.0]: expected a number or 2"),
+    ({"input_shape": [1, 784], "input": {"scale": 1}}, "is not a frame [1, C, H, W]"),
     ({"motion": {"frame_interval_s": 0}}, "motion.frame_interval_s"),
     ({"input": {"resize": "nearest"}}, "input.resize"),
 ])
