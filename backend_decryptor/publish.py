@@ -105,9 +105,6 @@ class Publisher:
         self._pending = [(info, row) for info, row in self._pending if not info.is_published()]
         return done
 
-    def pending_count(self) -> int:
-        return len(self._pending)
-
     def _availability(self, camera: str) -> dict:
         """Unavailable in Home Assistant while the camera's stream or its gateway is down (the
         gateway's retained status and availability topics), or when the state has not been
