@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -233,7 +234,6 @@ class EdgeModel:
         self.artifacts = artifacts
         self.plan = plan
         self.key_fingerprint = artifacts.key_fingerprint
-        self.model_card = artifacts.card()
         self._eval = Evaluator(plan, ckks, weights)
         self.input_shape = self._eval.input_shape
         self.output_shape = tuple(plan["output"]["shape"])
@@ -250,6 +250,12 @@ class EdgeModel:
     def infer(self, x: np.ndarray) -> bytes:
         return self._eval.infer(x)
 
+    @functools.cached_property
+    def model_card(self):
+        """The bundle's card (protected_nn.model_card), parsed on first use: a worker that only
+        infers never imports pydantic (about 8 MB per process)."""
+        return self.artifacts.card()
+
 
 class OwnerModel:
     """Backend side: holds the secret key; decrypts payloads to the model's output tensor."""
@@ -258,7 +264,7 @@ class OwnerModel:
         plan = _plan_of(artifacts)
         self.plan = plan
         self.key_fingerprint = artifacts.key_fingerprint
-        self.model_card = artifacts.card()
+        self._card = artifacts.model_card     # only the card: the keys' bytes are not kept
         from protected_nn.ckks.context import SecretCkks
         from protected_nn.runtime.owner import Decoder
 
@@ -269,3 +275,9 @@ class OwnerModel:
 
     def decrypt(self, payload: bytes) -> np.ndarray:
         return self._decoder.decode(payload)
+
+    @functools.cached_property
+    def model_card(self):
+        """The stored card (protected_nn.model_card), parsed on first use, as EdgeModel's."""
+        from protected_nn.model_card import parse_card
+        return parse_card(None, self._card)

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import onnx
 import pytest
@@ -157,3 +161,22 @@ def test_bundles_and_stores_written_before_the_schema_still_load(tiny, tmp_path,
     stored = StoreCatalog(tmp_path / "store").card("m")
     assert [o.name for o in stored.outputs] == [o.name for o in card.outputs]
     assert stored.output(stored.outputs[0].name).bounds() == card.outputs[0].bounds()
+
+
+def test_a_gateway_worker_that_only_infers_does_not_load_the_schema(tiny, tmp_path):
+    """The card is parsed where it is read (bundle check, preprocessing), not in every worker:
+    pydantic would cost each worker process about 8 MB."""
+    folder, prot = tiny
+    path, owner = _bundle_with_card(folder, prot, prot.artifacts.model_card)
+    bundle.save_public_key(owner, tmp_path / "owner.pub")
+    code = (f"import sys, numpy as np\n"
+            f"from edge_agent.pool import _load_class, DEFAULT_MODEL_CLASS\n"
+            f"from protected_nn.bundle import read_bundle, load_owner_public_key\n"
+            f"_, artifacts = read_bundle({str(path)!r}, load_owner_public_key({str(tmp_path / 'owner.pub')!r}))\n"
+            f"model = _load_class(DEFAULT_MODEL_CLASS)(artifacts)\n"
+            f"model.infer(np.zeros((1, 2, 8, 8), np.float32))\n"
+            f"print('pydantic' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(api.__file__).resolve().parents[1])})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
