@@ -78,7 +78,7 @@ class Daemon:
         x = pre(frame, reference)
         self.metrics.stage_seconds.labels(stage="preprocess").observe(time.perf_counter() - t0)
         self.pool.submit(InferenceJob(camera_id=camera_id, tensor=x, capture_time=capture_time,
-                             generation=generation))
+                                      generation=generation))
 
     def _on_read(self, camera_id: str) -> None:
         self.metrics.frames_captured.labels(camera=camera_id).inc()
