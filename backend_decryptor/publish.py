@@ -19,7 +19,7 @@ from typing import Callable
 from backend_decryptor.alerts import alert_json
 from backend_decryptor.config import HomeAssistantConfig
 from backend_decryptor.drops import VISIBLE, DropWindow
-from backend_decryptor.history import StoredAlert
+from backend_decryptor.storage.base import StoredAlert
 
 log = logging.getLogger(__name__)
 DROP_REPUBLISH_S = 10.0

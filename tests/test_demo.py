@@ -147,7 +147,7 @@ def test_demo_runs_to_completion_and_raises_both_alerts_from_the_backend(finishe
     assert any(t == "crowd" for t, _ in raised), run.output()
     assert any(t == "incident" for t, _ in raised), run.output()
     # The same alerts are in the backend's own history: they came through the real rules engine.
-    from backend_decryptor.history import StateDB
+    from backend_decryptor.storage.sqlite import StateDB
     history = {(s.event.type, s.event.id) for s in StateDB(run.out / "backend" / "state.db").alerts()
                if s.event.event == "raised"}
     assert raised <= history

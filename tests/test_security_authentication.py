@@ -12,7 +12,7 @@ import pytest
 
 from backend_decryptor.checks import MessageChecker, Rejected
 from backend_decryptor.config import BackendConfig, ChecksConfig
-from backend_decryptor.history import StateDB
+from backend_decryptor.storage.sqlite import StateDB
 from backend_decryptor.service import Service
 from protected_nn import envelope
 from protected_nn.gateway_key import generate, public_key_text
