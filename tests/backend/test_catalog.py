@@ -13,7 +13,7 @@ import pytest
 from backend_decryptor.catalog import StoreCatalog
 from backend_decryptor.model_card import ImplausibleOutput, check_plausible
 from backend_decryptor.store import Store
-from tests.formats.test_bundle import fake_artifacts
+from tests.support.fake_models import fake_artifacts
 from tests.support.process import eventually
 
 INTERVAL = 0.2

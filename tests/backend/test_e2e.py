@@ -5,7 +5,6 @@ decrypts in its process pool and raises/clears alerts. Skipped while api.protect
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 
 import numpy as np
@@ -15,28 +14,11 @@ from backend_decryptor.catalog import StoreCatalog
 from backend_decryptor.service import Service
 from tests.support.backend import config, handled, rules, wait_for
 from tests.support.backend import MQTTTestClient as MqttClient
+from tests.support.tiny_models import crowd_model
 
 api = pytest.importorskip("protected_nn.api")
 onnx = pytest.importorskip("onnx")
 MODEL = "crowd-e2e"
-OUTPUTS = [{"name": "crowd_count", "index": 0, "kind": "count"}, {"name": "incident", "index": 1, "kind": "logit"}]
-
-
-def tiny_model(path) -> None:
-    """y = [30 * x0, 10 * x1 - 5]: x0 in [0, 1] -> count 0..30, x1 -> incident logit -5..5."""
-    from onnx import TensorProto, helper, numpy_helper
-    w = np.zeros((4, 2), np.float32)
-    w[0, 0], w[1, 1] = 30.0, 10.0
-    b = np.array([0.0, -5.0], np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "W", "b"], ["y"])], "crowd",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
-        [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    helper.set_model_props(model, {"fhe_edge.outputs": json.dumps(OUTPUTS)})
-    onnx.save(model, str(path))
 
 
 def protect_into(store_root, onnx_path):
@@ -63,7 +45,7 @@ def protected_store(tmp_path_factory):
     (an envelope around a reused payload is still a distinct message: own sequence and time)."""
     root = tmp_path_factory.mktemp("e2e")
     onnx_path = root / "tiny.onnx"
-    tiny_model(onnx_path)
+    crowd_model(onnx_path)
     prot = protect_into(root / "store", onnx_path)
     edge = api.EdgeModel(prot.artifacts)
     payloads = {(c, l): edge.infer(np.array([[c / 30.0, (l + 5.0) / 10.0, 0, 0]], np.float32))
@@ -171,7 +153,7 @@ def test_bad_messages_rejected_between_real_results(tmp_path, broker, protected_
 
 def test_real_encrypted_results_raise_and_clear_alerts(tmp_path, broker):
     onnx_path = tmp_path / "tiny.onnx"
-    tiny_model(onnx_path)
+    crowd_model(onnx_path)
     prot = protect_into(tmp_path / "store", onnx_path)
     edge = api.EdgeModel(prot.artifacts)
     cfg = config(tmp_path, broker, decrypt={"workers": 1}, checks={"max_message_bytes": 1 << 20})

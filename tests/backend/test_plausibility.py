@@ -63,10 +63,10 @@ def bounded_model(tmp_path_factory):
     import onnx
     from backend_decryptor.store import Store
     from protected_nn import api
-    from tests.backend.test_e2e import tiny_model
+    from tests.support.tiny_models import crowd_model
     root = tmp_path_factory.mktemp("bounded")
     path = root / "tiny.onnx"
-    tiny_model(path)
+    crowd_model(path)
     model = onnx.load(str(path))
     for prop in model.metadata_props:
         if prop.key == "fhe_edge.outputs":

@@ -2,8 +2,6 @@
 
 The end-to-end tests need the real protected_nn.api; they are skipped only while api.protect is
 still the NotImplementedError stub, so they start running by themselves when it lands."""
-import functools
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,60 +10,9 @@ import numpy as np
 import pytest
 
 from protected_nn import bundle, envelope
-
-BIN = Path(sys.executable).parent
-BACKEND, EDGE = str(BIN / "backend-decryptor"), str(BIN / "edge-agent")
-
-
-@functools.cache
-def api_ready() -> bool:
-    """False while api.protect is the stub: it raises NotImplementedError before looking at its input.
-    Anything else (even an import error) counts as ready, so a broken api fails loudly, not skips."""
-    try:
-        from protected_nn import api
-        api.protect("/nonexistent/probe.onnx")
-    except NotImplementedError:
-        return False
-    except Exception:
-        return True
-    return True
-
-
-needs_api = pytest.mark.skipif(not api_ready(), reason="protected_nn.api.protect not implemented yet")
-
-
-def tiny_model(folder: Path, seed: int = 0, name: str = "tiny.onnx"):
-    """Gemm 8->4 then x*x, as ONNX; returns (path, onnxruntime runner)."""
-    import onnx
-    import onnxruntime
-    from onnx import TensorProto, helper, numpy_helper
-    rng = np.random.default_rng(seed)
-    w = rng.normal(0, 0.5, (4, 8)).astype(np.float32)
-    b = rng.normal(0, 0.1, (4,)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "W", "B"], ["h"], transB=1), helper.make_node("Mul", ["h", "h"], ["y"])],
-        "tiny", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
-        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    path = Path(folder) / name
-    onnx.save(model, path)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    return path, lambda x: session.run(None, {"x": x.astype(np.float32)})[0]
-
-
-def run(*argv, ok=True):
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "FHE_EDGE_STORE": "/nonexistent-store-must-not-be-used"})
-    if ok:
-        assert proc.returncode == 0, f"{argv} failed:\n{proc.stdout}\n{proc.stderr}"
-    else:
-        assert proc.returncode == 2, f"{argv} should have failed with 2:\n{proc.stdout}\n{proc.stderr}"
-        assert "Traceback" not in proc.stderr, proc.stderr
-        assert "error:" in proc.stderr.strip().splitlines()[-1], proc.stderr  # one clear line, last
-    return proc
+from tests.support.cli import BACKEND, EDGE, api_ready, needs_api, owner_key, run
+from tests.support.fake_models import fake_protected
+from tests.support.tiny_models import square_model
 
 
 # ------------------------------------------------------------------ without the api (fake artifacts)
@@ -74,7 +21,6 @@ def run(*argv, ok=True):
 def fake_store(tmp_path_factory):
     """A store holding two models made of random bytes, model-a exported by the real command."""
     from backend_decryptor.store import Store
-    from tests.storage.test_store import fake_protected
     tmp = tmp_path_factory.mktemp("fake")
     store = Store(tmp / "store")
     fp_a = store.add_model("model-a", fake_protected(1), "0" * 64)
@@ -201,8 +147,8 @@ def protected_pair(tmp_path_factory):
         pytest.skip("protected_nn.api.protect not implemented yet")
     tmp = tmp_path_factory.mktemp("e2e")
     store = tmp / "store"
-    path_a, run_a = tiny_model(tmp, seed=0, name="a.onnx")
-    path_b, _ = tiny_model(tmp, seed=1, name="b.onnx")
+    path_a, run_a = square_model(tmp, seed=0, name="a.onnx")
+    path_b, _ = square_model(tmp, seed=1, name="b.onnx")
     (tmp / "a.yaml").write_text("outputs:\n  - {name: crowd_count, index: 0, kind: count}\n")
     proc = run(BACKEND, "protect", str(path_a), "--model-id", "model-a", "--store", str(store))
     assert "Fidelity" in proc.stdout and "model card: " in proc.stdout  # the plan report; card found
@@ -210,10 +156,6 @@ def protected_pair(tmp_path_factory):
     run(BACKEND, "export", "model-a", "--out", str(tmp / "a.bundle"), "--store", str(store))
     run(BACKEND, "export", "model-b", "--out", str(tmp / "b.bundle"), "--store", str(store))
     return tmp, store, run_a
-
-
-def owner_key(store: Path) -> list[str]:
-    return ["--owner-key", str(store / "owner_ed25519.pub.pem")]
 
 
 def _close(y, expected):
@@ -374,7 +316,6 @@ def test_reprotect_adds_key_version_and_old_results_still_decrypt(protected_pair
 
 def test_models_lists_versions_and_retire_stops_a_key(tmp_path):
     from backend_decryptor.store import Store
-    from tests.storage.test_store import fake_protected
     store = Store(tmp_path / "store")
     fp1 = store.add_model("m", fake_protected(1), "0" * 64)
     fp2 = store.add_model("m", fake_protected(2), "0" * 64)

@@ -15,7 +15,8 @@ from backend_decryptor.store import Store
 from protected_nn.api import ProtectOptions, protect
 from protected_nn.errors import PlanError, ProtectedNNError
 from tests.support.op_cases import N, _rand, make_model
-from tests.cli.test_commands import BACKEND, EDGE, owner_key, run, tiny_model
+from tests.support.cli import BACKEND, EDGE, owner_key, run
+from tests.support.tiny_models import square_model
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +24,7 @@ def deployed(tmp_path_factory):
     """tiny.onnx (Gemm 8->4, x*x) with an unused initializer (onnxruntime warns about it),
     protected with the default calibration, exported."""
     tmp = tmp_path_factory.mktemp("newcomer")
-    path, oracle = tiny_model(tmp)
+    path, oracle = square_model(tmp)
     model = onnx.load(path)
     model.graph.initializer.append(numpy_helper.from_array(np.ones(3, np.float32), "unused"))
     onnx.save(model, tmp / "m.onnx")
@@ -51,7 +52,7 @@ def test_missing_card_warns_that_the_backend_will_refuse(deployed):
 
 
 def test_input_range_flag_calibrates_there(tmp_path):
-    path, _ = tiny_model(tmp_path)
+    path, _ = square_model(tmp_path)
     proc = run(BACKEND, "protect", str(path), "--model-id", "r", "--store", str(tmp_path / "s"),
                "--input-range", "0,255")
     assert "calibrated input range: [0, 255] (8 uniform samples in [0, 255])" in proc.stdout
@@ -62,7 +63,7 @@ def test_input_range_flag_calibrates_there(tmp_path):
 
 
 def test_calibration_file_is_named_with_its_range(tmp_path):
-    path, _ = tiny_model(tmp_path)
+    path, _ = square_model(tmp_path)
     cal = np.random.default_rng(3).uniform(-2.0, 2.0, (5, 1, 8)).astype(np.float32)
     np.save(tmp_path / "cal.npy", cal)
     proc = run(BACKEND, "protect", str(path), "--model-id", "f", "--store", str(tmp_path / "s"),
@@ -127,7 +128,7 @@ def test_failed_protect_leaves_no_store(tmp_path):
 
 
 def test_invalid_card_in_onnx_metadata_is_refused_before_protecting(tmp_path):
-    path, _ = tiny_model(tmp_path)
+    path, _ = square_model(tmp_path)
     model = onnx.load(path)
     helper.set_model_props(model, {"fhe_edge.outputs": json.dumps([{"name": "c", "index": -1, "kind": "count"}])})
     onnx.save(model, tmp_path / "carded.onnx")

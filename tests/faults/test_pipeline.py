@@ -14,7 +14,6 @@ whole time, so exactly ONE crowd alert must ever be raised, whatever happens in 
 The measured times are printed (pytest -s) and quoted in docs/faults.md."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,52 +22,13 @@ import time
 
 import pytest
 
+from tests.support.backend_process import BROKER_QUEUE, BackendProcess
+from tests.support.edge_daemon import Collector, Daemon
 from tests.support.mosquitto import Mosquitto
+from tests.support.pipeline import RULES, ChainOwner, until
 from tests.support.rtsp_camera import RtspCamera, gstreamer_available
-from tests.support.tiny_bundle import tiny_onnx
-from tests.gateway.test_daemon import Collector, Daemon
-from tests.security.test_adversarial import BROKER_QUEUE, BackendProcess
 
 pytestmark = pytest.mark.skipif(not gstreamer_available(), reason="GStreamer RTSP server not installed")
-MODEL = "tiny-v1"
-OUTPUTS = [{"name": "crowd_count", "index": 0, "kind": "count", "scale": 100.0}]   # mean gray x 100
-RULES = "crowd: {threshold: 1, consecutive: 2, hysteresis: 0.5}\nincident: {enabled: false}\n"
-
-
-class Owner:
-    """The tiny gateway model (outputs mean gray, mean motion) protected into a backend store, a
-    bundle of the same artifacts signed with the owner key."""
-
-    def __init__(self, root):
-        import onnx
-        from backend_decryptor.store import Store
-        from protected_nn import api, bundle
-        path = root / "tiny.onnx"
-        tiny_onnx(path)
-        model = onnx.load(str(path))
-        model.metadata_props.add(key="fhe_edge.outputs", value=json.dumps(OUTPUTS))
-        onnx.save(model, str(path))
-        self.protected = api.protect(path)
-        Store(root / "store").add_model(MODEL, self.protected, hashlib.sha256(path.read_bytes()).hexdigest())
-        self.signing_key = bundle.generate_owner_key()
-        self.public_key = root / "owner.pub"
-        bundle.save_public_key(self.signing_key, self.public_key)
-        self.store = root / "store"
-
-    def bundle(self, path, model_id):
-        from protected_nn import bundle
-        bundle.write_bundle(path, model_id, self.protected.artifacts, self.signing_key)
-        return path
-
-
-def _until(predicate, timeout: float, what: str, poll: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll)
-    raise AssertionError(f"timed out ({timeout} s) waiting for {what() if callable(what) else what}")
 
 
 def _seen(backend: BackendProcess) -> list[int]:
@@ -76,7 +36,7 @@ def _seen(backend: BackendProcess) -> list[int]:
 
 
 def test_broker_outage_camera_loss_worker_kill_backend_restart_and_sigterm(tmp_path):
-    owner = Owner(tmp_path)
+    owner = ChainOwner(tmp_path)
     figures: dict[str, float] = {}
     extra = BROKER_QUEUE + f"persistence true\npersistence_location {tmp_path}/\n"
     with Mosquitto(extra_config=extra) as broker, RtspCamera(fps=10) as camera:
@@ -93,9 +53,9 @@ def test_broker_outage_camera_loss_worker_kill_backend_restart_and_sigterm(tmp_p
                    capture={"open_timeout_s": 5, "read_timeout_s": 2, "reconnect_min_s": 0.5, "reconnect_max_s": 1.5})
         try:
             d.wait_ready()
-            _until(lambda: backend.handled()[1] >= 4, 90,
-                   lambda: f"first results decrypted by the backend: {backend.rejected()} {backend.log()}")
-            _until(lambda: backend.db("SELECT COUNT(*) FROM alerts")[0][0] >= 1, 30, "the crowd alert")
+            until(lambda: backend.handled()[1] >= 4, 90,
+                  lambda: f"first results decrypted by the backend: {backend.rejected()} {backend.log()}")
+            until(lambda: backend.db("SELECT COUNT(*) FROM alerts")[0][0] >= 1, 30, "the crowd alert")
 
             # 1. broker down for 30 s
             broker.stop()
@@ -105,8 +65,8 @@ def test_broker_outage_camera_loss_worker_kill_backend_restart_and_sigterm(tmp_p
             assert spooled >= 20, d.output()
             figures["broker_outage_spooled"] = spooled
             last_before = max(_seen(backend))
-            _until(lambda: d.metric("edge_agent_spool_messages") == 0, 60, "the spool drained")
-            _until(lambda: len(_seen(backend)) >= last_before + spooled, 90, "spooled results at the backend")
+            until(lambda: d.metric("edge_agent_spool_messages") == 0, 60, "the spool drained")
+            until(lambda: len(_seen(backend)) >= last_before + spooled, 90, "spooled results at the backend")
 
             # 2. camera gone for 20 s
             camera.stop()
@@ -125,13 +85,13 @@ def test_broker_outage_camera_loss_worker_kill_backend_restart_and_sigterm(tmp_p
             # 3. a worker SIGKILLed
             victim = d.workers()[0]
             os.kill(victim, signal.SIGKILL)
-            _until(lambda: victim not in d.workers() and len(d.workers()) == 2, 30, "a replacement worker")
+            until(lambda: victim not in d.workers() and len(d.workers()) == 2, 30, "a replacement worker")
             assert d.metric("edge_agent_worker_restarts_total") == 1 and d.proc.poll() is None
             log = (tmp_path / "gw" / "daemon.log").read_text()
             figures["killed_worker_held_a_frame"] = int("holding a frame" in log)
             figures["frames_dropped_worker_died"] = d.metric('edge_agent_frames_dropped_total{camera="cam-a",reason="worker_died"}')
             n = len(_seen(backend))
-            _until(lambda: len(_seen(backend)) >= n + 3, 60, "results after the worker kill")
+            until(lambda: len(_seen(backend)) >= n + 3, 60, "results after the worker kill")
 
             # 4. backend stopped mid-stream and restarted
             figures["backend_sigterm_s"] = round(backend.terminate(), 2)
@@ -140,13 +100,13 @@ def test_broker_outage_camera_loss_worker_kill_backend_restart_and_sigterm(tmp_p
             backend = BackendProcess(backend_dir, broker, client_id="backend-f", rules=RULES,
                                      max_bytes=1 << 20, allowed_gateways=["gw-test"]).start()
             n = len(_seen(backend))
-            _until(lambda: len(_seen(backend)) >= n + 3, 60, "results after the backend restart")
+            until(lambda: len(_seen(backend)) >= n + 3, 60, "results after the backend restart")
 
             # 5. SIGTERM to the gateway, then let the backend drain and stop it too
             figures["gateway_sigterm_s"] = round(d.terminate(), 2)
             assert d.proc.returncode == 0, d.output()
             published = max(e.sequence for e in _results(everything))
-            _until(lambda: max(_seen(backend)) >= published, 60, "the last published result at the backend")
+            until(lambda: max(_seen(backend)) >= published, 60, "the last published result at the backend")
             time.sleep(1)
             after = backend.scrape()
             figures["backend_sigterm_2_s"] = round(backend.terminate(), 2)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from tests.security.test_adversarial import BackendProcess
+from tests.support.backend_process import BackendProcess
 
 SYS_TGKILL = {"x86_64": 234, "aarch64": 131}.get(os.uname().machine)
 pytestmark = pytest.mark.skipif(SYS_TGKILL is None, reason="tgkill syscall number unknown on this machine")
@@ -39,9 +39,9 @@ def _stops_within(proc, seconds: float) -> bool:
 
 
 def test_gateway_stops_on_sigterm_received_by_a_worker_thread(tmp_path, broker):
-    from tests.gateway.test_daemon import Daemon
-    from tests.faults.test_pipeline import Owner
-    owner = Owner(tmp_path)
+    from tests.support.edge_daemon import Daemon
+    from tests.support.pipeline import ChainOwner
+    owner = ChainOwner(tmp_path)
     (tmp_path / "gw").mkdir()
     d = Daemon(tmp_path / "gw", owner, broker, {"cam-a": "rtsp://127.0.0.1:9/none"})   # no camera needed
     try:

@@ -8,16 +8,9 @@ import zipfile
 import pytest
 
 from protected_nn import bundle
-from protected_nn.artifacts import MEMBERS, ModelArtifacts
+from protected_nn.artifacts import MEMBERS
 from protected_nn.bundle import BundleError, read_bundle, write_bundle
-
-
-def fake_artifacts(seed=0) -> ModelArtifacts:
-    rng = random.Random(seed)
-    members = {m: rng.randbytes(rng.randint(50, 400)) for m in MEMBERS}
-    members["plan"] = json.dumps({"layers": [], "seed": seed}).encode()
-    members["model_card"] = json.dumps({"outputs": ["a", "b"]}).encode()
-    return ModelArtifacts(**members)
+from tests.support.fake_models import fake_artifacts
 
 
 @pytest.fixture(scope="module")

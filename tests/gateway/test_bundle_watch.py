@@ -14,7 +14,7 @@ from edge_agent.bundle_pin import BundleRefused
 from edge_agent.bundle_watch import BundleWatcher
 from edge_agent.health import Metrics
 from protected_nn import bundle
-from tests.formats.test_bundle import fake_artifacts
+from tests.support.fake_models import fake_artifacts
 
 POLL = 0.05
 

@@ -18,7 +18,7 @@ from edge_agent.check_config import capacity_warnings, memory_max
 from edge_agent.config import ConfigError, load_config
 from tests.support.gateway_keys import write_key
 from tests.support.mosquitto import free_port
-from tests.support.tiny_bundle import signed_bundle
+from tests.support.tiny_models import signed_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 

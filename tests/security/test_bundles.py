@@ -13,11 +13,17 @@ import time
 import pytest
 
 from protected_nn import bundle
+from tests.support.edge_daemon import Collector, Daemon, protected_owner
 from tests.support.rtsp_camera import gstreamer_available
-from tests.gateway.test_daemon import Collector, Daemon, broker, camera, owner  # noqa: F401 (fixtures)
 
-pytestmark = pytest.mark.skipif(not gstreamer_available(), reason="GStreamer RTSP server not installed")
+pytestmark = [pytest.mark.skipif(not gstreamer_available(), reason="GStreamer RTSP server not installed"),
+              pytest.mark.broker("persistent")]
 CHANGES = 100
+
+
+@pytest.fixture(scope="module")
+def owner():
+    return protected_owner()
 
 
 def _wait_metric(d: Daemon, name: str, at_least: float, timeout: float) -> float:

@@ -116,9 +116,9 @@ def test_crafted_lengths_never_trusted(env, which_field, field_len, payload_len)
 @pytest.fixture(scope="module")
 def owner(tmp_path_factory):
     from protected_nn import api
-    from tests.backend.test_e2e import tiny_model
+    from tests.support.tiny_models import crowd_model
     path = tmp_path_factory.mktemp("fuzz") / "tiny.onnx"
-    tiny_model(path)
+    crowd_model(path)
     prot = api.protect(path)
     payload = api.EdgeModel(prot.artifacts).infer(np.array([[0.1, 0.1, 0, 0]], np.float32))
     other = api.protect(path)

@@ -18,9 +18,9 @@ CHOSEN = [25.0, 4.0]
 
 @pytest.fixture(scope="module")
 def owner(tmp_path_factory):
-    from tests.backend.test_e2e import tiny_model
+    from tests.support.tiny_models import crowd_model
     path = tmp_path_factory.mktemp("rc") / "tiny.onnx"
-    tiny_model(path)
+    crowd_model(path)
     prot = api.protect(path)
     model = api.OwnerModel(prot.artifacts, prot.secret_key)
     return model, api.EdgeModel(prot.artifacts), Forger(model.plan)

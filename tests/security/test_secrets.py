@@ -17,8 +17,8 @@ import pytest
 
 from tests.support.mosquitto import Mosquitto, free_port
 from tests.support.rtsp_camera import RtspCamera, gstreamer_available
-from tests.gateway.test_daemon import Collector, Daemon
-from tests.faults.test_pipeline import Owner
+from tests.support.edge_daemon import Collector, Daemon
+from tests.support.pipeline import ChainOwner
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,7 +46,7 @@ def scan(paths: list[Path], blobs: list[bytes], secret: bytes) -> list[str]:
 @pytest.mark.skipif(not gstreamer_available(), reason="GStreamer RTSP server not installed")
 def test_no_file_or_message_of_the_gateway_contains_the_secret_key(tmp_path):
     (tmp_path / "owner").mkdir()
-    owner = Owner(tmp_path / "owner")
+    owner = ChainOwner(tmp_path / "owner")
     secret = owner.protected.secret_key
     assert len(secret) > 1000 and len(needles(secret)) > 40
     gw = tmp_path / "gw"

@@ -11,20 +11,14 @@ import time
 
 import pytest
 
+from tests.support.backend_process import BackendProcess
+from tests.support.edge_daemon import Daemon
+from tests.support.locked_broker import USERS, Client, LockedBroker
+from tests.support.pipeline import RULES, ChainOwner, until
 from tests.support.rtsp_camera import RtspCamera, gstreamer_available
-from tests.gateway.test_daemon import Daemon
-from tests.faults.test_pipeline import RULES, Owner, _until
-from tests.security.test_adversarial import BackendProcess
-from tests.security.test_broker import USERS, Client, LockedBroker
 
-pytestmark = pytest.mark.skipif(not gstreamer_available(), reason="GStreamer RTSP server not installed")
-
-
-@pytest.fixture(scope="module")
-def locked(tmp_path_factory):
-    b = LockedBroker(tmp_path_factory.mktemp("locked-broker-services"))
-    yield b
-    b.stop()
+pytestmark = [pytest.mark.skipif(not gstreamer_available(), reason="GStreamer RTSP server not installed"),
+              pytest.mark.broker("locked")]
 
 
 def _mqtt(broker: LockedBroker, user: str, password: str, folder) -> dict:
@@ -35,28 +29,28 @@ def _mqtt(broker: LockedBroker, user: str, password: str, folder) -> dict:
             "username": user, "password_file": str(secret)}
 
 
-def test_gateway_and_backend_over_tls_with_credentials_and_acl(tmp_path, locked):
-    owner = Owner(tmp_path)
-    dashboard = Client(locked, "dashboard", subscribe=["fhe-edge/alerts/#", "fhe-edge/state/#"])
+def test_gateway_and_backend_over_tls_with_credentials_and_acl(tmp_path, broker):
+    owner = ChainOwner(tmp_path)
+    dashboard = Client(broker, "dashboard", subscribe=["fhe-edge/alerts/#", "fhe-edge/state/#"])
     assert dashboard.ok, dashboard.rc
     (tmp_path / "backend").mkdir()
     (tmp_path / "backend" / "store").symlink_to(owner.store)
-    backend = BackendProcess(tmp_path / "backend", locked, client_id="backend-tls", rules=RULES,
+    backend = BackendProcess(tmp_path / "backend", broker, client_id="backend-tls", rules=RULES,
                              allowed_gateways=["gw-1"],
-                             mqtt=_mqtt(locked, "backend", USERS["backend"], tmp_path)).start()
+                             mqtt=_mqtt(broker, "backend", USERS["backend"], tmp_path)).start()
     (tmp_path / "gw").mkdir()
     with RtspCamera(fps=10) as camera:
-        d = Daemon(tmp_path / "gw", owner, locked, {"cam-a": camera.url}, gateway_id="gw-1",
-                   mqtt=_mqtt(locked, "gw-1", USERS["gw-1"], tmp_path))
+        d = Daemon(tmp_path / "gw", owner, broker, {"cam-a": camera.url}, gateway_id="gw-1",
+                   mqtt=_mqtt(broker, "gw-1", USERS["gw-1"], tmp_path))
         try:
             d.wait_ready()
             # results went gateway -> broker -> backend over TLS, and were decrypted there
-            _until(lambda: backend.handled()[1] >= 3, 90, lambda: f"results at the backend: {backend.log()}")
+            until(lambda: backend.handled()[1] >= 3, 90, lambda: f"results at the backend: {backend.log()}")
             assert not backend.rejected(), backend.rejected()
             # the backend's alert and state reach the dashboard (read-only user) over TLS
             got = {}
-            _until(lambda: _drain(dashboard, got) and "fhe-edge/alerts/cam-a" in got
-                   and "fhe-edge/state/cam-a" in got, 30, lambda: f"alert and state at the dashboard: {got}")
+            until(lambda: _drain(dashboard, got) and "fhe-edge/alerts/cam-a" in got
+                  and "fhe-edge/state/cam-a" in got, 30, lambda: f"alert and state at the dashboard: {got}")
             alert = json.loads(got["fhe-edge/alerts/cam-a"])
             assert alert["type"] == "crowd" and alert["event"] == "raised", alert
             assert not any(t.startswith("fhe-edge/infer/") for t in got)
@@ -66,13 +60,13 @@ def test_gateway_and_backend_over_tls_with_credentials_and_acl(tmp_path, locked)
     before = _settled(backend)           # the good gateway's last results may still be arriving
     with RtspCamera(fps=10) as camera:
         (tmp_path / "gw-bad").mkdir()
-        bad = Daemon(tmp_path / "gw-bad", owner, locked, {"cam-a": camera.url}, gateway_id="gw-1",
-                     mqtt=_mqtt(locked, "gw-1", "wrong-password", tmp_path / "gw-bad"))
+        bad = Daemon(tmp_path / "gw-bad", owner, broker, {"cam-a": camera.url}, gateway_id="gw-1",
+                     mqtt=_mqtt(broker, "gw-1", "wrong-password", tmp_path / "gw-bad"))
         try:
             bad.wait_ready()
-            _until(lambda: "refused the connection" in bad.output(), 30, lambda: bad.output())
-            _until(lambda: bad.metric('edge_agent_results_total{camera="cam-a"}') >= 3, 90,
-                   lambda: f"results produced by the refused gateway: {bad.output()}")
+            until(lambda: "refused the connection" in bad.output(), 30, lambda: bad.output())
+            until(lambda: bad.metric('edge_agent_results_total{camera="cam-a"}') >= 3, 90,
+                  lambda: f"results produced by the refused gateway: {bad.output()}")
             assert bad.proc.poll() is None
             assert backend.handled()[0] == before, "a message reached the backend from the refused gateway"
         finally:

@@ -17,7 +17,7 @@ from backend_decryptor.storage import open_storage
 from backend_decryptor.storage.active_keys import MissingKeys, record_and_check
 from backend_decryptor.store import Store
 from tests.support.backend import rules
-from tests.storage.test_store import fake_protected
+from tests.support.fake_models import fake_protected
 
 
 def two_model_store(root) -> Store:
@@ -85,8 +85,8 @@ def test_a_damaged_or_crafted_key_file_is_refused_and_changes_nothing(tmp_path, 
 
 def test_imported_real_keys_decrypt_on_the_second_host(tmp_path):
     from protected_nn import api
-    from tests.cli.test_commands import tiny_model
-    path, run = tiny_model(tmp_path)
+    from tests.support.tiny_models import square_model
+    path, run = square_model(tmp_path)
     prot = api.protect(path)
     Store(tmp_path / "a").add_model("tiny", prot, "cc" * 32)
     out = tmp_path / "tiny.keys"

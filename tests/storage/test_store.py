@@ -2,20 +2,14 @@
 import json
 import sqlite3
 import stat
-from types import SimpleNamespace
 
 import pytest
 
 from backend_decryptor.store import Store, StoreError, UnknownKeyError, UnknownModelError
 from protected_nn import bundle
-from tests.formats.test_bundle import fake_artifacts
-from tests.cli.test_commands import api_ready, tiny_model
-
-
-def fake_protected(seed: int):
-    """Shaped like api.Protected (the store only reads these attributes), made of random bytes."""
-    return SimpleNamespace(artifacts=fake_artifacts(seed), secret_key=b"SECRET-%d" % seed,
-                           report={"layers": [seed]}, report_text="report")
+from tests.support.cli import api_ready
+from tests.support.fake_models import fake_artifacts, fake_protected
+from tests.support.tiny_models import square_model
 
 
 def mode(path) -> int:
@@ -107,7 +101,7 @@ def test_store_path_that_is_a_file_refused(tmp_path):
 def test_owner_model_cached_and_decrypts(tmp_path):
     import numpy as np
     from protected_nn import api
-    path, run_onnx = tiny_model(tmp_path)
+    path, run_onnx = square_model(tmp_path)
     protected = api.protect(path)
     store = Store(tmp_path / "s")
     store.add_model("tiny", protected, "0" * 64)
