@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from backend_decryptor.commands.common import add_store_argument, open_store, write_atomic
+from protected_nn import result_auth
 from protected_nn.bundle import write_bundle
 
 
@@ -32,8 +33,11 @@ def run(args) -> int:
     artifacts = store.artifacts(args.model_id, fingerprint)
     version = store.key_version(args.model_id, fingerprint)
     out = Path(args.out)
-    write_bundle(out, args.model_id, artifacts, store.signing_key(),
-                 forbidden=store.secret_key(args.model_id, fingerprint), version=version)
+    secret = store.secret_key(args.model_id, fingerprint)
+    # The public half of the key results are authenticated under (envelope v3, result_auth.py)
+    result_key = result_auth.public_text(result_auth.model_result_key(secret, fingerprint))
+    write_bundle(out, args.model_id, artifacts, store.signing_key(), forbidden=secret, version=version,
+                 result_key=result_key)
     data = out.read_bytes()
     sha256 = hashlib.sha256(data).hexdigest()
     store.record_export(args.model_id, fingerprint, out, sha256)
