@@ -103,7 +103,9 @@ def check(cfg: EdgeConfig, measure: bool = True) -> tuple[list[str], list[str], 
                         "cross the network in clear (add tls: {ca_file: ...})")
     for field, folder in [("state_dir", cfg.state_dir), ("spool.directory", cfg.spool.directory)]:
         existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
-        if existing is not None and not os.access(existing, os.W_OK):
+        if existing is not None and not existing.is_dir():     # `run` cannot make the folder
+            errors.append(f"{field} {folder}: cannot create: {existing} is not a folder")
+        elif existing is not None and not os.access(existing, os.W_OK):
             warnings.append(f"{field} {folder}: {existing} is not writable by this user (fine if `run` "
                             "runs as another user, e.g. systemd's StateDirectory)")
     model = None

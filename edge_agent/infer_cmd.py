@@ -5,7 +5,6 @@ INPUT.npy shaped as the model input (batch 1) -> RESULT is one envelope file; sh
 A result file holds exactly the bytes the daemon would publish over MQTT for that inference."""
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -96,19 +95,27 @@ def range_warning(x: np.ndarray, card: dict, source) -> str | None:
             f"--calibration covering such inputs")
 
 
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _result_folder(out: Path) -> Path:
+def _result_folder(out: Path) -> tuple[Path, bool]:
+    """(the folder for N results, whether this run created it)."""
+    from protected_nn.npy_files import make_folder
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} exists and is a file; with N inputs RESULT must be a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    created = not out.exists()
+    make_folder(out, "--out")
     if any(out.iterdir()):
         raise InputError(f"result folder {out} is not empty; results must not mix with older ones")
-    return out
+    return out, created
+
+
+def _undo(written: list[Path], folder: Path | None, created: bool) -> None:
+    """A failed batch leaves nothing of this run: no partial set of results to mistake for all."""
+    for path in written:
+        path.unlink(missing_ok=True)
+    if folder is not None and created:
+        try:
+            folder.rmdir()
+        except OSError:
+            pass
 
 
 def run(args) -> int:
@@ -127,7 +134,20 @@ def run(args) -> int:
     if warning:
         print(warning, file=sys.stderr)
     out = Path(args.out)
-    folder = _result_folder(out) if batched else None
+    folder, created = _result_folder(out) if batched else (None, False)
+    written: list[Path] = []
+    try:
+        times, sizes = _infer_all(args, model, manifest, artifacts, inputs, folder or out, written, folder is not None)
+    except BaseException:
+        _undo(written, folder, created)
+        raise
+    print(f"model {manifest['model_id']} key {artifacts.key_fingerprint}: {len(inputs)} inference(s), "
+          f"{np.mean(times):.3f} s each, result {max(sizes)} bytes -> {out}")
+    return 0
+
+
+def _infer_all(args, model, manifest, artifacts, inputs, out: Path, written: list[Path], batched: bool):
+    from protected_nn.npy_files import write_file
     times, sizes = [], []
     for sequence, item in enumerate(inputs):
         capture_time = time.time()
@@ -139,7 +159,7 @@ def run(args) -> int:
             gateway_id=args.gateway_id, camera_id=args.camera_id, sequence=sequence,
             capture_time=capture_time, payload=payload))
         sizes.append(len(data))
-        _write(folder / f"{sequence:06d}.result" if folder else out, data)
-    print(f"model {manifest['model_id']} key {artifacts.key_fingerprint}: {len(inputs)} inference(s), "
-          f"{np.mean(times):.3f} s each, result {max(sizes)} bytes -> {out}")
-    return 0
+        path = out / f"{sequence:06d}.result" if batched else out
+        write_file(path, data, "--out")
+        written.append(path)
+    return times, sizes
