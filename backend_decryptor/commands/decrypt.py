@@ -66,13 +66,13 @@ def _check_key(store: Store, model_id: str, path: Path, env: envelope.Envelope) 
 def overflow_hint(card: dict) -> str:
     """The key in the envelope is this model's, so a result that does not decrypt cleanly was
     most likely computed on an input far outside the calibrated range: its values overflowed
-    the result's headroom and wrapped around, which looks exactly like another key's result."""
+    the result's headroom and wrapped around, which looks exactly like another key's result.
+    Appended to the decryptor's own message, which lists the possible causes."""
     rng = card.get("calibrated_input_range")
     where = f" [{rng[0]:g}, {rng[1]:g}]" if isinstance(rng, list) and len(rng) == 2 else ""
-    return (f" - or out of the calibrated range? The envelope names this model's key; an input "
-            f"outside the range the model was calibrated on{where} overflows the result. Scale "
-            f"inputs like the calibration data, or protect again with --input-range/--calibration "
-            f"covering them")
+    return (f". The envelope names this model's key, so the likely cause is an input outside the "
+            f"range the model was calibrated on{where}: scale inputs like the calibration data, or "
+            f"protect again with --input-range/--calibration covering them")
 
 
 def run(args) -> int:
