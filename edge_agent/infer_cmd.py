@@ -1,7 +1,8 @@
 """`edge-agent infer --bundle BUNDLE INPUT.npy --out RESULT`: encrypted inference on a tensor file.
 
-INPUT.npy shaped as the model input (batch 1) -> RESULT is one envelope file; shaped
-(N, *model input) -> RESULT is a folder with 000000.result ... (sequence numbers 0..N-1).
+INPUT.npy shaped as the model input (batch 1) -> RESULT is one envelope file; N inputs, shaped
+(N, *model input) or, for a batch-1 model, (N, *model input[1:]) as `protect --calibration` takes
+them -> RESULT is a folder with 000000.result ... (sequence numbers 0..N-1).
 A result file holds exactly the bytes the daemon would publish over MQTT for that inference."""
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("infer", help="encrypt an input tensor and run the protected model on it",
                        description="Encrypt INPUT.npy with the bundle's public key, evaluate the "
                                    "encrypted model and write the encrypted result (no secret key here).")
-    p.add_argument("input", metavar="INPUT.npy", help="shape = model input (batch 1), or (N, *model input)")
+    p.add_argument("input", metavar="INPUT.npy",
+                   help="one input shaped as the model input, e.g. (1, C, H, W); or N inputs: "
+                        "(N, C, H, W) as `protect --calibration` takes them, or (N, 1, C, H, W)")
     p.add_argument("--bundle", required=True, metavar="BUNDLE", help="signed model bundle")
     p.add_argument("--out", required=True, metavar="RESULT", help="result file (or folder when N inputs)")
     key = p.add_mutually_exclusive_group(required=True)

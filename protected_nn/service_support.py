@@ -84,7 +84,9 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         except BrokenPipeError:
             raise
         except (ProtectedNNError, OSError, ValueError) as e:
-            print(f"error: {os_error_text(e) if isinstance(e, OSError) else e}", file=sys.stderr)
+            text = os_error_text(e) if isinstance(e, OSError) else str(e)
+            for line in text.splitlines() or [""]:   # several problems: each its own error: line
+                print(f"error: {line}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             return 130

@@ -168,3 +168,15 @@ def test_an_os_error_no_command_named_still_shows_path_and_reason():
     assert os_error_text(OSError(28, "No space left on device")) == "No space left on device"
     assert os_error_text(FileExistsError(17, "File exists", "/x/state")) == "/x/state: File exists"
     assert os_error_text(OSError("plain")) == "plain"
+
+
+def test_every_problem_of_a_failed_command_is_its_own_error_line(tmp_path):
+    """`run` and `check-config` raise one error holding several problems (a rules file with two
+    mistakes): before, only the first line said `error:`; the edge side prints each with it."""
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("crowd:\n  levels: {low: 0, high: 20, medium: 10}\nincident:\n  probability: 1.5\n")
+    (tmp_path / "backend.yaml").write_text(f"store: {tmp_path / 'store'}\nmqtt: {{host: 127.0.0.1}}\n"
+                                           f"alerts: {{rules_file: {rules}}}\n")
+    proc = cli(BACKEND, "check-config", "backend.yaml", cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith(f"error: {rules}:") for line in lines), proc.stderr
