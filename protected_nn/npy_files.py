@@ -59,7 +59,7 @@ def write_file(path, data: bytes, option: str, fsync: bool = False) -> None:
         os.replace(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)
-        raise OutputFileError(f"{option} {path}: cannot write: {_reason(e, path)}") from None
+        raise output_error(option, path, e) from None
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -79,8 +79,13 @@ def make_folder(path, option: str) -> Path:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise OutputFileError(f"{option} {path}: cannot create the folder: {_reason(e, path)}") from None
+        raise output_error(option, path, e, "create the folder") from None
     return path
+
+
+def output_error(option: str, path, e: OSError, action: str = "write") -> OutputFileError:
+    """'OPTION PATH: cannot ACTION: reason' for an OSError met writing `path`."""
+    return OutputFileError(f"{option} {path}: cannot {action}: {_reason(e, Path(path))}")
 
 
 def _reason(e: OSError, path: Path) -> str:

@@ -180,3 +180,18 @@ def test_every_problem_of_a_failed_command_is_its_own_error_line(tmp_path):
     proc = cli(BACKEND, "check-config", "backend.yaml", cwd=tmp_path)
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 2 and all(line.startswith(f"error: {rules}:") for line in lines), proc.stderr
+
+
+def test_keygen_into_a_missing_folder_names_out(work):
+    proc = cli(EDGE, "keygen", "--out", "x.npy/signing.key", cwd=work)
+    assert error_line(proc) == "error: --out x.npy/signing.key: cannot write: Not a directory (x.npy is not a folder)"
+
+
+def test_export_keys_that_cannot_be_written_leaves_no_key_file(work):
+    proc = cli(BACKEND, "models", "export-keys", "tiny", "--out", "x.npy/keys", "--store", "store", cwd=work)
+    assert error_line(proc) == "error: --out x.npy/keys: cannot create: Not a directory (x.npy is not a folder)"
+    before = listing(work)
+    proc = cli(BACKEND, "models", "export-keys", "tiny", "--out", "keys", "--store", "store", cwd=work,
+               fsize=100_000)
+    assert error_line(proc) == "error: --out keys: cannot write: File too large"
+    assert listing(work) == before          # no half key file (it would hold secret keys)
