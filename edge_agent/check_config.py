@@ -124,7 +124,12 @@ def _check_bundle(cfg: EdgeConfig, errors: list[str]):
     from protected_nn.bundle import load_owner_public_key
     from protected_nn.errors import ProtectedNNError
     try:
-        model, manifest = load_bundle(cfg.bundle, load_owner_public_key(cfg.owner_public_key))
+        owner_key = load_owner_public_key(cfg.owner_public_key)
+    except ProtectedNNError as exc:      # the key's own setting, not the bundle's
+        errors.append(f"owner_public_key: {exc}")
+        return None
+    try:
+        model, manifest = load_bundle(cfg.bundle, owner_key)
         BundlePin(cfg.state_dir, cfg.model_id).check(manifest)        # what `run` applies too
         model.spec = InputSpec.from_card(model.artifacts.card())
     except (ProtectedNNError, InputSpecError, OSError) as exc:

@@ -77,8 +77,14 @@ def _preflight(path: str, cfg) -> None:
     password file, a folder that cannot be made or a taken port is an `error:` line naming the
     file, line and setting (ValueError: run_cli prints it, no traceback)."""
     from edge_agent.config import ConfigError, read_password, read_signing_key
+    from protected_nn.bundle import load_owner_public_key
+    from protected_nn.errors import ProtectedNNError
     from protected_nn.preflight import address_free, with_line, writable_folder
     problems = []
+    try:
+        load_owner_public_key(cfg.owner_public_key)
+    except ProtectedNNError as exc:
+        problems.append(f"owner_public_key: {exc}")
     for read in (lambda: read_signing_key(cfg), lambda: read_password(cfg.mqtt)):
         try:
             read()

@@ -58,3 +58,14 @@ def test_a_folder_run_cannot_make_is_an_error_naming_its_field(gateway, setting,
 def test_the_same_config_with_real_folders_passes(gateway):
     out = edge("check-config", "--quick", str(write(gateway)), cwd=gateway)
     assert out.returncode == 0, out.stderr
+
+
+def test_an_owner_key_that_is_not_a_key_is_named_by_its_own_setting(gateway):
+    """Before: check-config blamed the `bundle:` line, `run` named no setting at all."""
+    path = write(gateway, owner_public_key="a-file")
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if t.startswith("owner_public_key:"))
+    for args in (["check-config", "--quick", str(path)], ["run", "--config", str(path)]):
+        out = edge(*args, cwd=gateway)
+        assert out.returncode == 2, out.stderr
+        assert f"error: {path}:{line}: owner_public_key: owner public key {gateway / 'a-file'} is not a PEM " \
+               "public key" in out.stderr, out.stderr
