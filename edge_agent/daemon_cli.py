@@ -22,7 +22,9 @@ def register(subparsers) -> None:
                                               "(warning: lines) on risky values, memory over the unit's "
                                               "MemoryMax and more frames than the workers can take "
                                               "(measured with one inference). Exit 0 when valid, 2 otherwise.")
-    check.add_argument("file", metavar="FILE")
+    check.add_argument("file", metavar="FILE", help="gateway YAML (configs/edge.yaml is the template for "
+                                                     "/etc/fhe-edge; scripts/local-example.sh writes one "
+                                                     "that passes on this machine)")
     check.add_argument("--quick", action="store_true",
                        help="skip loading the model and timing one inference (no memory/fps check)")
     check.set_defaults(func=_check_config)
