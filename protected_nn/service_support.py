@@ -59,6 +59,15 @@ def watchdog_interval() -> float | None:
         return None
 
 
+def os_error_text(e: OSError) -> str:
+    """An OSError no command caught and named (a defect to fix there): at least the path and the
+    reason, not Python's '[Errno 28] ...'."""
+    if not e.strerror:
+        return str(e)
+    paths = [str(p) for p in (e.filename, e.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {e.strerror}" if paths else e.strerror
+
+
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
     """Exit codes of both command lines: 0 ok, 2 bad usage or bad input (one `error: ...` line
     on stderr, no traceback), 130 on Ctrl-C. A reader that goes away (`| head`) ends the command
@@ -75,7 +84,9 @@ def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
         except BrokenPipeError:
             raise
         except (ProtectedNNError, OSError, ValueError) as e:
-            print(f"error: {e}", file=sys.stderr)
+            text = os_error_text(e) if isinstance(e, OSError) else str(e)
+            for line in text.splitlines() or [""]:   # several problems: each its own error: line
+                print(f"error: {line}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             return 130
