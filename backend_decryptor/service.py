@@ -62,7 +62,8 @@ class Service:
         self.pool.warm_up()
         # One transport, owned here: the publisher sends through it, the pipeline acknowledges
         # through it, the receiver subscribes on it.
-        self.transport = self._given_transport or mqtt_link(self.cfg.mqtt)
+        given = self._given_transport
+        self.transport = given if given is not None else mqtt_link(self.cfg.mqtt)
         publisher = Publisher(self.transport, self.cfg.mqtt.topic_prefix, self.cfg.alerts.home_assistant,
                               state_interval=self.cfg.alerts.state_interval)
         self.pipeline = Pipeline(self.cfg, self.rules, self.catalog, self.pool, self.db, self.metrics,
