@@ -27,6 +27,7 @@ from protected_nn.runtime.result_checks import REASONS as RESULT_REASONS
 from backend_decryptor.catalog import knows
 from backend_decryptor.config import ChecksConfig, LimitsConfig, reserved_pairs
 from backend_decryptor.rate_limit import GatewayRateLimiter
+from service_common.topics import TopicError, Topics
 
 # Every reason a message can be dropped for (before or after decryption), for docs and metrics.
 REASONS = (
@@ -58,7 +59,7 @@ class MessageChecker:
         limits = limits if limits is not None else LimitsConfig()
         self.limiter = (GatewayRateLimiter(limits.per_gateway_rate, limits.per_gateway_burst, cfg.max_clock_skew)
                         if limits.per_gateway_rate is not None else None)
-        self.prefix_parts = prefix.strip("/").split("/")
+        self.topics = Topics(prefix)
         self.catalog = catalog
         # envelope v3: a MAC key agreed once per (gateway, model key) - the catalog holds the keys
         self.results = ResultVerifier(catalog.result_key) if hasattr(catalog, "result_key") else None
@@ -66,11 +67,10 @@ class MessageChecker:
         self.clock = clock
 
     def topic_ids(self, topic: str) -> tuple[str, str]:
-        parts = topic.split("/")
-        n = len(self.prefix_parts)
-        if len(parts) != n + 3 or parts[:n] != self.prefix_parts or parts[n] != "infer":
-            raise Rejected("bad_topic", f"topic {topic[:120]!r} is not <prefix>/infer/<gateway>/<camera>")
-        return parts[n + 1], parts[n + 2]
+        try:
+            return self.topics.parse_infer(topic)
+        except TopicError as exc:
+            raise Rejected("bad_topic", str(exc)) from None
 
     def gateway_allowed(self, gateway: str) -> bool:
         return any(fnmatch.fnmatchcase(gateway, pattern) for pattern in self.cfg.allowed_gateways)

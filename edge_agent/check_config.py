@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from edge_agent.config import ConfigError, EdgeConfig, read_password, read_signing_key
-from protected_nn.preflight import address_free, is_loopback, readable
+from service_common.preflight import address_free, is_loopback, readable
 
 UNIT_FILE = Path(__file__).resolve().parents[1] / "systemd" / "edge-agent.service"
 DEFAULT_MEMORY_MAX = 3 << 30

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from protected_nn.service_support import configure_logging
+from service_common.cli import configure_logging
 
 
 def register(subparsers) -> None:
@@ -46,7 +46,7 @@ def _check_config(args) -> int:
         return 2
     from edge_agent.check_config import check
     errors, warnings, model = check(cfg, measure=not args.quick)
-    from protected_nn.preflight import with_line
+    from service_common.preflight import with_line
     for line in errors:
         print(f"error: {with_line(args.file, line)}", file=sys.stderr)
     for line in warnings:
@@ -81,7 +81,7 @@ def _preflight(path: str, cfg) -> None:
     from edge_agent.config import ConfigError, read_password, read_signing_key
     from protected_nn.bundle import load_owner_public_key
     from protected_nn.errors import ProtectedNNError
-    from protected_nn.preflight import address_free, with_line, writable_folder
+    from service_common.preflight import address_free, with_line, writable_folder
     problems = []
     try:
         load_owner_public_key(cfg.owner_public_key)

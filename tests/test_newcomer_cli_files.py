@@ -164,7 +164,7 @@ def test_protect_help_shows_the_defaults_it_uses():
 
 
 def test_an_os_error_no_command_named_still_shows_path_and_reason():
-    from protected_nn.service_support import os_error_text
+    from service_common.cli import os_error_text
     assert os_error_text(OSError(28, "No space left on device")) == "No space left on device"
     assert os_error_text(FileExistsError(17, "File exists", "/x/state")) == "/x/state: File exists"
     assert os_error_text(OSError("plain")) == "plain"
