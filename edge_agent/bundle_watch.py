@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 def load_bundle(bundle_path: Path, owner_key) -> tuple[Model, dict]:
     """Read (bounded) and verify one bundle -> (model, manifest); BundleError when it must not run."""
     manifest, artifacts = read_bundle(read_file_bounded(bundle_path), owner_key)
-    model = Model(artifacts=artifacts, model_id=str(manifest["model_id"]), key_fingerprint=artifacts.key_fingerprint)
+    model = Model(artifacts=artifacts, model_id=str(manifest["model_id"]), key_fingerprint=artifacts.key_fingerprint,
+                  result_key=manifest.get("result_key"))
     return model, manifest
 
 

@@ -6,14 +6,14 @@ import logging
 
 from backend_decryptor.config import MQTTConfig
 from backend_decryptor.metrics import Metrics
-from backend_decryptor.receiver import Receiver
+from backend_decryptor.receiver import Receiver, mqtt_link
 from tests.support.process import eventually
 
 
 def receiver(broker, client_id, metrics=None, prefix="fhe-edge"):
-    cfg = MQTTConfig(host=broker.host, port=broker.port, client_id=client_id, prefix=prefix)
-    r = Receiver(cfg, on_message=lambda *a: None, on_peers=metrics.set_peers if metrics else None)
-    r.start()
+    cfg = MQTTConfig(host=broker.host, port=broker.port, client_id=client_id, topic_prefix=prefix)
+    r = Receiver(mqtt_link(cfg), cfg, on_message=lambda *a: None, on_peers=metrics.set_peers if metrics else None)
+    r.transport.start()
     assert r.wait_connected(10)
     return r
 
@@ -28,7 +28,7 @@ def test_a_second_replica_is_logged_and_counted_online_then_offline(broker, capl
         assert eventually(lambda: first.peers.get("backend-b") == "online")
         assert metrics.registry.get_sample_value("backend_peer_replicas", {"state": "online"}) == 1
         assert any("backend-b" in r.getMessage() and "online" in r.getMessage() for r in caplog.records)
-        second.stop()
+        second.transport.stop()
         assert eventually(lambda: first.peers.get("backend-b") == "offline")
         assert metrics.registry.get_sample_value("backend_peer_replicas", {"state": "online"}) == 0
         assert metrics.registry.get_sample_value("backend_peer_replicas", {"state": "offline"}) == 1
@@ -39,24 +39,24 @@ def test_a_second_replica_is_logged_and_counted_online_then_offline(broker, capl
         try:
             assert eventually(lambda: third.peers == {"backend-a": "online", "backend-b": "offline"})
         finally:
-            third.stop()
+            third.transport.stop()
     finally:
-        first.stop()
+        first.transport.stop()
 
 
 def test_peer_messages_never_reach_the_inference_pipeline(broker):
     seen = []
     cfg = MQTTConfig(host=broker.host, port=broker.port, client_id="backend-a")
-    r = Receiver(cfg, on_message=lambda topic, *a: seen.append(topic))
-    r.start()
+    r = Receiver(mqtt_link(cfg), cfg, on_message=lambda topic, *a: seen.append(topic))
+    r.transport.start()
     try:
         assert r.wait_connected(10)
         other = receiver(broker, "backend-b")
-        other.stop()
+        other.transport.stop()
         assert eventually(lambda: r.peers.get("backend-b") == "offline")
         assert seen == []
     finally:
-        r.stop()
+        r.transport.stop()
 
 
 def test_the_peer_table_is_bounded(broker, monkeypatch):
@@ -71,4 +71,4 @@ def test_the_peer_table_is_bounded(broker, monkeypatch):
         r._on_peer_availability("fhe-edge/backend/fake-0/availability", b"offline")
         assert r.peers["fake-0"] == "offline"       # known peers still update
     finally:
-        r.stop()
+        r.transport.stop()

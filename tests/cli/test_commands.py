@@ -128,7 +128,7 @@ def test_invalid_card_beside_model_names_file_and_line(tmp_path):
     (tmp_path / "m.card.yaml").write_text("outputs:\n  - name: crowd\n    index: 0\n    kind: kount\n")
     proc = run(BACKEND, "protect", str(tmp_path / "m.onnx"), "--model-id", "m", "--store", str(tmp_path / "s"),
                ok=False)
-    assert "m.card.yaml:4: outputs.0.kind" in proc.stderr
+    assert "m.card.yaml:4: outputs[0].kind" in proc.stderr
 
 
 def test_edge_cli_does_not_import_backend():

@@ -1,4 +1,4 @@
-"""The command-line contract both tools share (protected_nn.service_support.run_cli): a reader
+"""The command-line contract both tools share (service_common.cli.run_cli): a reader
 that goes away is not an error."""
 from __future__ import annotations
 

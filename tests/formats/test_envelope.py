@@ -155,7 +155,7 @@ def test_too_large_checked_first():
 
 
 @pytest.mark.parametrize("data,reason", [
-    (b"XXXX\x02", "bad_magic"), (b"FHEE\x03" + b"\x00" * 40, "bad_version"), (b"FHE", "truncated"),
+    (b"XXXX\x02", "bad_magic"), (b"FHEE\x04" + b"\x00" * 40, "bad_version"), (b"FHE", "truncated"),
     (b"", "truncated"), (b"FHEE\x02\x00", "bad_field"), (b"FHEE\x02\x41", "bad_field"), (b"FHEE\x02\x05ab", "truncated"),
     (b"FHEE\x02\x02a/", "bad_field"), (b"FHEE\x02\x02ab", "truncated"),
     (b"FHEE\x02\x01a\x01b\x01c\x01d", "truncated"), (b"FHEE\x02\x01a\x01b\x01c\x01d\x07" + b"\x00" * 20, "bad_field"),

@@ -175,7 +175,7 @@ def test_publisher_order_spool_and_availability(tmp_path):
     with Mosquitto(extra_config=persistent) as broker:
         sub = Subscriber(broker, "fhe-edge/#")
         spool = Spool(tmp_path / "spool", 10 ** 7)
-        pub = Publisher(MqttConfig(host=broker.host, port=broker.port, max_inflight=4), "gw", spool, Metrics()).start()
+        pub = Publisher(MqttConfig(host=broker.host, port=broker.port, max_in_flight=4), "gw", spool, Metrics()).start()
         try:
             wait_for(pub.connected.is_set, 10, "connect")
             pub.set_camera_status("c1", ONLINE)

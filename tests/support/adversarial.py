@@ -133,7 +133,7 @@ class AdversarialCorpus(ForgedMessages):
 
     def _wrong_version(self, kind):
         m = self._env(kind, self.payload)
-        m.data = m.data[:4] + bytes([self.rng.choice([0, 1, 3, 127, 255])]) + m.data[5:]
+        m.data = m.data[:4] + bytes([self.rng.choice([0, 1, 4, 127, 255])]) + m.data[5:]
         m.reasons = frozenset({"bad_version"})
         return m
 

@@ -1,6 +1,6 @@
 """Checks both services' `check-config` make before `run` needs the thing: a file readable, a
 listen address free, a broker on this host. Each problem names the setting and the path/address,
-so the operator knows which line to fix. (No Pyfhel here: the gateway imports this too.)"""
+so the operator knows which line to fix."""
 from __future__ import annotations
 
 import ipaddress
@@ -8,7 +8,7 @@ import re
 import socket
 from pathlib import Path
 
-import yaml
+from service_common.yaml_loader import setting_line
 
 
 def readable(field: str, path: Path | None) -> str | None:
@@ -59,21 +59,5 @@ def with_line(config: str | Path, message: str) -> str:
     """'FILE:LINE: message' when the message starts with a setting given in FILE ('mqtt.tls.ca_file
     /x: ...' -> the line of ca_file), else 'FILE: message': every problem leads to a line."""
     match = re.match(r"^([A-Za-z_][\w.]*)[\s:]", message)
-    line = _key_line(config, match.group(1).split(".")) if match else None
+    line = setting_line(config, tuple(match.group(1).split("."))) if match else None
     return f"{config}:{line}: {message}" if line else f"{config}: {message}"
-
-
-def _key_line(config: str | Path, keys: list[str]) -> int | None:
-    try:
-        node = yaml.compose(Path(config).read_text(), Loader=yaml.SafeLoader)
-    except (OSError, yaml.YAMLError):
-        return None
-    line = None
-    for key in keys:
-        if not isinstance(node, yaml.MappingNode):
-            return None
-        found = next(((k, v) for k, v in node.value if getattr(k, "value", None) == key), None)
-        if found is None:
-            return None
-        line, node = found[0].start_mark.line + 1, found[1]
-    return line
