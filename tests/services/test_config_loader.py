@@ -16,7 +16,7 @@ import pytest
 from backend_decryptor.config import load_config as load_backend
 from edge_agent.config import load_config as load_edge
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EDGE = ("gateway_id: gw-1\nbundle: model.bundle\nowner_public_key: owner.pub\nsigning_key_file: owner.pub\n"
         "cameras:\n  - id: cam-1\n    url: rtsp://127.0.0.1:8554/cam\nmqtt:\n  host: 127.0.0.1\n")
 BACKEND = "store: store\nstate_db: state.db\nmqtt:\n  host: 127.0.0.1\n"

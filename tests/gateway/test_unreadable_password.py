@@ -18,7 +18,7 @@ import yaml
 from tests.support.gateway_keys import write_key
 from tests.support.mosquitto import free_port
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 NOBODY = 65534
 
 

@@ -1,7 +1,7 @@
 """The backend pipeline's checks and rules through the transport interface, WITHOUT a broker
 (issue 12): the Service is handed a MemoryTransport, messages are delivered to it as the broker
 would, and what it publishes and acknowledges is read back. The same pipeline over a real
-Mosquitto is tested in test_backend_service.py / test_backend_checks.py / test_backend_e2e.py.
+Mosquitto is tested in tests/backend/ (test_service.py, test_checks.py, test_e2e.py).
 
 PLUMBING test: the decryptor is the IdentityCodec stand-in (payload = float64 vector, NOT
 encryption); real SQLite state."""
