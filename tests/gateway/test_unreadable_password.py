@@ -40,7 +40,8 @@ def as_daemon_user(path: Path) -> list[str]:
 
 
 def test_an_unreadable_password_file_is_one_error_line_before_the_metrics_port(folder):
-    (folder / "owner.pub").write_text("not read before the password\n")
+    from protected_nn import bundle   # a real owner key: only the password may be wrong here
+    bundle.save_public_key(bundle.generate_owner_key(), folder / "owner.pub")
     (folder / "model.bundle").write_text("not read before the password\n")
     write_key(folder / "signing.key", "gw-1")
     (folder / "pw").write_text("s3cret\n")
