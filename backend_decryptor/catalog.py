@@ -18,13 +18,16 @@ import threading
 import time
 from pathlib import Path
 
+from protected_nn import result_auth
 from protected_nn.model_card import ModelCard, parse_card
 
 
 class StaticCatalog:
-    def __init__(self, models: dict[str, tuple[list[str], dict]]):
-        """models: model id -> (fingerprints, model card dict)."""
+    def __init__(self, models: dict[str, tuple[list[str], dict]], secret_keys: dict | None = None):
+        """models: model id -> (fingerprints, model card dict); secret_keys: (model id, fingerprint)
+        -> secret key bytes, for the result keys of envelope v3 (none: v3 envelopes are refused)."""
         self._fps = {m: set(fps) for m, (fps, _) in models.items()}
+        self._secret_keys = dict(secret_keys or {})
         self._cards = {m: parse_card(m, card, need_outputs=True) for m, (_, card) in models.items()}
 
     def fingerprints(self, model_id: str) -> set[str] | None:
@@ -33,6 +36,10 @@ class StaticCatalog:
 
     def card(self, model_id: str, fingerprint: str | None = None) -> ModelCard:
         return self._cards[model_id]
+
+    def result_key(self, model_id: str, fingerprint: str):
+        secret = self._secret_keys.get((model_id, fingerprint))
+        return result_auth.model_result_key(secret, fingerprint) if secret else None
 
 
 class StoreCatalog:
@@ -79,6 +86,13 @@ class StoreCatalog:
             card = parse_card(model_id, self._store.model_card(model_id, fingerprint), need_outputs=True)
             self._cards[key] = card
         return card
+
+
+    def result_key(self, model_id: str, fingerprint: str):
+        """The result key (protected_nn/result_auth.py) of a key version this store holds, else None."""
+        if not self.knows(model_id, fingerprint):
+            return None
+        return result_auth.model_result_key(self._store.secret_key(model_id, fingerprint), fingerprint)
 
 
 def knows(catalog, model_id: str, fingerprint: str) -> bool:

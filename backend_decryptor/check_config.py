@@ -12,8 +12,8 @@ import os
 
 from backend_decryptor.config import BackendConfig
 from backend_decryptor.rules_config import AlertRules
-from backend_decryptor.yaml_config import line_of
-from protected_nn.preflight import address_free, is_loopback, readable
+from service_common.yaml_loader import line_of
+from service_common.preflight import address_free, is_loopback, readable
 
 CARD_FIX = ("protect it again with a card: backend-decryptor protect MODEL.onnx --model-id {id} "
             "--card CARD.yaml (docs/backend.md, 'Model card'), or retire it")

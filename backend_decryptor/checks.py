@@ -2,7 +2,8 @@
 
 Order (cheapest and least trusting first): size -> envelope parse (magic, version, fields,
 lengths, ranges) -> topic agrees with the envelope -> gateway allow-list -> the gateway's signature
-over header and payload -> camera allow-list of that gateway -> the camera belongs to that gateway
+over header and payload (v2: Ed25519 per message; v3: the gateway's certified agreement key, checked
+once, and a per-message AES-GCM tag under the key agreed with the model's result key) -> camera allow-list of that gateway -> the camera belongs to that gateway
 (reserved in the config, or bound on first use and persisted) -> known model -> known key
 fingerprint -> capture time within the skew bound -> sequence not seen before -> the gateway's rate
 limit. Nothing the envelope says is believed before the signature verifies: a forger cannot bind
@@ -20,11 +21,13 @@ from typing import Callable
 from protected_nn import envelope as env_mod
 from protected_nn.errors import EnvelopeError
 from protected_nn.gateway_key import parse_public_key
+from protected_nn.result_auth import ResultVerifier
 from protected_nn.runtime.result_checks import REASONS as RESULT_REASONS
 
 from backend_decryptor.catalog import knows
 from backend_decryptor.config import ChecksConfig, LimitsConfig, reserved_pairs
 from backend_decryptor.rate_limit import GatewayRateLimiter
+from service_common.topics import TopicError, Topics
 
 # Every reason a message can be dropped for (before or after decryption), for docs and metrics.
 REASONS = (
@@ -56,17 +59,18 @@ class MessageChecker:
         limits = limits if limits is not None else LimitsConfig()
         self.limiter = (GatewayRateLimiter(limits.per_gateway_rate, limits.per_gateway_burst, cfg.max_clock_skew)
                         if limits.per_gateway_rate is not None else None)
-        self.prefix_parts = prefix.strip("/").split("/")
+        self.topics = Topics(prefix)
         self.catalog = catalog
+        # envelope v3: a MAC key agreed once per (gateway, model key) - the catalog holds the keys
+        self.results = ResultVerifier(catalog.result_key) if hasattr(catalog, "result_key") else None
         self.seen = seen
         self.clock = clock
 
     def topic_ids(self, topic: str) -> tuple[str, str]:
-        parts = topic.split("/")
-        n = len(self.prefix_parts)
-        if len(parts) != n + 3 or parts[:n] != self.prefix_parts or parts[n] != "infer":
-            raise Rejected("bad_topic", f"topic {topic[:120]!r} is not <prefix>/infer/<gateway>/<camera>")
-        return parts[n + 1], parts[n + 2]
+        try:
+            return self.topics.parse_infer(topic)
+        except TopicError as exc:
+            raise Rejected("bad_topic", str(exc)) from None
 
     def gateway_allowed(self, gateway: str) -> bool:
         return any(fnmatch.fnmatchcase(gateway, pattern) for pattern in self.cfg.allowed_gateways)
@@ -82,7 +86,12 @@ class MessageChecker:
         if key is None:
             raise Rejected("unknown_gateway", f"gateway {env.gateway_id} has no public key in checks.gateway_keys")
         try:
-            env_mod.verify(data, env, key)
+            if env.version == env_mod.AUTH_VERSION:
+                if self.results is None:
+                    raise EnvelopeError("bad_version", "envelope v3 needs result keys this catalog does not hold")
+                self.results.verify(data, env, key)
+            else:
+                env_mod.verify(data, env, key)
         except EnvelopeError as exc:
             raise Rejected(exc.reason, f"{env.gateway_id}/{env.camera_id} #{env.sequence}: {exc}") from None
 

@@ -9,7 +9,7 @@ import sys
 from backend_decryptor import service_cli
 from backend_decryptor.adapt import command as adapt_command
 from backend_decryptor.commands import decrypt, export, models, protect
-from protected_nn.service_support import run_cli
+from service_common.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,58 +5,34 @@ docs/backend.md). Unknown settings are errors, so a typo never silently falls ba
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
-from backend_decryptor.yaml_config import load_yaml_model, parse_duration
-from protected_nn.config_words import resolve_path_setting
+from service_common.broker import BrokerSettings, TlsSettings, read_password_file
+from service_common.settings import ConfigPath, ConfigPathText, Seconds, StrictModel, relative_to_config
+from service_common.yaml_loader import ConfigError, load_yaml_model
 
-Seconds = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+__all__ = ["BackendConfig", "ConfigError", "MQTTConfig", "load_config"]
+DOCS_HINT = " (check the spelling; see docs/backend.md)"
 
 
-def read_password_file(setting_value: str | None, setting: str) -> str | None:
-    """A password from its file ($VARIABLES expanded, e.g. ${CREDENTIALS_DIRECTORY}/mqtt-password),
-    or None when the setting is empty; an unreadable file names the setting and the path."""
-    if not setting_value:
-        return None
-    path = Path(os.path.expandvars(setting_value))
-    try:
-        return path.read_text().strip()
-    except OSError as exc:
-        raise ValueError(f"{setting} {path}: cannot read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ValueError(f"{setting} {path}: not UTF-8 text") from None
+def _password(setting_value: str | None, setting: str) -> str | None:
+    """A password from its file, or None when the setting is empty (service_common.broker)."""
+    return read_password_file(setting_value, setting) if setting_value else None
 
 
-class TLSConfig(Strict):
-    ca_file: Path | None = Field(None, description="CA certificate(s) the broker's certificate must chain to; system CAs if unset")
-    cert_file: Path | None = Field(None, description="client certificate for mutual TLS (optional)")
-    key_file: Path | None = Field(None, description="private key of cert_file")
-    insecure: bool = Field(False, description="skip the broker host name check (testing only, never in production)")
-
-
-class MQTTConfig(Strict):
+class MQTTConfig(BrokerSettings):
     host: str = Field("127.0.0.1", description="broker host name or address")
-    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual with TLS)")
-    tls: TLSConfig | None = Field(None, description="TLS settings; plain TCP when absent")
-    username: str | None = Field(None, description="MQTT user name")
-    password_file: str | None = Field(
+    password_file: ConfigPathText | None = Field(
         None, description="file holding the MQTT password; $VARIABLES are expanded, so "
                           "${CREDENTIALS_DIRECTORY}/mqtt-password works with systemd LoadCredential")
     client_id: str = Field("backend-decryptor-1", min_length=1, max_length=64,
                            description="MQTT client id of this replica: unique per replica, stable across restarts "
                                        "(the broker keeps its session and un-acknowledged messages under it)")
-    prefix: str = Field("fhe-edge", min_length=1, description="topic prefix shared with the gateways")
     shared_group: str = Field("backend", min_length=1, pattern=r"^[^/+#]+$",
                               description="shared subscription group: replicas in one group split the inference stream")
-    keepalive: int = Field(30, ge=5, le=3600, description="MQTT keepalive in seconds")
     session_expiry: Seconds = Field(3600.0, ge=0, description="how long the broker keeps this replica's session "
                                                              "(and queues its messages) while it is down")
     reconnect_max_s: Seconds = Field(2.0, ge=1, le=60,
@@ -68,10 +44,10 @@ class MQTTConfig(Strict):
                                            "bounds memory and lets the broker spread load across replicas")
 
     def password(self) -> str | None:
-        return read_password_file(self.password_file, "mqtt.password_file")
+        return _password(self.password_file, "mqtt.password_file")
 
 
-class ChecksConfig(Strict):
+class ChecksConfig(StrictModel):
     max_message_bytes: int = Field(4 << 20, ge=64, description="largest accepted inference message, bytes")
     max_clock_skew: Seconds = Field(300.0, gt=0,
                                     description="largest accepted |capture time - backend clock|; also bounds how "
@@ -148,7 +124,7 @@ def reserved_pairs(gateway_cameras: dict[str, list[str]]):
             yield from ((gateway, c) for c in cameras if not is_pattern(c))
 
 
-class LimitsConfig(Strict):
+class LimitsConfig(StrictModel):
     per_gateway_rate: float | None = Field(
         10.0, gt=0,
         description="messages per second one gateway may have decrypted, all its cameras together "
@@ -159,18 +135,18 @@ class LimitsConfig(Strict):
                               "(out-of-order results, several cameras in the same instant)")
 
 
-class DecryptConfig(Strict):
+class DecryptConfig(StrictModel):
     workers: int = Field(2, ge=0, le=64, description="decryption worker processes; 0 decrypts in the service process")
     timeout: Seconds = Field(60.0, gt=0, description="longest one decryption may take before it counts as failed")
 
 
-class HomeAssistantConfig(Strict):
+class HomeAssistantConfig(StrictModel):
     enabled: bool = Field(False, description="publish Home Assistant MQTT discovery for each camera seen")
     discovery_prefix: str = Field("homeassistant", min_length=1, description="Home Assistant's discovery topic prefix")
 
 
-class AlertsConfig(Strict):
-    rules_file: Path = Field(Path("alert-rules.yaml"),
+class AlertsConfig(StrictModel):
+    rules_file: ConfigPath = Field(Path("alert-rules.yaml"), validate_default=True,
                              description="alert rules YAML; relative paths are relative to this config file")
     state_interval: Seconds = Field(60.0, ge=0,
                                     description="republish a camera's retained state at least this often even "
@@ -179,7 +155,7 @@ class AlertsConfig(Strict):
                                                 description="Home Assistant MQTT discovery")
 
 
-class MetricsConfig(Strict):
+class MetricsConfig(StrictModel):
     listen: str | None = Field(None, pattern=r"^[^:]+:\d{1,5}$",
                                description="host:port for the Prometheus /metrics endpoint; off when unset")
 
@@ -191,21 +167,21 @@ def _database_shorthand(v):
     return {"url": v} if isinstance(v, (str, Path)) else v
 
 
-class DatabaseConfig(Strict):
+class DatabaseConfig(StrictModel):
     """Where the state lives: SQLite (one host) or PostgreSQL (replicas on several hosts)."""
     url: str | None = Field(
         None, description="a postgresql://user@host:port/dbname URL puts all state in PostgreSQL (replicas on "
                           "several hosts share it); a file path (or unset: state_db) keeps the embedded SQLite file")
-    password_file: str | None = Field(
+    password_file: ConfigPathText | None = Field(
         None, description="file holding the PostgreSQL password; $VARIABLES are expanded, so "
                           "${CREDENTIALS_DIRECTORY}/db-password works with systemd LoadCredential "
                           "(a password in the URL is refused)")
     sslmode: str = Field("verify-full", pattern=r"^(disable|allow|prefer|require|verify-ca|verify-full)$",
                          description="libpq sslmode; verify-full (the default) checks the server certificate "
                                      "and host name")
-    sslrootcert: Path | None = Field(None, description="CA certificate(s) the server's certificate must chain to")
-    sslcert: Path | None = Field(None, description="client certificate (optional)")
-    sslkey: Path | None = Field(None, description="private key of sslcert")
+    sslrootcert: ConfigPath | None = Field(None, description="CA certificate(s) the server's certificate must chain to")
+    sslcert: ConfigPath | None = Field(None, description="client certificate (optional)")
+    sslkey: ConfigPath | None = Field(None, description="private key of sslcert")
     connect_timeout: Seconds = Field(10.0, ge=1, description="longest wait for a connection to PostgreSQL")
     retry_for: Seconds = Field(10.0, ge=0, description="how long an operation retries a lost PostgreSQL connection "
                                                       "before the result at hand is dropped (internal_error)")
@@ -220,6 +196,13 @@ class DatabaseConfig(Strict):
                                   description="an unacknowledged alert stays with the replica that stored it this "
                                               "long after that replica stops renewing it; then another replica "
                                               "publishes it")
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _file_relative_to_config(cls, v, info: ValidationInfo):
+        if isinstance(v, (str, Path)) and not str(v).startswith(_PG_SCHEMES):
+            return relative_to_config(v, info)     # the SQLite file: a path like state_db
+        return v
 
     @field_validator("url")
     @classmethod
@@ -239,7 +222,7 @@ class DatabaseConfig(Strict):
         return bool(self.url) and self.url.startswith(_PG_SCHEMES)
 
     def password(self) -> str | None:
-        return read_password_file(self.password_file, "database.password_file")
+        return _password(self.password_file, "database.password_file")
 
     def conninfo(self, application_name: str = "backend-decryptor") -> str:
         """libpq connection string: the URL plus the TLS options (the password is passed apart)."""
@@ -251,10 +234,10 @@ class DatabaseConfig(Strict):
                              application_name=application_name[:63], **extra)
 
 
-class BackendConfig(Strict):
-    store: Path = Field(Path("/var/lib/backend-decryptor/store"),
+class BackendConfig(StrictModel):
+    store: ConfigPath = Field(Path("/var/lib/backend-decryptor/store"),
                         description="protected model store (models, keys, model cards)")
-    state_db: Path = Field(Path("/var/lib/backend-decryptor/state.db"),
+    state_db: ConfigPath = Field(Path("/var/lib/backend-decryptor/state.db"),
                            description="SQLite file: alert history, counters, rule state, seen sequences; replicas "
                                        "on one host share it")
     database: Annotated[DatabaseConfig, BeforeValidator(_database_shorthand)] = Field(
@@ -266,7 +249,7 @@ class BackendConfig(Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig,
                                  description="per-gateway rate limit, checked before any decryption")
     decrypt: DecryptConfig = Field(default_factory=DecryptConfig, description="decryption pool")
-    alerts: AlertsConfig = Field(default_factory=AlertsConfig, description="alert rules and publishing")
+    alerts: AlertsConfig = Field(default_factory=dict, validate_default=True, description="alert rules and publishing")
     metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="Prometheus metrics")
     log_level: str = Field("INFO", pattern=r"^(DEBUG|INFO|WARNING|ERROR)$", description="log level")
 
@@ -285,28 +268,5 @@ class BackendConfig(Strict):
 
 def load_config(path: str | Path) -> BackendConfig:
     """Load and validate; relative paths in the file (every path setting) are resolved against the
-    file's directory, as configs/backend.yaml documents."""
-    path = Path(path)
-    cfg = load_yaml_model(path, BackendConfig)
-    base = path.resolve().parent
-    def resolved(value):
-        if value is None:
-            return None
-        if isinstance(value, Path):
-            return Path(resolve_path_setting(str(value), base))
-        # password_file: '${CREDENTIALS_DIRECTORY}/x' is absolute once expanded; keep it for later
-        return value if value.startswith("$") or Path(value).is_absolute() else str(base / value)
-
-    tls = cfg.mqtt.tls
-    if tls is not None:
-        tls = tls.model_copy(update={name: resolved(getattr(tls, name))
-                                     for name in ("ca_file", "cert_file", "key_file")})
-    mqtt = cfg.mqtt.model_copy(update={"tls": tls, "password_file": resolved(cfg.mqtt.password_file)})
-    alerts = cfg.alerts.model_copy(update={"rules_file": resolved(cfg.alerts.rules_file)})
-    db = cfg.database
-    db_updates = {name: resolved(getattr(db, name)) for name in ("sslrootcert", "sslcert", "sslkey", "password_file")}
-    if db.url and not db.is_postgres:
-        db_updates["url"] = resolved(db.url)
-    database = db.model_copy(update=db_updates)
-    return cfg.model_copy(update={"store": resolved(cfg.store), "state_db": resolved(cfg.state_db),
-                                  "mqtt": mqtt, "alerts": alerts, "database": database})
+    file's directory, as configs/backend.yaml documents. An empty file means every default."""
+    return load_yaml_model(path, BackendConfig, hint=DOCS_HINT, allow_empty=True)

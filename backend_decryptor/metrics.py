@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from service_common.topics import OFFLINE, ONLINE
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -21,7 +23,7 @@ class Metrics:
         self.in_flight = Gauge("backend_messages_in_flight", "messages received and not yet acknowledged", registry=r)
 
     def set_peers(self, peers: dict[str, str]) -> None:
-        for state in {"online", "offline"} | set(peers.values()):
+        for state in {ONLINE, OFFLINE} | set(peers.values()):
             self.peer_replicas.labels(state=state).set(sum(1 for v in peers.values() if v == state))
 
     def value(self, name: str, **labels) -> float:

@@ -46,7 +46,7 @@ class Pipeline:
         self.cfg, self.rules, self.catalog, self.pool = cfg, rules, catalog, pool
         self.db, self.metrics, self.publisher, self.ack = db, metrics, publisher, ack
         self.clock = clock
-        self.checker = MessageChecker(cfg.checks, cfg.mqtt.prefix, catalog, self._seen, clock, cfg.limits,
+        self.checker = MessageChecker(cfg.checks, cfg.mqtt.topic_prefix, catalog, self._seen, clock, cfg.limits,
                                       bind=db.bind_camera)
         if self.checker.limiter is not None:  # the storage's bucket: shared by all replicas on PostgreSQL
             lim = self.checker.limiter

@@ -20,6 +20,8 @@ from backend_decryptor.alerts import alert_json
 from backend_decryptor.config import HomeAssistantConfig
 from backend_decryptor.drops import VISIBLE, DropWindow
 from backend_decryptor.storage.base import StoredAlert
+from service_common.topics import OFFLINE, ONLINE, Topics
+from service_common.transport import Transport
 
 log = logging.getLogger(__name__)
 DROP_REPUBLISH_S = 10.0
@@ -49,10 +51,11 @@ def camera_of_object_id(object_id: str) -> str:
 
 
 class Publisher:
-    def __init__(self, receiver, prefix: str, home_assistant: HomeAssistantConfig,
+    def __init__(self, transport: Transport, prefix: str, home_assistant: HomeAssistantConfig,
                  state_interval: float = 0.0, drops: DropWindow | None = None, clock=None):
-        self.receiver = receiver
-        self.prefix = prefix
+        """Publishes through `transport` (the service's; MqttLink or MemoryTransport)."""
+        self.transport = transport
+        self.topics = Topics(prefix)
         self.ha = home_assistant
         self.state_interval = state_interval
         self.drops = drops or DropWindow()
@@ -64,13 +67,13 @@ class Publisher:
         self._drop_published: dict[str, tuple[float, frozenset]] = {}
 
     def alert_topic(self, camera: str) -> str:
-        return f"{self.prefix}/alerts/{camera}"
+        return self.topics.alerts(camera)
 
     def state_topic(self, camera: str) -> str:
-        return f"{self.prefix}/state/{camera}"
+        return self.topics.state(camera)
 
     def alert(self, stored: StoredAlert) -> None:
-        info = self.receiver.publish(self.alert_topic(stored.event.camera), json.dumps(alert_json(stored.event)), qos=1)
+        info = self.transport.publish(self.alert_topic(stored.event.camera), json.dumps(alert_json(stored.event)), qos=1)
         self._pending.append((info, stored.row))
 
     def state(self, camera: str, state: dict, gateway: str | None = None) -> None:
@@ -80,7 +83,7 @@ class Publisher:
         self._last_state[camera] = state
         if self.ha.enabled and self._announced.get(camera, "") != self._gateway.get(camera):
             self._discovery(camera)   # first time, or the camera now comes through another gateway
-        self.receiver.publish(self.state_topic(camera), json.dumps({**state, "dropped": self.drops.summary(camera)}),
+        self.transport.publish(self.state_topic(camera), json.dumps({**state, "dropped": self.drops.summary(camera)}),
                               qos=1, retain=True)
 
     def dropped(self, camera: str, reason: str, current_state: Callable[[], dict],
@@ -112,9 +115,9 @@ class Publisher:
         extra: dict = {}
         gateway = self._gateway.get(camera)
         if gateway:
-            extra["availability"] = [{"topic": f"{self.prefix}/status/{gateway}/{camera}"},
-                                     {"topic": f"{self.prefix}/gateway/{gateway}/availability"}]
-            extra.update(availability_mode="all", payload_available="online", payload_not_available="offline")
+            extra["availability"] = [{"topic": self.topics.status(gateway, camera)},
+                                     {"topic": self.topics.gateway_availability(gateway)}]
+            extra.update(availability_mode="all", payload_available=ONLINE, payload_not_available=OFFLINE)
         if self.state_interval > 0:
             extra["expire_after"] = math.ceil(3 * self.state_interval)
         return extra
@@ -147,6 +150,6 @@ class Publisher:
         }
         for (component, key), spec in entities.items():
             payload = {**base, **spec, "unique_id": f"{obj}_{key}", "object_id": f"{obj}_{key}"}
-            topic = f"{self.ha.discovery_prefix}/{component}/{obj}/{key}/config"
-            self.receiver.publish(topic, json.dumps(payload), qos=1, retain=True)
+            topic = Topics.home_assistant_config(self.ha.discovery_prefix, component, obj, key)
+            self.transport.publish(topic, json.dumps(payload), qos=1, retain=True)
         self._announced[camera] = self._gateway.get(camera)

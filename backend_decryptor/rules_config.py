@@ -11,19 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from protected_nn.config_words import SettingError
-
-from backend_decryptor.yaml_config import load_yaml_model, parse_duration
-
-Seconds = Annotated[float, BeforeValidator(parse_duration)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from service_common.settings import Seconds, StrictModel as Strict
+from service_common.yaml_loader import load_yaml_model
 
 
 class CrowdRule(Strict):
@@ -177,4 +170,4 @@ def _merged(rule, overrides: list):
 
 def load_rules(path: str | Path) -> AlertRules:
     """ConfigError naming file, line and field on any problem."""
-    return load_yaml_model(path, AlertRules)
+    return load_yaml_model(path, AlertRules, hint=" (check the spelling; see docs/backend.md)", allow_empty=True)

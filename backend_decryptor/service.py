@@ -18,20 +18,22 @@ from backend_decryptor.decrypt_pool import DecryptPool, StoreDecryptor
 from backend_decryptor.metrics import Metrics
 from backend_decryptor.pipeline import Pipeline
 from backend_decryptor.publish import Publisher
-from backend_decryptor.receiver import Receiver
+from backend_decryptor.receiver import Receiver, mqtt_link
 from backend_decryptor.rules_config import AlertRules
 from backend_decryptor.storage import Storage, open_storage
 from backend_decryptor.storage.active_keys import record_and_check
-from protected_nn.service_support import sd_notify, watchdog_interval
+from service_common.notify import sd_notify, watchdog_interval
 
 log = logging.getLogger(__name__)
 STOP_BUDGET = 10.0
 
 
 class Service:
-    def __init__(self, cfg: BackendConfig, rules: AlertRules, *, catalog=None, decryptor=None, clock=time.time):
-        """`catalog` and `decryptor` default to the protected model store (cfg.store); tests and the
-        benchmark may inject others."""
+    def __init__(self, cfg: BackendConfig, rules: AlertRules, *, catalog=None, decryptor=None, transport=None,
+                 clock=time.time):
+        """`catalog` and `decryptor` default to the protected model store (cfg.store), `transport`
+        to the broker of cfg.mqtt (receiver.mqtt_link); tests and the benchmark may inject others
+        (service_common.transport.MemoryTransport runs the service without a broker)."""
         self.cfg = cfg
         self.rules = rules
         self._own_store = catalog is None  # injected catalogs (tests, benchmark) have no store to check
@@ -41,6 +43,8 @@ class Service:
         self.metrics = Metrics()
         self.db: Storage | None = None
         self.pool: DecryptPool | None = None
+        self._given_transport = transport
+        self.transport = None
         self.receiver: Receiver | None = None
         self.pipeline: Pipeline | None = None
         self._stop_requested = threading.Event()
@@ -56,16 +60,20 @@ class Service:
                 raise
         self.pool = DecryptPool(self.decryptor, self.cfg.decrypt.workers, self.cfg.decrypt.timeout)
         self.pool.warm_up()
-        self.receiver = Receiver(self.cfg.mqtt, on_message=lambda *a: self.pipeline.on_message(*a),
-                                 on_peers=self.metrics.set_peers)
-        publisher = Publisher(self.receiver, self.cfg.mqtt.prefix, self.cfg.alerts.home_assistant,
+        # One transport, owned here: the publisher sends through it, the pipeline acknowledges
+        # through it, the receiver subscribes on it.
+        given = self._given_transport
+        self.transport = given if given is not None else mqtt_link(self.cfg.mqtt)
+        publisher = Publisher(self.transport, self.cfg.mqtt.topic_prefix, self.cfg.alerts.home_assistant,
                               state_interval=self.cfg.alerts.state_interval)
         self.pipeline = Pipeline(self.cfg, self.rules, self.catalog, self.pool, self.db, self.metrics,
-                                 publisher, self.receiver.ack, self.clock)
+                                 publisher, self.transport.ack, self.clock)
+        self.receiver = Receiver(self.transport, self.cfg.mqtt, on_message=self.pipeline.on_message,
+                                 on_peers=self.metrics.set_peers)
         self.pipeline.start()
         if self.cfg.metrics.listen:
             self.metrics.serve(self.cfg.metrics.listen)
-        self.receiver.start()
+        self.transport.start()
         if connect_timeout is not None and not self.receiver.wait_connected(connect_timeout):
             log.warning("not connected to %s:%s yet; retrying in the background",
                         self.cfg.mqtt.host, self.cfg.mqtt.port)
@@ -80,8 +88,8 @@ class Service:
             if not drained:
                 log.warning("stop: stop budget spent; messages not handled yet stay unacknowledged "
                             "and are redelivered to this client id after the restart")
-        if self.receiver is not None:
-            self.receiver.stop(timeout=max(0.2, min(2.0, deadline - time.monotonic())))
+        if self.transport is not None:
+            self.transport.stop(timeout=max(0.2, min(2.0, deadline - time.monotonic())))
         if self.pool is not None:
             self.pool.close()
         if self.db is not None:

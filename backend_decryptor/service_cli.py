@@ -7,7 +7,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from protected_nn.service_support import configure_logging
+from service_common.cli import configure_logging
 
 DEFAULT_CONFIG = "/etc/backend-decryptor/backend.yaml"
 
@@ -42,7 +42,7 @@ def _load(path: str):
 def cmd_run(args) -> int:
     from backend_decryptor.service import Service
     from backend_decryptor.check_config import file_errors
-    from protected_nn.preflight import address_free
+    from service_common.preflight import address_free
     cfg, rules = _load(args.config)
     # An unreadable password or certificate file is a start-up error naming its setting and
     # path, not a raw errno after the service started (and a reconnect loop).
@@ -61,7 +61,7 @@ def cmd_check_config(args) -> int:
     from backend_decryptor.check_config import check
     cfg, rules = _load(args.config)
     errors, warnings, models = check(cfg, rules)
-    from protected_nn.preflight import with_line
+    from service_common.preflight import with_line
     for line in errors:     # a rules-file problem already starts with its own file:line
         print(f"error: {line if line.startswith(str(cfg.alerts.rules_file)) else with_line(args.config, line)}",
               file=sys.stderr)
@@ -69,7 +69,7 @@ def cmd_check_config(args) -> int:
         print(f"warning: {with_line(args.config, line)}", file=sys.stderr)
     print(f"{args.config}: {'NOT ok' if errors else 'ok'}")
     print(f"  broker {cfg.mqtt.host}:{cfg.mqtt.port} tls={'on' if cfg.mqtt.tls else 'off'} "
-          f"client {cfg.mqtt.client_id} group {cfg.mqtt.shared_group} prefix {cfg.mqtt.prefix}")
+          f"client {cfg.mqtt.client_id} group {cfg.mqtt.shared_group} prefix {cfg.mqtt.topic_prefix}")
     print(f"  store {cfg.store}  state {cfg.describe_database()}  decrypt workers {cfg.decrypt.workers}")
     try:
         cfg.database.password()
@@ -106,7 +106,7 @@ def _fmt_time(t: float | None) -> str:
 def cmd_alerts(args) -> int:
     from backend_decryptor.config import load_config
     from backend_decryptor.storage import open_storage
-    from backend_decryptor.yaml_config import parse_duration
+    from protected_nn.config_words import parse_duration
     cfg = load_config(args.config)
     since = time.time() - parse_duration(args.since)
     if not cfg.database.is_postgres and not cfg.sqlite_path().exists():

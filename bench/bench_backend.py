@@ -14,13 +14,18 @@ Measures, with a real Mosquitto on loopback and real encrypted results (protecte
      (`local` starts a throwaway durable PostgreSQL from tests/support/postgres.py; a URL takes
      its password from PGPASSWORD or ~/.pgpass, TLS from --sslmode);
   4. the signature check's share of the backend's time per result (issue 15, target < 1%):
-     envelope parse + Ed25519 verify per result, timed interleaved with decrypt (including the
-     decoder's result checks), against the service's wall time per result with 1 process.
+     envelope parse + verify per result - version 3 (what exported bundles make gateways send: a
+     cached agreement key and an AES-GCM tag) and version 2 (an Ed25519 signature per message) - timed interleaved with decrypt (including the
+     decoder's result checks), against the service's wall time per result with 1 process; next to
+     it, the floors any authentication of the same bytes pays: SHA-512 of the signed bytes (the
+     hash Ed25519 verification itself computes) and HMAC-SHA256 (a symmetric per-gateway MAC,
+     which would give up the property that the backend holds only public keys).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import hmac
 import json
 import statistics
 import sys
@@ -37,7 +42,7 @@ from backend_decryptor.config import BackendConfig  # noqa: E402
 from backend_decryptor.rules_config import AlertRules  # noqa: E402
 from backend_decryptor.service import Service  # noqa: E402
 from backend_decryptor.store import Store  # noqa: E402
-from protected_nn import api, envelope, gateway_key  # noqa: E402
+from protected_nn import api, envelope, gateway_key, result_auth  # noqa: E402
 from tests.support.mosquitto import Mosquitto  # noqa: E402
 
 MODEL_ID = "bench"
@@ -66,11 +71,12 @@ def build_model(kind: str, path: Path):
 
 
 GATEWAY_KEY = gateway_key.generate()     # the simulated gateway's result-signing key
+SIGNERS = {}                             # key fingerprint -> what the gateway signs with (v3, as exported)
 
 
-def envelope_bytes(fp: str, payload: bytes, seq: int, camera: str = "cam-1") -> tuple[str, bytes]:
+def envelope_bytes(fp: str, payload: bytes, seq: int, camera: str = "cam-1", v2: bool = False) -> tuple[str, bytes]:
     env = envelope.Envelope(MODEL_ID, fp, "gw-1", camera, seq, time.time(), payload)
-    return f"fhe-edge/infer/gw-1/{camera}", envelope.encode(env, GATEWAY_KEY)
+    return f"fhe-edge/infer/gw-1/{camera}", envelope.encode(env, GATEWAY_KEY if v2 else SIGNERS[fp])
 
 
 def service_config(work: Path, broker, workers: int, name: str, database: dict | None = None) -> BackendConfig:
@@ -178,13 +184,16 @@ def latency(work, broker, fp, high: bytes, low: bytes, threshold: float, n: int)
     return out
 
 
-def signature_cost(owner, fp: str, payloads: list[bytes], reps: int) -> dict:
+def signature_cost(owner, secret_key: bytes, fp: str, payloads: list[bytes], reps: int) -> dict:
     """Per result, interleaved (the machine's load hits all three alike): parse + verify the
     envelope as the checks do, and decrypt it (with the decoder's result checks)."""
     pub = GATEWAY_KEY.public_key()
-    messages = [envelope_bytes(fp, payloads[i % len(payloads)], i)[1] for i in range(reps)]
-    parse, verify, decrypt, verify_cpu, decrypt_cpu = [], [], [], [], []
-    for data in messages:
+    messages = [envelope_bytes(fp, payloads[i % len(payloads)], i, v2=True)[1] for i in range(reps)]
+    sealed = [envelope_bytes(fp, payloads[i % len(payloads)], i)[1] for i in range(reps)]
+    v3 = result_auth.ResultVerifier(lambda m, f: result_auth.model_result_key(secret_key, f))
+    parse, verify, decrypt, verify_cpu, decrypt_cpu, sha512, mac, tag, tag_cpu = [], [], [], [], [], [], [], [], []
+    mac_key = bytes(32)
+    for data, data3 in zip(messages, sealed):
         t0, c0 = time.perf_counter(), time.thread_time()
         env = envelope.decode(data, max_size=64 << 20)
         t1, c1 = time.perf_counter(), time.thread_time()
@@ -192,6 +201,20 @@ def signature_cost(owner, fp: str, payloads: list[bytes], reps: int) -> dict:
         t2, c2 = time.perf_counter(), time.thread_time()
         owner.decrypt(env.payload)
         t3, c3 = time.perf_counter(), time.thread_time()
+        signed = envelope.SIGNING_CONTEXT + memoryview(data)[:len(data) - len(env.signature)]
+        t4 = time.perf_counter()
+        hashlib.sha512(signed).digest()
+        t5 = time.perf_counter()
+        hmac.digest(mac_key, signed, "sha256")
+        t6 = time.perf_counter()
+        env3 = envelope.decode(data3, max_size=64 << 20)
+        t7, c7 = time.perf_counter(), time.thread_time()
+        v3.verify(data3, env3, pub)
+        t8, c8 = time.perf_counter(), time.thread_time()
+        tag.append(t8 - t7)
+        tag_cpu.append(c8 - c7)
+        sha512.append(t5 - t4)
+        mac.append(t6 - t5)
         parse.append(t1 - t0)
         verify.append(t2 - t1)
         decrypt.append(t3 - t2)
@@ -202,9 +225,21 @@ def signature_cost(owner, fp: str, payloads: list[bytes], reps: int) -> dict:
     return {"envelope_bytes": len(messages[0]), "parse_us_median": 1e6 * med(parse),
             "verify_us_median": 1e6 * med(verify), "decrypt_with_checks_us_median": 1e6 * med(decrypt),
             "verify_share_of_decrypt_pct": 100 * med(verify) / med(decrypt),
+            "verify_v3_us_median": 1e6 * med(tag),
+            "verify_v3_share_of_decrypt_pct": 100 * med(tag) / med(decrypt),
+            "floor_sha512_us_median": 1e6 * med(sha512),
+            "floor_sha512_share_of_decrypt_pct": 100 * med(sha512) / med(decrypt),
+            "alt_hmac_sha256_us_median": 1e6 * med(mac),
+            "alt_hmac_sha256_share_of_decrypt_pct": 100 * med(mac) / med(decrypt),
             "verify_cpu_us_total_mean": 1e6 * sum(verify_cpu) / len(verify_cpu),
             "decrypt_cpu_us_total_mean": 1e6 * sum(decrypt_cpu) / len(decrypt_cpu),
-            "verify_share_of_decrypt_cpu_pct": 100 * sum(verify_cpu) / sum(decrypt_cpu)}
+            "verify_share_of_decrypt_cpu_pct": 100 * sum(verify_cpu) / sum(decrypt_cpu),
+            # the mean includes the one cache miss (certificate check, key agreement) of the run
+            "verify_v3_cpu_us_total_mean": 1e6 * sum(tag_cpu) / len(tag_cpu),
+            "verify_v3_cpu_us_median": 1e6 * med(tag_cpu),
+            "decrypt_cpu_us_median": 1e6 * med(decrypt_cpu),
+            "verify_v3_share_of_decrypt_cpu_median_pct": 100 * med(tag_cpu) / med(decrypt_cpu),
+            "verify_v3_share_of_decrypt_cpu_pct": 100 * sum(tag_cpu) / sum(decrypt_cpu)}
 
 
 def main() -> int:
@@ -225,6 +260,9 @@ def main() -> int:
     print(f"protect: {time.perf_counter() - t:.1f} s", file=sys.stderr)
     Store(work / "store").add_model(MODEL_ID, prot, hashlib.sha256(onnx_path.read_bytes()).hexdigest())
     edge = api.EdgeModel(prot.artifacts)
+    result_key = result_auth.public_text(result_auth.model_result_key(prot.secret_key, edge.key_fingerprint))
+    SIGNERS[edge.key_fingerprint] = result_auth.SealerCache(GATEWAY_KEY, "gw-1").signer(edge.key_fingerprint,
+                                                                                        result_key)
     rng = np.random.default_rng(0)
     payloads = [edge.infer(rng.uniform(0, 1, shape).astype(np.float32)) for _ in range(4)]
     owner = api.OwnerModel(prot.artifacts, prot.secret_key)
@@ -245,7 +283,7 @@ def main() -> int:
     decrypt_rate = reps / (time.perf_counter() - t)
 
     results = {"model": args.model, "result_bytes": len(payloads[0]), "decrypt_only_per_s_1core": decrypt_rate}
-    results.update(signature_cost(owner, edge.key_fingerprint, payloads, reps))
+    results.update(signature_cost(owner, prot.secret_key, edge.key_fingerprint, payloads, reps))
     pg_server = None
     database = None
     if args.database == "local":
@@ -273,6 +311,7 @@ def main() -> int:
         per_result_ms = 1000 / results["service_msgs_per_s_1proc"]  # SQLite, as before
         results["service_ms_per_result_1proc"] = per_result_ms
         results["verify_share_of_service_time_pct"] = 100 * results["verify_us_median"] / 1000 / per_result_ms
+        results["verify_v3_share_of_service_time_pct"] = 100 * results["verify_v3_us_median"] / 1000 / per_result_ms
         lat = sorted(latency(work, broker, edge.key_fingerprint, high, low, threshold, args.latency))
     if lat:
         results["publish_to_alert_ms_median"] = 1000 * statistics.median(lat)

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_faults.py --messages 10000 [--valid 500] [--bundle-changes 1000] [--json FILE]
 
-1. messages: `--messages` hostile inference messages of 37 kinds (tests/test_security_adversarial.py:
+1. messages: `--messages` hostile inference messages of 37 kinds (tests/support/adversarial.py:
    random bytes, truncated and bit-flipped envelopes and ciphertexts, ciphertexts under another key,
    unknown model, oversized, replayed sequence, wrong version, huge declared lengths, ...; and
    issue 15's, tests/support/forged_messages.py: transparent ciphertexts built from the plan alone,
@@ -17,7 +17,7 @@
 2. bundles: `--bundle-changes` random single-byte changes (position and new value uniform over the
    whole file) to a real signed bundle, each checked by `read_bundle` with the owner key (what the
    gateway's reload path runs): how many were refused, how many raised something other than
-   BundleError. tests/test_security_bundles.py does 100 of them through the running daemon.
+   BundleError. tests/security/test_bundles.py does 100 of them through the running daemon.
 """
 from __future__ import annotations
 
@@ -34,8 +34,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.support.mosquitto import Mosquitto  # noqa: E402
-from tests.test_security_adversarial import (  # noqa: E402
-    BROKER_QUEUE, AdversarialCorpus, BackendProcess, protected_store, publisher, run_campaign, verdict)
+from tests.support.adversarial import (  # noqa: E402
+    AdversarialCorpus, protected_store, publisher, run_campaign, verdict)
+from tests.support.backend_process import BROKER_QUEUE, BackendProcess  # noqa: E402
 
 
 def machine() -> str:
@@ -74,8 +75,8 @@ def bench_messages(work: Path, n_bad: int, n_valid: int, seed: int) -> dict:
 def bench_bundles(work: Path, n: int, seed: int) -> dict:
     from protected_nn import api, bundle
     from protected_nn.errors import BundleError
-    from tests.test_backend_e2e import tiny_model
-    tiny_model(work / "b.onnx")
+    from tests.support.tiny_models import crowd_model
+    crowd_model(work / "b.onnx")
     key = bundle.generate_owner_key()
     prot = api.protect(work / "b.onnx")
     data = bundle.build_bundle("tiny-v1", prot.artifacts, key)

@@ -60,7 +60,7 @@ def write_backend_config(out: Path, store: Path, ports: Ports, gateway_public_ke
         "store": str(store),
         "state_db": str(out / "backend" / "state.db"),
         "mqtt": {"host": "127.0.0.1", "port": ports.mqtt, "client_id": "demo-backend",
-                 "prefix": PREFIX, "session_expiry": 0},
+                 "topic_prefix": PREFIX, "session_expiry": 0},
         "checks": {"allowed_gateways": [GATEWAY_ID], "max_clock_skew": "1m",
                    "gateway_keys": {GATEWAY_ID: gateway_public_key},      # results must be signed by it
                    "gateway_cameras": {GATEWAY_ID: [CAMERA_ID]}},

@@ -31,7 +31,8 @@ def load_bundle(bundle_path: Path, owner_key) -> tuple[Model, dict]:
     CardError when its model card does not fit the schema (protected_nn/model_card.py)."""
     manifest, artifacts = read_bundle(read_file_bounded(bundle_path), owner_key)
     artifacts.card()     # a card that does not fit is refused like any other defect of the bundle
-    model = Model(artifacts=artifacts, model_id=str(manifest["model_id"]), key_fingerprint=artifacts.key_fingerprint)
+    model = Model(artifacts=artifacts, model_id=str(manifest["model_id"]), key_fingerprint=artifacts.key_fingerprint,
+                  result_key=manifest.get("result_key"))
     return model, manifest
 
 

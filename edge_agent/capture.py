@@ -31,7 +31,7 @@ from edge_agent.config import CameraConfig, CaptureConfig  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-ONLINE, OFFLINE = "online", "offline"
+from service_common.topics import OFFLINE, ONLINE  # noqa: E402 (the camera status words)
 # A reference frame further back than this many gaps (stalled stream) gives no motion channel.
 MAX_REFERENCE_GAPS = 3.0
 RECENT_FRAMES = 16       # frames kept to pick the motion reference from (~1.6 s at 10 fps)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from edge_agent.config import ConfigError, EdgeConfig, read_password, read_signing_key
-from protected_nn.preflight import address_free, is_loopback, readable
+from service_common.preflight import address_free, is_loopback, readable
 
 UNIT_FILE = Path(__file__).resolve().parents[1] / "systemd" / "edge-agent.service"
 DEFAULT_MEMORY_MAX = 3 << 30
@@ -103,7 +103,9 @@ def check(cfg: EdgeConfig, measure: bool = True) -> tuple[list[str], list[str], 
                         "cross the network in clear (add tls: {ca_file: ...})")
     for field, folder in [("state_dir", cfg.state_dir), ("spool.directory", cfg.spool.directory)]:
         existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
-        if existing is not None and not os.access(existing, os.W_OK):
+        if existing is not None and not existing.is_dir():     # `run` cannot make the folder
+            errors.append(f"{field} {folder}: cannot create: {existing} is not a folder")
+        elif existing is not None and not os.access(existing, os.W_OK):
             warnings.append(f"{field} {folder}: {existing} is not writable by this user (fine if `run` "
                             "runs as another user, e.g. systemd's StateDirectory)")
     model = None
@@ -122,7 +124,12 @@ def _check_bundle(cfg: EdgeConfig, errors: list[str]):
     from protected_nn.bundle import load_owner_public_key
     from protected_nn.errors import ProtectedNNError
     try:
-        model, manifest = load_bundle(cfg.bundle, load_owner_public_key(cfg.owner_public_key))
+        owner_key = load_owner_public_key(cfg.owner_public_key)
+    except ProtectedNNError as exc:      # the key's own setting, not the bundle's
+        errors.append(f"owner_public_key: {exc}")
+        return None
+    try:
+        model, manifest = load_bundle(cfg.bundle, owner_key)
         BundlePin(cfg.state_dir, cfg.model_id).check(manifest)        # what `run` applies too
         model.spec = InputSpec.from_card(model.artifacts.card())
     except (ProtectedNNError, InputSpecError, OSError) as exc:

@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from edge_agent import daemon_cli, infer_cmd, keygen_cmd
-from protected_nn.service_support import run_cli
+from service_common.cli import run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:

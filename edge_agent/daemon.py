@@ -14,6 +14,7 @@ import threading
 import time
 
 from protected_nn.envelope import Envelope, encode
+from protected_nn.result_auth import SealerCache
 from protected_nn.errors import ProtectedNNError
 
 from edge_agent.bundle_watch import BundleWatcher
@@ -92,7 +93,8 @@ class Daemon:
             data = encode(Envelope(model_id=model.model_id, key_fingerprint=model.key_fingerprint,
                                    gateway_id=self.cfg.gateway_id, camera_id=job.camera_id,
                                    sequence=self.sequences.next(job.camera_id),
-                                   capture_time=job.capture_time, payload=payload), self.signing_key)
+                                   capture_time=job.capture_time, payload=payload),
+                          self.signers.signer(model.key_fingerprint, model.result_key))
         except ProtectedNNError as exc:
             log.error("cannot wrap the result of camera %s: %s", job.camera_id, exc)
             self.metrics.frames_dropped.labels(camera=job.camera_id, reason="envelope").inc()
@@ -137,6 +139,7 @@ class Daemon:
         cfg = self.cfg
         try:
             self.signing_key = read_signing_key(cfg)   # every result is signed: no key, no start
+            self.signers = SealerCache(self.signing_key, cfg.gateway_id)
             password = read_password(cfg.mqtt)         # before the metrics port is opened
         except ConfigError as exc:
             log.error("cannot start: %s", exc)

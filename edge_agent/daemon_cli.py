@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import sys
 
-from protected_nn.service_support import configure_logging
+from service_common.cli import configure_logging
 
 
 def register(subparsers) -> None:
@@ -22,7 +22,9 @@ def register(subparsers) -> None:
                                               "(warning: lines) on risky values, memory over the unit's "
                                               "MemoryMax and more frames than the workers can take "
                                               "(measured with one inference). Exit 0 when valid, 2 otherwise.")
-    check.add_argument("file", metavar="FILE")
+    check.add_argument("file", metavar="FILE", help="gateway YAML (configs/edge.yaml is the template for "
+                                                     "/etc/fhe-edge; scripts/local-example.sh writes one "
+                                                     "that passes on this machine)")
     check.add_argument("--quick", action="store_true",
                        help="skip loading the model and timing one inference (no memory/fps check)")
     check.set_defaults(func=_check_config)
@@ -44,7 +46,7 @@ def _check_config(args) -> int:
         return 2
     from edge_agent.check_config import check
     errors, warnings, model = check(cfg, measure=not args.quick)
-    from protected_nn.preflight import with_line
+    from service_common.preflight import with_line
     for line in errors:
         print(f"error: {with_line(args.file, line)}", file=sys.stderr)
     for line in warnings:
@@ -77,8 +79,14 @@ def _preflight(path: str, cfg) -> None:
     password file, a folder that cannot be made or a taken port is an `error:` line naming the
     file, line and setting (ValueError: run_cli prints it, no traceback)."""
     from edge_agent.config import ConfigError, read_password, read_signing_key
-    from protected_nn.preflight import address_free, with_line, writable_folder
+    from protected_nn.bundle import load_owner_public_key
+    from protected_nn.errors import ProtectedNNError
+    from service_common.preflight import address_free, with_line, writable_folder
     problems = []
+    try:
+        load_owner_public_key(cfg.owner_public_key)
+    except ProtectedNNError as exc:
+        problems.append(f"owner_public_key: {exc}")
     for read in (lambda: read_signing_key(cfg), lambda: read_password(cfg.mqtt)):
         try:
             read()

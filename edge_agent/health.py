@@ -1,6 +1,6 @@
 """Health: systemd notifications and the periodic stats message (the metrics: edge_agent/metrics.py).
 
-sd_notify and watchdog_interval are the shared ones (protected_nn.service_support).
+sd_notify and watchdog_interval are the shared ones (service_common.notify).
 Outside systemd NOTIFY_SOCKET is unset and every notification is a no-op.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Callable
 
 from edge_agent.metrics import Metrics
 
-from protected_nn.service_support import sd_notify, watchdog_interval  # noqa: F401 (re-exported)
+from service_common.notify import sd_notify, watchdog_interval  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 

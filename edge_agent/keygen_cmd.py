@@ -24,11 +24,21 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     if args.gateway_id is not None and not envelope.valid_field(args.gateway_id):
         raise InputError(f"--gateway-id {args.gateway_id!r}: expected 1..64 chars of [A-Za-z0-9._-]")
+    from protected_nn.npy_files import output_error, write_file
     out = Path(args.out)
     key = gateway_key.generate()
-    gateway_key.write_private_key(key, out, overwrite=args.force)
+    existed = out.exists()
+    try:
+        gateway_key.write_private_key(key, out, overwrite=args.force)
+    except OSError as e:
+        raise output_error("--out", out, e) from None
     public = gateway_key.public_key_text(key)
-    out.with_name(out.name + ".pub").write_text(public + "\n")
+    try:
+        write_file(out.with_name(out.name + ".pub"), (public + "\n").encode(), "public key (beside --out)")
+    except InputError:
+        if not existed:
+            out.unlink(missing_ok=True)   # a key nobody was told the public half of
+        raise
     print(f"wrote {out} (mode 0600) and {out}.pub")
     print("add to the backend's configuration (checks.gateway_keys):")
     print(f"    {args.gateway_id or '<gateway id>'}: {public}")

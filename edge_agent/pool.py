@@ -62,6 +62,7 @@ class Model:
     model_id: str
     key_fingerprint: str
     generation: int = 0
+    result_key: str | None = None   # from the bundle manifest: envelope v3 if set (result_auth.py)
 
 
 def _load_class(path: str):

@@ -1,7 +1,7 @@
 """MQTT publishing (paho-mqtt 2, callback API v2, MQTT 5) with the on-disk spool behind it.
 
 Results keep their order: one sender thread owns every result publish. A result goes straight to
-the broker when we are connected, nothing older waits in the spool and fewer than `max_inflight`
+the broker when we are connected, nothing older waits in the spool and fewer than `max_in_flight`
 results are unacknowledged; otherwise it is appended to the spool, which the sender drains in
 order once the broker is back. Spooled messages leave the disk only when the broker has
 acknowledged them (QoS 1 PUBACK), so a restart resends whatever was not acknowledged (the backend's
@@ -18,47 +18,25 @@ from __future__ import annotations
 
 import logging
 import queue
-import ssl
 import threading
 import time
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent.config import MqttConfig
 from edge_agent.spool import Spool
+from service_common.mqtt_client import make_client
+from service_common.topics import OFFLINE, ONLINE, Topics
 
 log = logging.getLogger(__name__)
-
-ONLINE, OFFLINE = "online", "offline"
-
-
-class Topics:
-    """Every topic the gateway publishes on (docs/ARCHITECTURE.md), built in one place."""
-
-    def __init__(self, prefix: str, gateway_id: str):
-        self.prefix, self.gateway_id = prefix, gateway_id
-
-    def infer(self, camera_id: str) -> str:
-        return f"{self.prefix}/infer/{self.gateway_id}/{camera_id}"
-
-    def status(self, camera_id: str) -> str:
-        return f"{self.prefix}/status/{self.gateway_id}/{camera_id}"
-
-    @property
-    def availability(self) -> str:
-        return f"{self.prefix}/gateway/{self.gateway_id}/availability"
-
-    @property
-    def stats(self) -> str:
-        return f"{self.prefix}/gateway/{self.gateway_id}/stats"
-
 
 class Publisher:
     def __init__(self, cfg: MqttConfig, gateway_id: str, spool: Spool, metrics,
                  password: str | None = None):
         self.cfg = cfg
-        self.topics = Topics(cfg.topic_prefix, gateway_id)
+        self.topics = Topics(cfg.topic_prefix)
+        self.gateway_id = gateway_id
+        self.availability_topic = self.topics.gateway_availability(gateway_id)
         self.spool = spool
         self.metrics = metrics
         self.connected = threading.Event()
@@ -78,18 +56,10 @@ class Publisher:
 
     # -- set-up ---------------------------------------------------------------------------------
     def _make_client(self, gateway_id: str, password: str | None) -> mqtt.Client:
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.cfg.client_id or f"edge-{gateway_id}",
-                        protocol=mqtt.MQTTv5)
-        if self.cfg.tls is not None:
-            t = self.cfg.tls
-            c.tls_set(ca_certs=str(t.ca_file), certfile=str(t.cert_file) if t.cert_file else None,
-                      keyfile=str(t.key_file) if t.key_file else None, cert_reqs=ssl.CERT_REQUIRED)
-        if self.cfg.username:
-            c.username_pw_set(self.cfg.username, password)
-        c.will_set(self.topics.availability, OFFLINE, qos=1, retain=True)
-        c.max_inflight_messages_set(self.cfg.max_inflight)
+        c = make_client(self.cfg, client_id=self.cfg.client_id or f"edge-{gateway_id}",
+                        will_topic=self.availability_topic, password=password)
+        c.max_inflight_messages_set(self.cfg.max_in_flight)
         c.max_queued_messages_set(0)
-        c.reconnect_delay_set(1, 30)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
@@ -108,11 +78,11 @@ class Publisher:
             self.metrics.publish_failures.labels(reason="connect_refused").inc()
             return
         log.info("connected to broker %s:%d", self.cfg.host, self.cfg.port)
-        client.publish(self.topics.availability, ONLINE, qos=1, retain=True)
+        client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
         with self._status_lock:
             statuses = dict(self._camera_status)
         for cam, status in statuses.items():
-            client.publish(self.topics.status(cam), status, qos=1, retain=True)
+            client.publish(self.topics.status(self.gateway_id, cam), status, qos=1, retain=True)
         # Give backend replicas time to subscribe again: after a broker restart Mosquitto 2.0.11
         # has forgotten their shared subscription, and a result sent before they return is dropped.
         self._resume_at = time.monotonic() + self.cfg.resume_delay_s
@@ -133,18 +103,18 @@ class Publisher:
     # -- what the daemon calls --------------------------------------------------------------------
     def submit_result(self, camera_id: str, payload: bytes, capture_time: float | None = None) -> None:
         """Queue one envelope for publication (never blocks on the network)."""
-        self._incoming.put((self.topics.infer(camera_id), payload, capture_time))
+        self._incoming.put((self.topics.infer(self.gateway_id, camera_id), payload, capture_time))
         self._wake.set()
 
     def set_camera_status(self, camera_id: str, status: str) -> None:
         with self._status_lock:
             self._camera_status[camera_id] = status
         if self.connected.is_set():
-            self.client.publish(self.topics.status(camera_id), status, qos=1, retain=True)
+            self.client.publish(self.topics.status(self.gateway_id, camera_id), status, qos=1, retain=True)
 
     def publish_stats(self, payload: str) -> None:
         if self.connected.is_set():
-            self.client.publish(self.topics.stats, payload, qos=0)
+            self.client.publish(self.topics.gateway_stats(self.gateway_id), payload, qos=0)
 
     def alive(self) -> bool:
         return self._sender.is_alive()
@@ -198,7 +168,7 @@ class Publisher:
 
     def _can_send(self) -> bool:
         return (self.connected.is_set() and time.monotonic() >= self._resume_at
-                and self.unacked < self.cfg.max_inflight)
+                and self.unacked < self.cfg.max_in_flight)
 
     def _process_incoming(self) -> None:
         while True:
@@ -268,7 +238,7 @@ class Publisher:
             self.spool.append(topic, payload)
         self._update_gauges()
         if self.connected.is_set():
-            info = self.client.publish(self.topics.availability, OFFLINE, qos=1, retain=True)
+            info = self.client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
             try:
                 info.wait_for_publish(max(0.1, min(1.0, deadline - time.monotonic())))
             except (RuntimeError, ValueError):

@@ -2,7 +2,8 @@
 
 A zip (ZIP_STORED: the ciphertexts are zstd-compressed already) holding, in this order:
     manifest.json   {"format": "fhe-edge-bundle", "format_version": 2, "model_id", "version",
-                     "key_fingerprint", "created" (UTC ISO 8601), "members": {name: {"sha256", "size"}}}
+                     "key_fingerprint", "created" (UTC ISO 8601), "members": {name: {"sha256", "size"}},
+                     optional "result_key" (the model's public result key, protected_nn/result_auth.py)}
     plan, context, public_key, relin_key, rotation_keys, params, model_card   (artifacts.MEMBERS)
     signature       Ed25519 over the exact bytes of manifest.json
 
@@ -35,6 +36,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from protected_nn import result_auth
 from protected_nn.artifacts import MEMBERS, ModelArtifacts
 from protected_nn.errors import BundleError
 
@@ -77,9 +79,12 @@ def _valid_version(version) -> bool:
 
 
 def build_bundle(model_id: str, artifacts: ModelArtifacts, signing_key: Ed25519PrivateKey,
-                 forbidden: bytes | None = None, created: datetime | None = None, version: int = 1) -> bytes:
+                 forbidden: bytes | None = None, created: datetime | None = None, version: int = 1,
+                 result_key: str | None = None) -> bytes:
     """The bundle as bytes. `forbidden` = the secret key: refused if it occurs in any member.
-    `version`: the model's key version (see the module doc); 1 for bundles made outside a store."""
+    `version`: the model's key version (see the module doc); 1 for bundles made outside a store.
+    `result_key`: the model's public result key (protected_nn/result_auth.py); with it the gateway
+    authenticates results with envelope v3, without it with per-message Ed25519 signatures (v2)."""
     if not isinstance(model_id, str) or not _ID_RE.match(model_id):
         raise BundleError(f"model id {model_id!r}: expected 1..64 chars of [A-Za-z0-9._-]")
     if not _valid_version(version):
@@ -103,6 +108,9 @@ def build_bundle(model_id: str, artifacts: ModelArtifacts, signing_key: Ed25519P
         "members": {name: {"sha256": hashlib.sha256(members[name]).hexdigest(), "size": len(members[name])}
                     for name in MEMBERS},
     }
+    if result_key is not None:
+        result_auth.parse_public(result_key)
+        manifest["result_key"] = result_key
     manifest_bytes = _manifest_bytes(manifest)
     signature = signing_key.sign(manifest_bytes)
     data = _archive_bytes(manifest_bytes, members, signature)
@@ -112,9 +120,9 @@ def build_bundle(model_id: str, artifacts: ModelArtifacts, signing_key: Ed25519P
 
 
 def write_bundle(path, model_id: str, artifacts: ModelArtifacts, signing_key: Ed25519PrivateKey,
-                 forbidden: bytes | None = None, version: int = 1) -> dict:
+                 forbidden: bytes | None = None, version: int = 1, result_key: str | None = None) -> dict:
     """Write the signed bundle to `path` atomically (temp file + rename); returns the manifest."""
-    data = build_bundle(model_id, artifacts, signing_key, forbidden, version=version)
+    data = build_bundle(model_id, artifacts, signing_key, forbidden, version=version, result_key=result_key)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -203,6 +211,11 @@ def _parse_manifest(manifest_bytes: bytes) -> dict:
         raise BundleError(f"bundle manifest field version is missing or not an integer in 1..{MAX_VERSION}")
     if not isinstance(manifest.get("created"), str):
         raise BundleError("bundle manifest field created is missing")
+    if "result_key" in manifest:
+        try:
+            result_auth.parse_public(manifest["result_key"])
+        except ValueError as e:
+            raise BundleError(f"bundle manifest field result_key: {e}") from None
     members = manifest.get("members")
     if not isinstance(members, dict) or set(members) != set(MEMBERS):
         raise BundleError(f"bundle manifest must list exactly the members {list(MEMBERS)}")

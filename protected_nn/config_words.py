@@ -9,11 +9,8 @@ operator needs one line that names the fix. (No Pyfhel here: the gateway imports
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import typing
-
-from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -98,14 +95,3 @@ def explain_errors(model: type[BaseModel], errors: list[dict], unknown_hint: str
         elif not (err["type"] == "missing" and loc in meant):
             out.append((loc, err["msg"].removeprefix("Value error, ")))
     return out
-
-
-def resolve_path_setting(value: str, base: Path) -> str:
-    """A file setting as both services read it: $VARIABLES expanded first (so
-    `${CREDENTIALS_DIRECTORY}/mqtt-client-key` works with systemd's LoadCredential=, which is how
-    a DynamicUser service reads a root-only key), then relative to the config file's folder. A
-    variable that is not set stays as written, so the error names what the operator wrote."""
-    expanded = os.path.expandvars(value)
-    if "$" in expanded or Path(expanded).is_absolute():
-        return expanded
-    return str(base / expanded)

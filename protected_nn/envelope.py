@@ -1,12 +1,14 @@
 """The inference message, edge -> backend: one versioned, signed binary envelope around the ciphertext.
 
-Layout of version 2 (big-endian):
-    b"FHEE" | u8 version=2 | str model_id | str key_fingerprint | str gateway_id | str camera_id
-    | u8 signature_length (0 or 64) | u64 sequence | f64 capture_time | u32 payload_length
+Layout of versions 2 and 3 (big-endian):
+    b"FHEE" | u8 version | str model_id | str key_fingerprint | str gateway_id | str camera_id
+    | u8 signature_length | u64 sequence | f64 capture_time | u32 payload_length
     | payload | signature
-where str = u8 length (1..64) + ASCII [A-Za-z0-9._-]. Nothing may follow the signature.
+where str = u8 length (1..64) + ASCII [A-Za-z0-9._-]. Nothing may follow the signature. Its length
+is 0 (unsigned, version 2 only) or, in version 2, 64 (Ed25519), in version 3, result_auth.AUTH_LEN (an agreement key
+certificate and an AES-GCM tag: protected_nn/result_auth.py, ~50x cheaper to check per message).
 
-The signature is the gateway's Ed25519 signature (protected_nn/gateway_key.py) over SIGNING_CONTEXT
+In version 2 the signature is the gateway's Ed25519 signature (protected_nn/gateway_key.py) over SIGNING_CONTEXT
 followed by every byte before the signature (magic to the end of the payload): header and payload
 are bound together, so no field can be changed, and no payload moved to another header, without the
 gateway's private key. An unsigned envelope (length 0) is what `edge-agent infer` writes without a
@@ -27,9 +29,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from protected_nn.errors import EnvelopeError
+from protected_nn.result_auth import AUTH_LEN, ResultSealer
 
 MAGIC = b"FHEE"
-VERSION = 2
+VERSION = 2                 # what an Ed25519 key (or no key) writes
+AUTH_VERSION = 3            # what a result_auth.ResultSealer writes
+# unsigned is always version 2: a version 3 envelope without its auth block is malformed
+_SIGNATURE_LENGTHS = {VERSION: (0, 64), AUTH_VERSION: (AUTH_LEN,)}
 DEFAULT_MAX_SIZE = 1 << 20
 MAX_FIELD_LEN = 64
 SIGNATURE_LEN = 64
@@ -68,13 +74,17 @@ def _check_numbers(sequence, capture_time) -> None:
         raise EnvelopeError("out_of_range", f"envelope capture_time {capture_time!r} is before 1970")
 
 
-def encode(env: Envelope, signing_key: Ed25519PrivateKey | None = None) -> bytes:
-    """Serialize and sign with `signing_key` (the gateway's key; None = unsigned, refused by the
-    backend service). Refuses (EnvelopeError) what decode would refuse, so a sender finds out at
-    once instead of the backend counting rejects."""
-    if env.version != VERSION:
-        raise EnvelopeError("bad_version", f"envelope version {env.version} is not supported (only {VERSION})")
-    parts = [MAGIC, bytes([env.version])]
+def encode(env: Envelope, signing_key: Ed25519PrivateKey | ResultSealer | None = None) -> bytes:
+    """Serialize and sign with `signing_key`: the gateway's Ed25519 key (version 2), a ResultSealer
+    (version 3) or None (unsigned, refused by the backend service); `env.version` is ignored.
+    Refuses (EnvelopeError) what decode would refuse, so a sender finds out at once instead of the
+    backend counting rejects."""
+    sealed = isinstance(signing_key, ResultSealer)
+    if sealed and (signing_key.gateway_id, signing_key.key_fingerprint) != (env.gateway_id, env.key_fingerprint):
+        raise EnvelopeError("bad_field", f"the result sealer is for {signing_key.gateway_id}/"
+                                         f"{signing_key.key_fingerprint}, not {env.gateway_id}/{env.key_fingerprint}")
+    version = AUTH_VERSION if sealed else VERSION
+    parts = [MAGIC, bytes([version])]
     for name in _STRING_FIELDS:
         value = getattr(env, name)
         if not valid_field(value):
@@ -85,11 +95,13 @@ def encode(env: Envelope, signing_key: Ed25519PrivateKey | None = None) -> bytes
     payload = bytes(env.payload)
     if len(payload) >= 1 << 32:
         raise EnvelopeError("too_large", f"payload of {len(payload)} bytes does not fit a u32 length")
-    parts += [bytes([0 if signing_key is None else SIGNATURE_LEN]),
-              _TAIL.pack(env.sequence, float(env.capture_time), len(payload)), payload]
+    sig_len = 0 if signing_key is None else AUTH_LEN if sealed else SIGNATURE_LEN
+    parts += [bytes([sig_len]), _TAIL.pack(env.sequence, float(env.capture_time), len(payload)), payload]
     signed = b"".join(parts)
     if signing_key is None:
         return signed
+    if sealed:
+        return signed + signing_key.seal(signed)
     return signed + signing_key.sign(SIGNING_CONTEXT + signed)
 
 
@@ -108,9 +120,10 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
     if bytes(data[:4]) != MAGIC:
         raise EnvelopeError("bad_magic", "not an fhe-edge envelope (bad magic)")
     version = data[4]
-    if version != VERSION:
+    if version not in _SIGNATURE_LENGTHS:
         hint = " (version 1 envelopes are unsigned: upgrade the gateway)" if version == 1 else ""
-        raise EnvelopeError("bad_version", f"envelope version {version} is not supported (only {VERSION}){hint}")
+        raise EnvelopeError("bad_version", f"envelope version {version} is not supported "
+                                           f"(only {VERSION} and {AUTH_VERSION}){hint}")
     pos = 5
     values = {}
     for name in _STRING_FIELDS:
@@ -131,8 +144,10 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
         raise EnvelopeError("truncated", "envelope truncated before the signature length")
     sig_len = data[pos]
     pos += 1
-    if sig_len not in (0, SIGNATURE_LEN):
-        raise EnvelopeError("bad_field", f"envelope signature length {sig_len} (allowed 0 or {SIGNATURE_LEN})")
+    allowed = _SIGNATURE_LENGTHS[version]
+    if sig_len not in allowed:
+        raise EnvelopeError("bad_field", f"envelope v{version} signature length {sig_len} "
+                                         f"(allowed {' or '.join(map(str, allowed))})")
     if pos + _TAIL.size > len(data):
         raise EnvelopeError("truncated", "envelope truncated before sequence/capture time/payload length")
     sequence, capture_time, length = _TAIL.unpack_from(data, pos)
@@ -151,8 +166,11 @@ def decode(data: bytes, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
 
 
 def verify(data: bytes, env: Envelope, public_key: Ed25519PublicKey) -> None:
-    """Check `env` (decoded from `data`) carries a valid signature by `public_key` over its header
-    and payload; EnvelopeError("unsigned" | "bad_signature") otherwise."""
+    """Check `env` (version 2, decoded from `data`) carries a valid signature by `public_key` over
+    its header and payload; EnvelopeError("unsigned" | "bad_signature") otherwise. Version 3 is
+    checked by result_auth.ResultVerifier (it needs the model's result key)."""
+    if env.version != VERSION:
+        raise EnvelopeError("bad_version", f"envelope version {env.version} is not checked by an Ed25519 key")
     if not env.signature:
         raise EnvelopeError("unsigned", f"envelope from {env.gateway_id} is not signed")
     signed = memoryview(data)[:len(data) - len(env.signature)]

@@ -55,12 +55,12 @@ MARKER=$ROOT/.fhe-edge-arm64-root-complete
 # verification, envelopes, encrypted inference of the shipped model and of a multi-conv zoo CNN
 # (conv, BatchNorm, residual add, pooling, dense head). The Relu variant of that CNN is left out:
 # it costs as much as the rest together under emulation and adds no aarch64-specific code path.
-TESTS=(tests/test_edge_config.py tests/test_bundle.py tests/test_envelope.py
-       tests/test_encrypted_inference.py tests/test_shipped_model_encrypted.py
-       "tests/test_edge_pipeline.py::test_preprocess_matches_the_trainers_features"
-       "tests/test_edge_pipeline.py::test_preprocess_modes_and_normalisation"
-       "tests/test_edge_pipeline.py::test_bad_input_spec_is_refused_clearly"
-       --deselect "tests/test_encrypted_inference.py::test_random_small_cnns_match_onnxruntime[2-relu]")
+TESTS=(tests/gateway/test_config.py tests/formats/test_bundle.py tests/formats/test_envelope.py
+       tests/engine/test_encrypted_inference.py tests/engine/test_shipped_model_encrypted.py
+       "tests/gateway/test_pipeline.py::test_preprocess_matches_the_trainers_features"
+       "tests/gateway/test_pipeline.py::test_preprocess_modes_and_normalisation"
+       "tests/gateway/test_pipeline.py::test_bad_input_spec_is_refused_clearly"
+       --deselect "tests/engine/test_encrypted_inference.py::test_random_small_cnns_match_onnxruntime[2-relu]")
 
 SUMMARY=() NOTES=()
 record() { SUMMARY+=("$(printf '%-44s %-5s %6ss' "$1" "$2" "$3")"); }

@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 
 from protected_nn.model_card import ModelCard
-from backend_decryptor.yaml_config import load_yaml_model
+from service_common.yaml_loader import load_yaml_model
 
 
 def card_beside(model: Path) -> Path | None:

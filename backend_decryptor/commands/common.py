@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +28,19 @@ def store_path(args) -> Path:
 
 
 def open_store(args, create: bool = False) -> Store:
-    """Only `protect` creates a store; elsewhere a mistyped --store is an error, not a new store."""
-    return Store(store_path(args), create=create)
+    """Only `protect` creates a store; elsewhere a mistyped --store is an error, not a new store.
+    A store that cannot be made or opened (not a folder, disk full, unreadable index) is an
+    error naming --store and the path, never a raw errno or an SQLite traceback."""
+    root = store_path(args)
+    try:
+        return Store(root, create=create)
+    except (OSError, sqlite3.Error) as e:
+        raise CommandError(f"--store {root}: {store_failure(e)}") from None
+
+
+def store_failure(e: BaseException) -> str:
+    """The reason of an OSError or SQLite error met while writing to the store, without errno."""
+    return getattr(e, "strerror", None) or str(e)
 
 
 def remove_empty_store(root: Path) -> None:
@@ -52,13 +64,11 @@ def load_npy(path, what: str) -> np.ndarray:
         raise CommandError(str(e)) from None
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def write_atomic(path: Path, data: bytes, option: str = "--out", fsync: bool = False) -> None:
+    from protected_nn.npy_files import write_file
+    write_file(path, data, option, fsync=fsync)
 
 
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.npy")
-    np.save(tmp, array, allow_pickle=False)
-    os.replace(tmp, path)
+def save_npy_atomic(path: Path, array: np.ndarray, option: str = "--out") -> None:
+    from protected_nn.npy_files import save_array
+    save_array(path, array, option)

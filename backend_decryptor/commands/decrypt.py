@@ -19,9 +19,10 @@ MAX_RESULT_FILE = 256 * 2**20  # far above any real result; bounds what one file
 def add_parser(sub) -> None:
     p = sub.add_parser("decrypt", help="decrypt a result file (or a folder of them) to a .npy",
                        description="Decrypt inference results with the model's secret key.")
-    p.add_argument("model_id", metavar="ID")
+    p.add_argument("model_id", metavar="ID", help="model id in the store (`backend-decryptor models` lists them)")
     p.add_argument("result", metavar="RESULT", help="an envelope file, or a folder of envelope files")
-    p.add_argument("--out", required=True, metavar="OUTPUT.npy")
+    p.add_argument("--out", required=True, metavar="OUTPUT.npy",
+                   help="decrypted output(s) to write; N results are stacked in sequence order")
     add_store_argument(p)
     p.set_defaults(func=run)
 
@@ -38,11 +39,15 @@ def _result_files(result: Path) -> list[Path]:
 
 
 def _read_envelope(path: Path) -> envelope.Envelope:
-    size = path.stat().st_size
-    if size > MAX_RESULT_FILE:
-        raise CommandError(f"{path}: {size} bytes is too large for a result file")
     try:
-        return envelope.decode(path.read_bytes(), max_size=MAX_RESULT_FILE)
+        size = path.stat().st_size
+        if size > MAX_RESULT_FILE:
+            raise CommandError(f"{path}: {size} bytes is too large for a result file")
+        data = path.read_bytes()
+    except OSError as e:
+        raise CommandError(f"result {path}: cannot read: {e.strerror or e}") from None
+    try:
+        return envelope.decode(data, max_size=MAX_RESULT_FILE)
     except envelope.EnvelopeError as e:
         raise CommandError(f"{path}: not a valid result ({e.reason}): {e}") from None
 
@@ -61,13 +66,13 @@ def _check_key(store: Store, model_id: str, path: Path, env: envelope.Envelope) 
 def overflow_hint(card) -> str:
     """The key in the envelope is this model's, so a result that does not decrypt cleanly was
     most likely computed on an input far outside the calibrated range: its values overflowed
-    the result's headroom and wrapped around, which looks exactly like another key's result."""
+    the result's headroom and wrapped around, which looks exactly like another key's result.
+    Appended to the decryptor's own message, which lists the possible causes."""
     rng = card.calibrated_input_range
     where = f" [{rng[0]:g}, {rng[1]:g}]" if rng is not None else ""
-    return (f" - or out of the calibrated range? The envelope names this model's key; an input "
-            f"outside the range the model was calibrated on{where} overflows the result. Scale "
-            f"inputs like the calibration data, or protect again with --input-range/--calibration "
-            f"covering them")
+    return (f". The envelope names this model's key, so the likely cause is an input outside the "
+            f"range the model was calibrated on{where}: scale inputs like the calibration data, or "
+            f"protect again with --input-range/--calibration covering them")
 
 
 def run(args) -> int:

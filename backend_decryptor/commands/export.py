@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import sys
 from pathlib import Path
 
-from backend_decryptor.commands.common import add_store_argument, open_store, write_atomic
-from protected_nn.bundle import write_bundle
+from backend_decryptor.commands.common import (CommandError, add_store_argument, open_store,
+                                               store_failure, write_atomic)
+from protected_nn import result_auth
+from protected_nn.bundle import build_bundle
 
 
 def add_parser(sub) -> None:
@@ -16,7 +19,7 @@ def add_parser(sub) -> None:
                                    "key), and the owner public key beside it as BUNDLE.owner.pub. The "
                                    "bundle's version is the key version number (`models` lists them); "
                                    "gateways refuse a bundle older than the one they run.")
-    p.add_argument("model_id", metavar="ID")
+    p.add_argument("model_id", metavar="ID", help="model id in the store (`backend-decryptor models` lists them)")
     p.add_argument("--out", required=True, metavar="BUNDLE", help="bundle file to write")
     add_store_argument(p)
     p.set_defaults(func=run)
@@ -32,14 +35,23 @@ def run(args) -> int:
     artifacts = store.artifacts(args.model_id, fingerprint)
     version = store.key_version(args.model_id, fingerprint)
     out = Path(args.out)
-    write_bundle(out, args.model_id, artifacts, store.signing_key(),
-                 forbidden=store.secret_key(args.model_id, fingerprint), version=version)
-    data = out.read_bytes()
+    secret = store.secret_key(args.model_id, fingerprint)
+    # The public half of the key results are authenticated under (envelope v3, result_auth.py)
+    result_key = result_auth.public_text(result_auth.model_result_key(secret, fingerprint))
+    data = build_bundle(args.model_id, artifacts, store.signing_key(), forbidden=secret, version=version,
+                        result_key=result_key)
+    # written here, not by bundle.write_bundle: a full disk or a missing folder must name --out
+    # and leave no temporary file
+    write_atomic(out, data, "--out", fsync=True)
     sha256 = hashlib.sha256(data).hexdigest()
-    store.record_export(args.model_id, fingerprint, out, sha256)
+    try:
+        store.record_export(args.model_id, fingerprint, out, sha256)
+    except (OSError, sqlite3.Error) as e:
+        raise CommandError(f"--store {store.root}: bundle {out} written, but recording the export "
+                           f"failed: {store_failure(e)}") from None
     pub_pem, pub_path = store.owner_public_key_pem(), owner_pub_path(out)
     if not pub_path.exists():
-        write_atomic(pub_path, pub_pem)
+        write_atomic(pub_path, pub_pem, "owner public key (beside --out)")
         pub_note = f"owner public key: {pub_path}"
     elif pub_path.read_bytes() != pub_pem:
         print(f"warning: {pub_path} exists and is NOT this store's owner key; gateways verifying with "

@@ -36,10 +36,13 @@ def selected_rows(store: Store, model_ids: list[str], active_only: bool) -> list
 
 def write(store: Store, rows: list[dict], out: Path) -> int:
     """Write the key file; returns its size in bytes."""
+    from protected_nn.npy_files import output_error
     try:
         fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         raise CommandError(f"{out} exists: refusing to overwrite a key file") from None
+    except OSError as e:
+        raise output_error("--out", out, e, "create") from None
     try:
         with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
             manifest = [{**r, "report_json": store.report(r["model_id"], r["key_fingerprint"])} for r in rows]
@@ -51,6 +54,9 @@ def write(store: Store, rows: list[dict], out: Path) -> int:
                     _add(tar, f"{r['model_id']}/{r['key_fingerprint']}/{name}", data)
             f.flush()
             os.fsync(f.fileno())
+    except OSError as e:
+        out.unlink(missing_ok=True)      # half a key file is of no use, and holds secret keys
+        raise output_error("--out", out, e) from None
     except BaseException:
         out.unlink(missing_ok=True)
         raise

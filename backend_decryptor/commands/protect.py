@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 import sys
 from pathlib import Path
 
 from backend_decryptor.commands.common import (CommandError, add_store_argument, load_npy,
-                                               open_store, remove_empty_store, store_path)
+                                               open_store, remove_empty_store, store_failure,
+                                               store_path)
 from backend_decryptor.store import validate_model_id
 
 
 def add_parser(sub) -> None:
+    defaults = _option_defaults()
     p = sub.add_parser("protect", help="encrypt an ONNX model under a new key and store it",
                        description="Generate a CKKS key pair, compile the ONNX model, encrypt every "
                                    "trained parameter, check fidelity against onnxruntime, print the "
@@ -20,19 +23,30 @@ def add_parser(sub) -> None:
     add_store_argument(p)
     p.add_argument("--calibration", metavar="X.npy",
                    help="calibration inputs, shape (N, *input shape) or the input shape; "
-                        "default: MODEL.calibration.npy beside the model if present, else 8 samples "
+                        "default: MODEL.calibration.npy beside the model if present, else samples "
                         "drawn uniformly in --input-range")
     p.add_argument("--input-range", metavar="LO,HI", type=_input_range,
-                   help="calibrate on 8 inputs drawn uniformly in [LO, HI] (default 0,1) instead of a "
+                   help=f"calibrate on {defaults.calibration_samples} inputs drawn uniformly in [LO, HI] "
+                        f"(default {defaults.input_range[0]:g},{defaults.input_range[1]:g}) instead of a "
                         "calibration file; inputs outside the calibrated range give wrong results")
-    p.add_argument("--poly-degree", type=int, metavar="K", help="degree of polynomials replacing activations")
+    p.add_argument("--poly-degree", type=int, metavar="K",
+                   help=f"degree of the polynomials replacing activations (Relu, Sigmoid, ...), fitted "
+                        f"over the calibrated range (default {defaults.poly_degree}); a higher degree "
+                        f"fits better and costs more levels (the plan report shows them)")
     p.add_argument("--tolerance", type=float, metavar="T",
-                   help="max |encrypted - onnxruntime| as a fraction of the output range")
+                   help=f"max |encrypted - onnxruntime| the self-check accepts, as a fraction of the "
+                        f"output range on the calibration inputs (default {defaults.tolerance:g})")
     p.add_argument("--force", action="store_true", help="store even if the self-check exceeds the tolerance")
     p.add_argument("--card", metavar="CARD.yaml",
                    help="model card (what the outputs mean); default: MODEL.card.yaml or MODEL.yaml "
                         "beside the model if present, else the card in the ONNX metadata")
     p.set_defaults(func=run)
+
+
+def _option_defaults():
+    """The library's defaults, shown in --help (one place for them: ProtectOptions)."""
+    from protected_nn.api import ProtectOptions
+    return ProtectOptions()
 
 
 def _input_range(text: str) -> tuple[float, float]:
@@ -107,6 +121,13 @@ def _check_card(model_id: str, model: Path, override: dict | None) -> None:
         return
 
 
+def _sha256(model: Path) -> str:
+    try:
+        return hashlib.sha256(model.read_bytes()).hexdigest()
+    except OSError as e:
+        raise CommandError(f"model file {model}: cannot read: {e.strerror or e}") from None
+
+
 def _quiet_onnxruntime() -> None:
     """onnxruntime's coloured optimizer warnings are about its own rewrites, not the model."""
     try:
@@ -136,12 +157,16 @@ def run(args) -> int:
     _quiet_onnxruntime()
     root = store_path(args)
     existed = root.exists()
-    store = open_store(args, create=True)  # before the slow part: a bad --store fails at once
     try:
-        onnx_sha256 = hashlib.sha256(model.read_bytes()).hexdigest()
+        store = open_store(args, create=True)  # before the slow part: a bad --store fails at once
+        onnx_sha256 = _sha256(model)
         protected = api.protect(model, calibration=calibration, options=options)
         print(protected.report_text)
-        fingerprint = store.add_model(args.model_id, protected, onnx_sha256)
+        try:
+            fingerprint = store.add_model(args.model_id, protected, onnx_sha256)
+        except (OSError, sqlite3.Error) as e:
+            raise CommandError(f"--store {root}: cannot store model {args.model_id}: "
+                               f"{store_failure(e)}") from None
     except BaseException:
         if not existed:
             remove_empty_store(root)   # a failed first protect leaves nothing behind

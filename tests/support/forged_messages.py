@@ -1,5 +1,5 @@
 """The adversarial corpus's constructions from issue 15 (a mixin of
-tests/test_security_adversarial.py's AdversarialCorpus): forged, re-labelled, spliced and unsigned
+tests/security/test_adversarial.py's AdversarialCorpus): forged, re-labelled, spliced and unsigned
 envelopes, cross-gateway cameras, and ciphertexts built from the plan alone (tests/support/forgery.py).
 
 Ciphertext forgeries are signed by the gateway's real key: they stand for a gateway that is itself

@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     from backend_decryptor.publish import Publisher
     from backend_decryptor.rules_config import AlertRules
     from backend_decryptor.service import Service
-    from tests.test_backend_support import IdentityCodec, catalog
+    from tests.support.backend import IdentityCodec, catalog
 
     spec = json.loads(open(argv[0]).read())
     if "--never-publish-alerts" in argv:

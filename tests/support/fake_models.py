@@ -1,0 +1,23 @@
+"""Stand-ins made of random bytes for the tests of what only stores, signs and ships artifacts
+(bundles, the owner store, catalogs): nothing here can be decrypted or evaluated."""
+from __future__ import annotations
+
+import json
+import random
+from types import SimpleNamespace
+
+from protected_nn.artifacts import MEMBERS, ModelArtifacts
+
+
+def fake_artifacts(seed=0) -> ModelArtifacts:
+    rng = random.Random(seed)
+    members = {m: rng.randbytes(rng.randint(50, 400)) for m in MEMBERS}
+    members["plan"] = json.dumps({"layers": [], "seed": seed}).encode()
+    members["model_card"] = json.dumps({"outputs": [{"name": "a", "index": 0, "kind": "count"}]}).encode()
+    return ModelArtifacts(**members)
+
+
+def fake_protected(seed: int):
+    """Shaped like api.Protected (the store only reads these attributes), made of random bytes."""
+    return SimpleNamespace(artifacts=fake_artifacts(seed), secret_key=b"SECRET-%d" % seed,
+                           report={"layers": [seed]}, report_text="report")
