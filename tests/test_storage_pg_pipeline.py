@@ -1,11 +1,13 @@
 """PostgreSQL: the one transaction per result goes out in two round trips (pipeline mode), a write
-of state whose loss costs nothing goes out in one, and a statement failing inside the pipeline
-leaves nothing behind and the connection usable. Round trips are counted from libpq's protocol
+of state whose loss costs nothing goes out in one, "state published at" marks ride on the next
+result's transaction (never waiting for another replica's row), and a statement failing inside
+the pipeline leaves nothing behind and the connection usable. Round trips are counted from libpq's protocol
 trace of the storage's own connection (each time the client sent and then read)."""
 from __future__ import annotations
 
 import ctypes
 import os
+import time
 
 import psycopg
 import pytest
@@ -58,8 +60,8 @@ def test_apply_costs_two_round_trips_and_soft_writes_one(pg_db, tmp_path):
     rt.since_last()
     pg_db.mark_published([s.row for s in stored])
     assert rt.since_last() == 1
-    pg_db.mark_state_published("cam-1", 5.0)
-    assert rt.since_last() == 1
+    pg_db.mark_state_published("cam-1", 5.0)   # deferred to the next result's transaction
+    assert rt.since_last() == 0
     limiter = pg_db.rate_limiter(1.0, 3, 300.0)
     assert limiter.allow("gw-1", 100.0, 100.0)   # the first call also forgets stale buckets
     rt.since_last()
@@ -80,3 +82,39 @@ def test_a_statement_failing_inside_the_pipeline_leaves_nothing(pg_db):
     assert pg_db.alerts() == [] and pg_db.counters()["cam-1"]["messages"] == 1
     assert pg_db.apply("gw-1", "cam-1", 2, 101.0, None, lambda old: ({"n": 2}, [alert(2)]))[0] == {"n": 2}
     assert len(pg_db.alerts()) == 1
+
+
+def published_at(postgres_server, dbname, camera):
+    with postgres_server.connect(dbname) as c:
+        return c.execute("SELECT published_at FROM camera_state WHERE camera=%s", (camera,)).fetchone()[0]
+
+
+def test_state_marks_ride_on_the_next_transaction_and_skip_a_row_another_replica_holds(postgres_server):
+    name = postgres_server.fresh_database()
+    cfg = BackendConfig.model_validate({"database": postgres_server.database_config(name)})
+    db = open_storage(cfg, replica="backend-marks")
+    try:
+        for cam in ("cam-1", "cam-2", "cam-3"):
+            db.apply("gw-1", cam, 1, 100.0, None, lambda old: ({"n": 1}, []))
+        db.mark_state_published("cam-1", 50.0)
+        db.mark_state_published("cam-3", 70.0)
+        with postgres_server.connect(name) as other:    # another replica deciding cam-3 right now
+            other.execute("BEGIN")
+            other.execute("SELECT 1 FROM camera_state WHERE camera='cam-3' FOR UPDATE")
+            t = time.monotonic()
+            db.apply("gw-1", "cam-2", 2, 101.0, None, lambda old: ({"n": 2}, []))
+            assert time.monotonic() - t < 2, "the mark must not wait for another replica's row"
+            assert published_at(postgres_server, name, "cam-1") == 50.0     # written with cam-2's result
+            assert published_at(postgres_server, name, "cam-3") is None     # skipped, kept for later
+            other.execute("ROLLBACK")
+        db.mark_state_published("cam-1", 40.0)                              # never moves back
+        assert db.apply("gw-1", "cam-1", 2, 101.0, None, lambda old: ({"n": 2}, []))[2] == 50.0
+        assert published_at(postgres_server, name, "cam-3") == 70.0         # the next transaction took it
+        db.mark_state_published("cam-2", 80.0)
+    finally:
+        db.close()                                                          # writes what is left
+    db = open_storage(cfg, replica="backend-marks")
+    try:
+        assert db.apply("gw-1", "cam-2", 3, 102.0, None, lambda old: ({"n": 3}, []))[2] == 80.0
+    finally:
+        db.close()

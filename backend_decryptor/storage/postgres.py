@@ -37,6 +37,15 @@ _MIGRATION_LOCK = 0x6668_6564_6765  # pg_advisory_xact_lock key: one migrating r
 _MARK_SEEN = ("INSERT INTO seen (gateway, camera, sequence, capture_time, replica) VALUES (%s, %s, %s, %s, %s) "
               "ON CONFLICT DO NOTHING RETURNING 1")
 _LOCK_STATE = "SELECT state, published_at FROM camera_state WHERE camera=%s FOR UPDATE"
+_WRITE_STATE = ("UPDATE camera_state SET zone=%s, state=%s, published_at=GREATEST(published_at, %s::float8) "
+                "WHERE camera=%s")
+# Other cameras' deferred "state published at" marks, riding on a result's transaction. SKIP
+# LOCKED: a row another replica holds is left for a later transaction, never waited for (waiting
+# for a second camera's row while holding one could deadlock two replicas).
+_WRITE_STATE_MARKS = ("UPDATE camera_state s SET published_at=GREATEST(s.published_at, m.t) "
+                      "FROM unnest(%s::text[], %s::float8[]) AS m(c, t) WHERE s.camera = m.c AND s.camera IN "
+                      "(SELECT camera FROM camera_state WHERE camera = ANY(%s) FOR UPDATE SKIP LOCKED) "
+                      "RETURNING s.camera")
 _COUNT = ("INSERT INTO counters AS c (camera, messages, raised, updated, cleared, last_time) "
           "VALUES (%s, 1, %s, %s, %s, %s) ON CONFLICT (camera) DO UPDATE SET messages=c.messages+1, "
           "raised=c.raised+excluded.raised, updated=c.updated+excluded.updated, "
@@ -63,6 +72,8 @@ class PostgresStateDB:
         self.retry_for = retry_for
         self._password = password
         self._lease_clock = LeaseClock(outbox_lease)
+        self._state_marks: dict[str, float] = {}   # camera -> state published at, not yet written
+        self._marks_lock = threading.Lock()
         self._local = threading.local()
         self._all: list[psycopg.Connection] = []
         self._all_lock = threading.Lock()
@@ -137,6 +148,14 @@ class PostgresStateDB:
         return self._one("SELECT MAX(version) FROM schema_version")[0]
 
     def close(self) -> None:
+        with self._marks_lock:
+            marks, self._state_marks = self._state_marks, {}
+        if marks:
+            try:
+                self._soft_write(_WRITE_STATE_MARKS.replace(" SKIP LOCKED", ""), (list(marks), list(marks.values()),
+                                                                                  list(marks)))
+            except psycopg.Error:   # the database is gone: the states are republished once, no more
+                log.warning("could not record when %d camera states were published", len(marks))
         with self._all_lock:
             conns, self._all = self._all, []
         for conn in conns:
@@ -202,7 +221,12 @@ class PostgresStateDB:
               decide: Decide) -> tuple[dict, list[StoredAlert], float | None] | None:
         # Two round trips in pipeline mode (psycopg sends the queued statements together):
         # 1) BEGIN + mark seen + lock and read the camera's row; 2) after decide(): the state,
-        # the alert rows, the counters and COMMIT. A new camera costs one more (create its row).
+        # the alert rows, the counters, the deferred state marks and COMMIT. A new camera costs
+        # one more (create its row).
+        with self._marks_lock:
+            marks = dict(self._state_marks)
+        mine = marks.pop(camera, None)
+
         def run(conn):
             try:
                 return decide_in_pipeline(conn)
@@ -224,16 +248,27 @@ class PostgresStateDB:
                                  "ON CONFLICT (camera) DO NOTHING", (camera, zone))
                     row = conn.execute(_LOCK_STATE, (camera,)).fetchone()
                 new_state, events = decide(json.loads(row[0]))
-                conn.execute("UPDATE camera_state SET zone=%s, state=%s WHERE camera=%s",
-                             (zone, json.dumps(new_state), camera))
+                conn.execute(_WRITE_STATE, (zone, json.dumps(new_state), mine, camera))
                 inserts = [self._insert_alert(conn, ev) for ev in events]
                 counts = event_counts(events)
                 conn.execute(_COUNT, (camera, counts["raised"], counts["updated"], counts["cleared"], capture_time))
+                others = conn.execute(_WRITE_STATE_MARKS, (list(marks), list(marks.values()), list(marks))
+                                      ) if marks else None
                 conn.execute("COMMIT")
             # the pipeline's sync at the end of `with` waited for COMMIT: the rows are committed
             stored = [StoredAlert(cur.fetchone()[0], ev, False) for cur, ev in zip(inserts, events)]
-            return new_state, stored, row[1]
+            written = {camera: mine} if mine is not None else {}
+            written.update((c, marks[c]) for c, in (others.fetchall() if others else []))
+            self._forget_state_marks(written)
+            published_at = row[1] if mine is None or (row[1] is not None and row[1] > mine) else mine
+            return new_state, stored, published_at
         return self._run(run, transaction=False)
+
+    def _forget_state_marks(self, written: dict[str, float]) -> None:
+        with self._marks_lock:
+            for c, t in written.items():
+                if self._state_marks.get(c) == t:   # not marked again meanwhile
+                    del self._state_marks[c]
 
     def _insert_alert(self, conn, ev: AlertEvent):
         now = time.time()
@@ -249,7 +284,10 @@ class PostgresStateDB:
             self._soft_write("UPDATE alerts SET published=1 WHERE row = ANY(%s)", (list(rows),))
 
     def mark_state_published(self, camera: str, when: float) -> None:
-        self._soft_write("UPDATE camera_state SET published_at=%s WHERE camera=%s", (when, camera))
+        """Deferred: written by the next result's transaction (whichever camera), no round trip
+        of its own. Lost in a crash of this replica, it costs one more publication of that state."""
+        with self._marks_lock:
+            self._state_marks[camera] = max(when, self._state_marks.get(camera, when))
 
     def pending_alerts(self) -> list[StoredAlert]:
         rows = self._all_rows(f"UPDATE alerts SET lease_until=%s WHERE published=0 AND replica=%s "
