@@ -10,6 +10,9 @@ How each guarantee of base.py holds across hosts:
   at once take disjoint sets.
 - rate limit: one row per gateway, refilled and debited by a single atomic upsert (rate_limit.py
   explains the bucket).
+Round trips: statements go out in psycopg's pipeline mode, so `apply` costs two (BEGIN + seen +
+row lock; then state + alerts + counters + deferred state marks + COMMIT) and every other write
+one; psycopg prepares a statement on the server from its 5th use. Durability per write: _SOFT.
 Each thread has its own connection (autocommit; explicit transactions). A lost connection is
 re-opened and the operation retried for up to `retry_for` seconds (backpressure: the decision
 thread waits, and the broker stops delivering beyond mqtt.max_in_flight); after that the error
