@@ -171,16 +171,18 @@ def storage_for(bench, pg, backend: str, run: str):
 
 
 def per_result(before: dict, after: dict, processed: int) -> dict:
-    """Storage wall ms per result from two snapshots of the replicas' timings, per method."""
-    calls = {}
-    for k, (n, sec) in after["calls"].items():
-        n0, s0 = before["calls"].get(k, (0, 0.0))
+    """Storage ms per result from two snapshots of the replicas' timings: wall time per method,
+    per thread, and the client's CPU time in the calls."""
+    wall, cpu = {}, 0.0
+    for k, (n, sec, c) in after["calls"].items():
+        n0, s0, c0 = before["calls"].get(k, (0, 0.0, 0.0))
         if n > n0:
-            calls[k] = round(1000 * (sec - s0) / processed, 3)
-    return {"total": round(sum(calls.values()), 3),
-            "network_thread": round(sum(v for k, v in calls.items() if k in NETWORK_THREAD_CALLS), 3),
-            "decision_thread": round(sum(v for k, v in calls.items() if k not in NETWORK_THREAD_CALLS), 3),
-            "by_call": calls}
+            wall[k] = round(1000 * (sec - s0) / processed, 3)
+            cpu += 1000 * (c - c0) / processed
+    return {"total": round(sum(wall.values()), 3),
+            "network_thread": round(sum(v for k, v in wall.items() if k in NETWORK_THREAD_CALLS), 3),
+            "decision_thread": round(sum(v for k, v in wall.items() if k not in NETWORK_THREAD_CALLS), 3),
+            "client_cpu": round(cpu, 3), "by_call": wall}
 
 
 def run_stream(bench, pg, broker, names, *, spacing, pace, kill_at=None, cores=(None, None), backend="postgresql"):
@@ -297,6 +299,8 @@ def scaling(bench, pg, broker, args, spacing) -> dict:
         cpu = {k: [v["cpu_ms_per_result"]["replicas"] for v in by[k]] for k in by}
         cpu_all = {k: [v["cpu_ms_per_result"]["all"] for v in by[k]] for k in by}
         db = {k: [v["storage_ms_per_result"]["total"] for v in by[k]] for k in by}
+        db_cpu = {k: [v["storage_ms_per_result"]["client_cpu"] for v in by[k]] for k in by}
+        db_server = {k: [v["cpu_ms_per_result"]["postgresql"] for v in by[k]] for k in by}
         out[backend] = {
             "results_per_s": {k: med(x) for k, x in rps.items()}, "results_per_s_runs": rps,
             "speedup_median_of_pairs": med(t / o for o, t in zip(rps["one"], rps["two"])),
@@ -305,6 +309,8 @@ def scaling(bench, pg, broker, args, spacing) -> dict:
             # >= 1.7 wanted: results/s two replicas on their own hosts would reach vs one
             "cpu_scaling_two_vs_one": med(2 * o / t for o, t in zip(cpu["one"], cpu["two"])),
             "storage_ms_per_result": {k: med(x) for k, x in db.items()},
+            "storage_client_cpu_ms_per_result": {k: med(x) for k, x in db_cpu.items()},
+            "postgresql_cpu_ms_per_result": {k: med(x) for k, x in db_server.items()},
             "runs": by}
     return out
 

@@ -6,7 +6,8 @@ Per result it makes the storage calls the service makes (pipeline.py): the repla
 token bucket (network thread), `apply` (one alert event every 3rd result), `mark_state_published`
 and `mark_published` of the previous result's alerts (decision thread). For every call it reports
 wall ms, round trips to the server (from libpq's protocol trace: each time the client sent and
-then read), and for the whole result the write transactions (transaction ids the server assigned).
+then read), and for the whole result the write transactions (transaction ids the server assigned)
+and the CPU ms of the client thread and of the connection's server process.
 synchronous_commit on minus off = the time spent waiting for the disk. Contenders, interleaved per round so a loaded machine hits all
 alike: SQLite and PostgreSQL (synchronous_commit on and off), each as of git REF (default: the
 storage before the round-trip work) and as in this worktree. PostgreSQL: a throwaway durable
@@ -88,8 +89,18 @@ def psycopg_trace_flags():
     return pq.Trace.SUPPRESS_TIMESTAMPS
 
 
-def one_round(db, n: int, seq0: int, trace: Trace | None, limiter) -> dict[str, list[float]]:
-    """Per call: [ms per result, round trips per result] over n results of 8 cameras."""
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) of a process so far (the server process of a connection)."""
+    if pid is None:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_round(db, n: int, seq0: int, trace: Trace | None, limiter, server_pid=None) -> dict[str, list[float]]:
+    """Per call: [ms per result, round trips per result] over n results of 8 cameras; and the CPU
+    ms per result of this thread (client) and of the connection's server process (not waiting
+    for a CPU or the disk, so steadier than wall time on a loaded machine)."""
     ms = dict.fromkeys(CALLS, 0.0)
     trips = dict.fromkeys(CALLS, 0)
     previous_alerts: list[int] = []
@@ -103,6 +114,7 @@ def one_round(db, n: int, seq0: int, trace: Trace | None, limiter) -> dict[str, 
         return out
     if trace is not None:
         trace.round_trips()
+    cpu0, server0 = time.thread_time(), process_cpu(server_pid)
     for seq in range(seq0, seq0 + n):
         camera, now = f"cam-{seq % 8}", time.time()
         timed("is_seen", db.is_seen, "gw-1", camera, seq)
@@ -111,7 +123,9 @@ def one_round(db, n: int, seq0: int, trace: Trace | None, limiter) -> dict[str, 
         timed("mark_state_published", db.mark_state_published, camera, now)
         timed("mark_published", db.mark_published, previous_alerts)
         previous_alerts = [s.row for s in stored]
-    return {c: [ms[c] / n, trips[c] / n] for c in CALLS}
+    out = {c: [ms[c] / n, trips[c] / n] for c in CALLS}
+    out["cpu"] = [1000 * (time.thread_time() - cpu0) / n, 1000 * (process_cpu(server_pid) - server0) / n]
+    return out
 
 
 def next_xid(admin) -> int:
@@ -134,7 +148,7 @@ def main() -> int:
     server = PostgresServer(durable=True).start()
     admin = server.connect()
     work = Path(tempfile.mkdtemp(prefix="bench-profile-"))
-    dbs, traces, dbnames, limiters = {}, {}, {}, {}
+    dbs, dbnames, limiters = {}, {}, {}
     for version, classes in (("before", before), ("after", after)):
         dbs[f"sqlite_{version}"] = classes["sqlite"](work / f"{version}.db", replica=f"sqlite-{version}")
         for sync in (True, False):
@@ -143,20 +157,27 @@ def main() -> int:
             cfg = BackendConfig.model_validate({"database": {**server.database_config(dbnames[name]),
                                                              "synchronous_commit": sync}})
             dbs[name] = classes["postgres"](cfg.database.conninfo(name), replica=name, password=PASSWORD)
-    for name, db in dbs.items():
-        limiters[name] = db.rate_limiter(1e6, 1_000_000, 300.0)
-        db.is_seen("gw-1", "cam-0", -1)  # opens this thread's connection
-        if name.startswith("postgres"):
-            traces[name] = Trace(db._conn())
     per_round: dict[str, list[dict]] = {name: [] for name in dbs}
+    trips: dict[str, dict] = {}
     totals = {name: [0, 0] for name in dbnames}   # results, write transactions
     seq0 = int(time.time() * 1e6)
     try:
+        # not timed: a warm-up round (camera rows, prepared statements), then one traced round
+        # for the round trips per call (tracing costs time)
+        for name, db in dbs.items():
+            limiters[name] = db.rate_limiter(1e6, 1_000_000, 300.0)
+            one_round(db, args.results, seq0, None, limiters[name])
+            if name in dbnames:
+                trace = Trace(db._conn())
+                trips[name] = one_round(db, args.results, seq0 + args.results, trace, limiters[name])
+                db._conn().pgconn.untrace()
+        seq0 += 2 * args.results
         for r in range(args.rounds):
             for name, db in dbs.items():
                 x0 = next_xid(admin) if name in dbnames else 0
-                per_round[name].append(one_round(db, args.results, seq0 + r * args.results, traces.get(name),
-                                                 limiters[name]))
+                pid = db._conn().info.backend_pid if name in dbnames else None
+                per_round[name].append(one_round(db, args.results, seq0 + r * args.results, None,
+                                                 limiters[name], pid))
                 if name in dbnames:
                     totals[name][0] += args.results
                     totals[name][1] += next_xid(admin) - x0
@@ -168,11 +189,14 @@ def main() -> int:
     out: dict = {"rounds": args.rounds, "results_per_round": args.results, "before": args.before}
     for name, rounds in per_round.items():
         row = {c: {"ms": round(statistics.median(x[c][0] for x in rounds), 3),
-                   "round_trips": round(statistics.median(x[c][1] for x in rounds), 2)} for c in CALLS}
+                   "round_trips": round(trips[name][c][1], 2) if name in trips else 0} for c in CALLS}
         total = [sum(x[c][0] for c in CALLS) for x in rounds]
         row["total_ms_per_result_median"] = round(statistics.median(total), 3)
         row["total_round_trips"] = round(sum(v["round_trips"] for k, v in row.items() if k in CALLS), 2)
         row["all_rounds_total_ms"] = [round(t, 3) for t in total]
+        row["client_cpu_ms_per_result"] = round(statistics.median(x["cpu"][0] for x in rounds), 3)
+        if name in dbnames:
+            row["server_cpu_ms_per_result"] = round(statistics.median(x["cpu"][1] for x in rounds), 3)
         if name in totals:
             row["write_transactions_per_result"] = round(totals[name][1] / totals[name][0], 2)
         out[name] = row

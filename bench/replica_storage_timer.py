@@ -5,9 +5,10 @@
 The real CLI (backend_decryptor.cli.main) in this process; the only change is that the storage
 the service opens is wrapped so every call's wall time is added up per method (and per call to
 the rate limiter's bucket), written to TIMINGS.json twice a second and when the storage closes:
-{"calls": {method: [count, seconds]}, "processed": n}. Wall time in the calls is what a result
-waits for the database (round trips, lock waits, the disk flush of a commit) - plus, on a loaded
-machine, waiting for a CPU.
+{"calls": {method: [count, wall seconds, CPU seconds of the calling thread]}, "processed": n}.
+Wall time in the calls is what a result waits for the database (round trips, lock waits, the
+disk flush of a commit) - plus, on a loaded machine, waiting for a CPU; the thread's CPU time
+in them is the client's own work (psycopg, SQLite), which no remote database host takes over.
 """
 from __future__ import annotations
 
@@ -28,19 +29,20 @@ class TimedStorage:
         self._processed = 0
         threading.Thread(target=self._writer, daemon=True).start()
 
-    def _add(self, name: str, seconds: float) -> None:
+    def _add(self, name: str, seconds: float, cpu: float) -> None:
         with self._lock:
-            c = self._calls.setdefault(name, [0, 0.0])
+            c = self._calls.setdefault(name, [0, 0.0, 0.0])
             c[0] += 1
             c[1] += seconds
+            c[2] += cpu
 
     def _timed(self, name: str, fn):
         def call(*a, **kw):
-            t = time.perf_counter()
+            t, cpu = time.perf_counter(), time.thread_time()
             try:
                 out = fn(*a, **kw)
             finally:
-                self._add(name, time.perf_counter() - t)
+                self._add(name, time.perf_counter() - t, time.thread_time() - cpu)
             if name == "apply" and out is not None:
                 with self._lock:
                     self._processed += 1

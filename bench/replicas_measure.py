@@ -129,7 +129,8 @@ def alert_shapes(rows) -> dict[str, list]:
 
 
 def storage_timings(paths: list[Path]) -> dict:
-    """The replicas' storage timings (replica_storage_timer.py) summed: per method [calls, s]."""
+    """The replicas' storage timings (replica_storage_timer.py) summed: per method
+    [calls, wall s, thread CPU s]."""
     calls: dict[str, list] = {}
     processed = 0
     for p in paths:
@@ -137,8 +138,8 @@ def storage_timings(paths: list[Path]) -> dict:
             continue
         data = json.loads(p.read_text())
         processed += data["processed"]
-        for k, (n, s) in data["calls"].items():
-            c = calls.setdefault(k, [0, 0.0])
-            c[0] += n
-            c[1] += s
+        for k, v in data["calls"].items():
+            c = calls.setdefault(k, [0, 0.0, 0.0])
+            for i, x in enumerate(v):
+                c[i] += x
     return {"processed": processed, "calls": calls}
