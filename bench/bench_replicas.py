@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_replicas.py [--gateways 20] [--cameras 5] [--results 2000]
         [--rate 40] [--no-pin] [--only scaling] [--repeat 3] [--backends postgresql,sqlite]
+        [--synchronous-commit on|off]
 
 Real parts only: `backend-decryptor run` processes (the real CLI, store, decryption pool), a real
 Mosquitto, a throwaway durable PostgreSQL (tests/support/postgres.py), real encrypted results of
@@ -167,7 +168,8 @@ def storage_for(bench, pg, backend: str, run: str):
         path = bench.work / f"{run}-state.db"
         return str(path), SqliteState(path)
     dbname = pg.fresh_database()
-    return {**pg.database_config(dbname), "sslmode": "disable"}, PostgresState(pg, dbname)
+    return ({**pg.database_config(dbname), "sslmode": "disable", "synchronous_commit": bench.args.synchronous_commit},
+            PostgresState(pg, dbname))
 
 
 def per_result(before: dict, after: dict, processed: int) -> dict:
@@ -326,12 +328,16 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="scaling: repetitions of one vs two replicas")
     ap.add_argument("--backends", default="postgresql,sqlite", type=lambda v: v.split(","),
                     help="scaling: postgresql and/or sqlite")
+    ap.add_argument("--synchronous-commit", default="on", choices=("on", "off"),
+                    help="PostgreSQL: database.synchronous_commit of the replicas (default on, the config default)")
     args = ap.parse_args()
+    args.synchronous_commit = args.synchronous_commit == "on"
     work = Path(tempfile.mkdtemp(prefix="bench-replicas-"))
     bench = Bench(args, work)
     spacing = len(bench.cameras) / args.rate      # a camera's results this far apart
     out = {"gateways": args.gateways, "cameras": len(bench.cameras), "results": bench.total,
-           "paced_rate_per_s": args.rate, "camera_interval_s": round(spacing, 2), "cores": os.cpu_count()}
+           "paced_rate_per_s": args.rate, "camera_interval_s": round(spacing, 2), "cores": os.cpu_count(),
+           "postgresql_synchronous_commit": args.synchronous_commit}
     # The whole input may sit in the broker at once (scaling run): Mosquitto's default per-session
     # queue (1000 QoS 1 messages) would drop the rest.
     with Mosquitto(extra_config="max_queued_messages 100000") as broker, PostgresServer(durable=True) as pg:
