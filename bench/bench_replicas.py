@@ -356,6 +356,7 @@ def main() -> int:
             print(json.dumps(kill, default=str), file=sys.stderr, flush=True)
         if args.only in ("all", "scaling"):
             out["scaling"] = scaling(bench, pg, broker, args, spacing)
+    shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(out, indent=2, default=str))
     return 0
 

@@ -20,6 +20,7 @@ import ctypes
 import importlib.util
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -40,11 +41,12 @@ def load_at(ref: str, module: str):
     """backend_decryptor/storage/<module>.py as of git `ref`, imported under a private name."""
     src = subprocess.run(["git", "show", f"{ref}:backend_decryptor/storage/{module}.py"], cwd=ROOT,
                          check=True, capture_output=True, text=True).stdout
-    path = Path(tempfile.mkdtemp(prefix="storage-before-")) / f"{module}_before.py"
-    path.write_text(src)
-    spec = importlib.util.spec_from_file_location(f"storage_{module}_before", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    with tempfile.TemporaryDirectory(prefix="storage-before-") as tmp:
+        path = Path(tmp) / f"{module}_before.py"
+        path.write_text(src)
+        spec = importlib.util.spec_from_file_location(f"storage_{module}_before", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
     return mod
 
 
@@ -171,6 +173,8 @@ def main() -> int:
                 trace = Trace(db._conn())
                 trips[name] = one_round(db, args.results, seq0 + args.results, trace, limiters[name])
                 db._conn().pgconn.untrace()
+                os.close(trace.fd)
+                trace.path.unlink()
         seq0 += 2 * args.results
         for r in range(args.rounds):
             for name, db in dbs.items():
@@ -186,6 +190,8 @@ def main() -> int:
             db.close()
         admin.close()
         server.stop()
+        shutil.rmtree(server.dir, ignore_errors=True)
+        shutil.rmtree(work, ignore_errors=True)
     out: dict = {"rounds": args.rounds, "results_per_round": args.results, "before": args.before}
     for name, rounds in per_round.items():
         row = {c: {"ms": round(statistics.median(x[c][0] for x in rounds), 3),
