@@ -105,7 +105,8 @@ def check(cfg: EdgeConfig, measure: bool = True) -> tuple[list[str], list[str], 
     for field, folder in [("state_dir", cfg.state_dir), ("spool.directory", cfg.spool.directory)]:
         if (problem := not_a_folder(field, folder)):              # `run` cannot make the folder
             errors.append(problem)
-            state_usable = state_usable and field != "state_dir"
+            if field == "state_dir":
+                state_usable = False
         elif (existing := nearest_existing(folder)) is not None and not os.access(existing, os.W_OK):
             warnings.append(f"{field} {folder}: {existing} is not writable by this user (fine if `run` "
                             "runs as another user, e.g. systemd's StateDirectory)")

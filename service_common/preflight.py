@@ -1,6 +1,6 @@
 """Checks both services' `check-config` make before `run` needs the thing: a file readable, a
-folder that can be made, a listen address free, a broker on this host. Each problem names the setting and the path/address,
-so the operator knows which line to fix."""
+folder that can be made, a listen address free, a broker on this host. Each problem names the
+setting and the path/address, so the operator knows which line to fix."""
 from __future__ import annotations
 
 import ipaddress
