@@ -15,7 +15,7 @@ import yaml
 from edge_agent.bundle_pin import BundlePin
 from tests.support.gateway_keys import write_key
 from tests.support.mosquitto import free_port
-from tests.support.tiny_bundle import signed_bundle
+from tests.support.tiny_models import signed_bundle
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 from protected_nn import bundle
 from protected_nn.artifacts import MEMBERS, ModelArtifacts
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def fake_artifacts(seed: int = 0) -> ModelArtifacts:

@@ -16,7 +16,7 @@ import yaml
 from backend_decryptor.store import Store
 from protected_nn.artifacts import MEMBERS, ModelArtifacts
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RULES = (REPO / "configs/alert-rules.yaml").read_text()
 CARD = {"outputs": [{"name": "crowd_count", "index": 0, "kind": "count"},
                     {"name": "incident", "index": 1, "kind": "logit"}]}
