@@ -1,7 +1,8 @@
 """`backend-decryptor check-config`: everything `run` will need, checked before it is needed.
 
 Errors (exit 2) are what `run` would fail on, or what would make alerts silently never fire: an
-unreadable file (each named with its setting and path), the metrics address taken, a model in the
+unreadable file (each named with its setting and path), no store, a state_db folder that cannot be
+made (a regular file in the way), the metrics address taken, a model in the
 store without a valid output card, a rule reading an output no stored model has. Every model of
 the store is reported, not only the first bad one. Warnings (exit 0) are values that work but are
 probably wrong.
@@ -13,15 +14,37 @@ import os
 from backend_decryptor.config import BackendConfig
 from backend_decryptor.rules_config import AlertRules
 from service_common.yaml_loader import line_of
-from service_common.preflight import address_free, is_loopback, readable
+from service_common.preflight import address_free, is_loopback, not_a_folder, readable
 
-CARD_FIX = ("protect it again with a card: backend-decryptor protect MODEL.onnx --model-id {id} "
-            "--card CARD.yaml (docs/backend.md, 'Model card'), or retire it")
+# The only remedy that exists: `models retire` refuses the active key version, and protecting
+# again makes a new active one (whose card then counts).
+CARD_FIX = ("protect it again with a card (a new key version, which becomes the active one): "
+            "backend-decryptor protect MODEL.onnx --model-id {id} --card CARD.yaml "
+            "(docs/backend.md, 'Model card')")
+
+
+def store_error(cfg: BackendConfig) -> str | None:
+    """`run` refuses to start without the store: an error, with the command that makes it."""
+    if cfg.store.is_dir():
+        return None
+    what = "is not a folder" if cfg.store.exists() else "does not exist"
+    return (f"store {cfg.store}: {what}: protect a model into it first: backend-decryptor protect "
+            f"MODEL.onnx --model-id ID --store {cfg.store}")
+
+
+def state_db_error(cfg: BackendConfig) -> str | None:
+    """The SQLite file's folder must be a folder or makeable (`run` makes it)."""
+    if cfg.database.is_postgres:
+        return None
+    path, field = cfg.sqlite_path(), "database.url" if cfg.database.url else "state_db"
+    if path.is_dir():
+        return f"{field} {path}: is a folder, not the SQLite file"
+    return not_a_folder(field, path, path.parent)
 
 
 def file_errors(cfg: BackendConfig) -> list[str]:
-    """Files `run` opens at start (also checked by `run` itself before it connects)."""
-    errors = []
+    """Files and folders `run` opens at start (also checked by `run` itself before it connects)."""
+    errors = [p for p in (store_error(cfg), state_db_error(cfg)) if p]
     tls = cfg.mqtt.tls
     if tls is not None:
         for name in ("ca_file", "cert_file", "key_file"):
@@ -52,8 +75,7 @@ def check(cfg: BackendConfig, rules: AlertRules) -> tuple[list[str], list[str], 
         warnings.append(f"mqtt: no tls: section for broker {cfg.mqtt.host}: the password and alerts "
                         "cross the network in clear (add tls: {ca_file: ...})")
     models: list[str] = []
-    if not cfg.store.exists():
-        warnings.append(f"store {cfg.store} does not exist yet (backend-decryptor protect --store {cfg.store})")
+    if store_error(cfg):                # already an error (file_errors)
         return errors, warnings, models
     try:
         outputs = _check_store(cfg, rules, errors, models)

@@ -15,12 +15,34 @@ DEFAULT_CONFIG = "/etc/backend-decryptor/backend.yaml"
 def register(subparsers) -> None:
     """Add the service's sub-commands to the backend-decryptor parser."""
     default = os.environ.get("BACKEND_DECRYPTOR_CONFIG", DEFAULT_CONFIG)
-    p = subparsers.add_parser("run", help="run the backend service (MQTT -> checks -> decrypt -> alerts)")
+    p = subparsers.add_parser(
+        "run", help="run the backend service (MQTT -> checks -> decrypt -> alerts)",
+        description="Receive the gateways' encrypted results from the broker, check each (gateway "
+                    "signature, camera, rate, replay) before decrypting it with the store's secret "
+                    "keys, turn the outputs into alerts and per-camera state on MQTT and keep the "
+                    "history. Reads FILE, the alert rules file it names (alerts.rules_file), the "
+                    "model store (store) and the state database (state_db or database). Runs in "
+                    "the foreground until SIGTERM or Ctrl-C (systemd/backend-decryptor.service runs "
+                    "the same). Exit 0 after a clean stop, 1 when the stop budget ran out with "
+                    "messages not handled yet (the broker redelivers them after a restart), 2 when "
+                    "FILE or anything it names cannot be used (each problem an error: line naming "
+                    "file, line and setting).")
     p.add_argument("--config", required=True, metavar="FILE", help="backend YAML (see configs/backend.yaml)")
     p.set_defaults(func=cmd_run)
 
-    p = subparsers.add_parser("check-config", help="validate a backend config and its alert rules")
-    p.add_argument("config", metavar="FILE", help="backend YAML")
+    p = subparsers.add_parser(
+        "check-config", help="validate a backend config and its alert rules",
+        description="Validate FILE and the alert rules file it names (alerts.rules_file): every "
+                    "problem is printed as file:line: setting: reason. Then checks what `run` "
+                    "needs: the model store exists and every stored model has a valid output card, "
+                    "the state database's folder can be made, the TLS, password and rules files "
+                    "are readable, the metrics address is free, every rule reads an output some "
+                    "model has; and warns (warning: lines) on risky values such as no TLS to a "
+                    "remote broker. Prints a summary of what `run` would do. Exit 0 when `run` "
+                    "can start, 2 otherwise.")
+    p.add_argument("config", metavar="FILE", help="backend YAML (configs/backend.yaml is the template for "
+                                                  "/etc/backend-decryptor; scripts/local-example.sh writes "
+                                                  "one that passes on this machine)")
     p.set_defaults(func=cmd_check_config)
 
     p = subparsers.add_parser("alerts", help="list alert history from the service's state (SQLite or PostgreSQL)")
@@ -33,16 +55,22 @@ def register(subparsers) -> None:
 
 
 def _load(path: str):
+    """The config and its rules; a rules file that cannot be read is named by its setting and the
+    config line that points at it (the rules file's own problems carry its own file:line)."""
     from backend_decryptor.config import load_config
     from backend_decryptor.rules_config import load_rules
+    from service_common.preflight import readable, with_line
+    from service_common.yaml_loader import ConfigError
     cfg = load_config(path)
+    if (problem := readable("alerts.rules_file", cfg.alerts.rules_file)):
+        raise ConfigError([with_line(path, problem)])
     return cfg, load_rules(cfg.alerts.rules_file)
 
 
 def cmd_run(args) -> int:
     from backend_decryptor.service import Service
     from backend_decryptor.check_config import file_errors
-    from service_common.preflight import address_free
+    from service_common.preflight import address_free, with_line
     cfg, rules = _load(args.config)
     # An unreadable password or certificate file is a start-up error naming its setting and
     # path, not a raw errno after the service started (and a reconnect loop).
@@ -50,7 +78,7 @@ def cmd_run(args) -> int:
     if cfg.metrics.listen and (taken := address_free("metrics.listen", cfg.metrics.listen)):
         problems.append(taken)
     if problems:
-        raise ValueError("\n".join(problems))
+        raise ValueError("\n".join(with_line(args.config, p) for p in problems))
     configure_logging(cfg.log_level)
     cfg.mqtt.password()
     return Service(cfg, rules).run_forever()

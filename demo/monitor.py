@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from service_common.topics import ONLINE, Topics
+
 
 def scrape(port: int, names: tuple[str, ...]) -> dict[str, float] | None:
     """Sum of each named metric over its labels from a Prometheus endpoint; None if unreachable."""
@@ -48,6 +50,11 @@ class Observed:
 class Monitor:
     def __init__(self, port: int, prefix: str, camera: str, on_alert=None):
         self.prefix, self.camera = prefix, camera
+        # The topics the services publish, from the one grammar they use (service_common.topics):
+        # kind -> (filter, QoS). Results are counted only (QoS 0: without the key they are noise).
+        t = Topics(prefix)
+        self.filters = {"alerts": (t.alerts("+"), 1), "state": (t.state("+"), 1),
+                        "status": (t.status("+", camera), 1), "infer": (t.infer("+", "+"), 0)}
         self.observed = Observed()
         self.on_alert = on_alert or (lambda alert: None)
         self._seen_alerts: set[tuple[str, ...]] = set()
@@ -63,18 +70,20 @@ class Monitor:
         self.client.loop_start()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
-        p = self.prefix
-        client.subscribe([(f"{p}/alerts/#", 1), (f"{p}/state/#", 1), (f"{p}/status/+/+", 1),
-                          (f"{p}/infer/+/+", 0)])
+        client.subscribe(list(self.filters.values()))
+
+    def kind_of(self, topic: str) -> str | None:
+        return next((k for k, (f, _) in self.filters.items() if mqtt.topic_matches_sub(f, topic)), None)
 
     def _on_message(self, client, userdata, msg):
-        topic = msg.topic
-        if topic.startswith(f"{self.prefix}/infer/"):
+        kind = self.kind_of(msg.topic)
+        if kind == "infer":
             self.encrypted_results += 1        # counted only: without the secret key it is noise
             return
-        if topic.startswith(f"{self.prefix}/status/"):
-            if topic.endswith("/" + self.camera):
-                self.camera_status = msg.payload.decode(errors="replace")
+        if kind == "status":
+            self.camera_status = msg.payload.decode(errors="replace")
+            return
+        if kind is None:
             return
         try:
             data = json.loads(msg.payload)
@@ -84,10 +93,10 @@ class Monitor:
             self.observed.malformed += 1
             return
         data["received"] = time.time()
-        if topic.startswith(f"{self.prefix}/state/"):
+        if kind == "state":
             with self._lock:
                 self.observed.states.append(data)
-        elif topic.startswith(f"{self.prefix}/alerts/"):
+        else:                                   # alerts
             # Alerts are at-least-once: drop exact redeliveries. (id, event) alone would also drop
             # the second "updated" of one alert, which is a new event with another level/time.
             key = (str(data.get("id")), str(data.get("event")), str(data.get("level")), str(data.get("time")))
@@ -102,7 +111,7 @@ class Monitor:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             check()
-            if self.camera_status == "online":
+            if self.camera_status == ONLINE:
                 return True
             time.sleep(0.1)
         return False

@@ -32,8 +32,12 @@ class BundleRefused(BundleError):
 
 
 class BundlePin:
-    def __init__(self, state_dir: Path | None, model_id: str | None):
+    def __init__(self, state_dir: Path | None, model_id: str | None, on_problem=log.error):
+        """`on_problem`: told why the record could not be read (a line naming state_dir and the
+        file; the daemon logs it, check-config prints it as a warning)."""
+        self.state_dir = state_dir
         self.path = Path(state_dir) / FILE_NAME if state_dir is not None else None
+        self._on_problem = on_problem
         self.configured = model_id
         self.pinned: str | None = None
         self.versions: dict[str, int] = {}
@@ -48,10 +52,15 @@ class BundlePin:
             self.versions = {str(k): int(v) for k, v in dict(data.get("versions") or {}).items()}
         except FileNotFoundError:
             return
-        except (OSError, ValueError, TypeError, AttributeError) as exc:
-            # Refusing to start would stop the cameras over a damaged file; run, and say so loudly.
-            log.error("cannot read %s (%s): rollback protection restarts from the bundle now on disk",
-                      self.path, exc)
+        except OSError as exc:
+            self._problem(exc.strerror or type(exc).__name__)
+        except (ValueError, TypeError, AttributeError) as exc:
+            self._problem(f"not a bundle record ({exc})")
+
+    def _problem(self, reason: str) -> None:
+        # Refusing to start would stop the cameras over a damaged file; run, and say so loudly.
+        self._on_problem(f"state_dir {self.state_dir}: cannot read {self.path}: {reason}: rollback "
+                         "protection restarts from the bundle now on disk")
 
     @property
     def expected_model_id(self) -> str | None:

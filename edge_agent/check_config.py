@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from edge_agent.config import ConfigError, EdgeConfig, read_password, read_signing_key
-from service_common.preflight import address_free, is_loopback, readable
+from service_common.preflight import address_free, is_loopback, nearest_existing, not_a_folder, readable
 
 UNIT_FILE = Path(__file__).resolve().parents[1] / "systemd" / "edge-agent.service"
 DEFAULT_MEMORY_MAX = 3 << 30
@@ -101,23 +101,26 @@ def check(cfg: EdgeConfig, measure: bool = True) -> tuple[list[str], list[str], 
     if tls is None and not is_loopback(cfg.mqtt.host):
         warnings.append(f"mqtt: no tls: section for broker {cfg.mqtt.host}: the password and results "
                         "cross the network in clear (add tls: {ca_file: ...})")
+    state_usable = True
     for field, folder in [("state_dir", cfg.state_dir), ("spool.directory", cfg.spool.directory)]:
-        existing = next((p for p in [folder, *folder.parents] if p.exists()), None)
-        if existing is not None and not existing.is_dir():     # `run` cannot make the folder
-            errors.append(f"{field} {folder}: cannot create: {existing} is not a folder")
-        elif existing is not None and not os.access(existing, os.W_OK):
+        if (problem := not_a_folder(field, folder)):              # `run` cannot make the folder
+            errors.append(problem)
+            if field == "state_dir":
+                state_usable = False
+        elif (existing := nearest_existing(folder)) is not None and not os.access(existing, os.W_OK):
             warnings.append(f"{field} {folder}: {existing} is not writable by this user (fine if `run` "
                             "runs as another user, e.g. systemd's StateDirectory)")
     model = None
     if readable("bundle", cfg.bundle) is None and readable("owner_public_key", cfg.owner_public_key) is None:
-        model = _check_bundle(cfg, errors)
+        # A state_dir that cannot be made is already an error: its bundle record is not read then.
+        model = _check_bundle(cfg, errors, warnings, state_usable)
     if model is not None and measure:
         per_worker, seconds = model.measured = measure_worker(model.artifacts)
         warnings += capacity_warnings(cfg, per_worker, seconds, memory_max())
     return errors, warnings, model
 
 
-def _check_bundle(cfg: EdgeConfig, errors: list[str]):
+def _check_bundle(cfg: EdgeConfig, errors: list[str], warnings: list[str], state_usable: bool = True):
     from edge_agent.bundle_pin import BundlePin
     from edge_agent.bundle_watch import load_bundle
     from edge_agent.preprocess import InputSpec, InputSpecError
@@ -130,7 +133,8 @@ def _check_bundle(cfg: EdgeConfig, errors: list[str]):
         return None
     try:
         model, manifest = load_bundle(cfg.bundle, owner_key)
-        BundlePin(cfg.state_dir, cfg.model_id).check(manifest)        # what `run` applies too
+        pin = BundlePin(cfg.state_dir if state_usable else None, cfg.model_id, on_problem=warnings.append)
+        pin.check(manifest)                                           # what `run` applies too
         model.spec = InputSpec.from_card(model.artifacts.card())
     except (ProtectedNNError, InputSpecError, OSError) as exc:
         errors.append(f"bundle {cfg.bundle}: {exc}")     # the CLI adds the line of `bundle:`

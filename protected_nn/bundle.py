@@ -121,15 +121,23 @@ def build_bundle(model_id: str, artifacts: ModelArtifacts, signing_key: Ed25519P
 
 def write_bundle(path, model_id: str, artifacts: ModelArtifacts, signing_key: Ed25519PrivateKey,
                  forbidden: bytes | None = None, version: int = 1, result_key: str | None = None) -> dict:
-    """Write the signed bundle to `path` atomically (temp file + rename); returns the manifest."""
+    """Write the signed bundle to `path` atomically (temp file + rename); returns the manifest.
+    A failed write (disk full, `path` a folder) raises and leaves no temp file behind."""
     data = build_bundle(model_id, artifacts, signing_key, forbidden, version=version, result_key=result_key)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
     return read_bundle(data, signing_key.public_key())[0]
 
 

@@ -1,6 +1,6 @@
 """Checks both services' `check-config` make before `run` needs the thing: a file readable, a
-listen address free, a broker on this host. Each problem names the setting and the path/address,
-so the operator knows which line to fix."""
+folder that can be made, a listen address free, a broker on this host. Each problem names the
+setting and the path/address, so the operator knows which line to fix."""
 from __future__ import annotations
 
 import ipaddress
@@ -44,6 +44,21 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def nearest_existing(path: Path) -> Path | None:
+    """`path` itself or its closest parent that exists (what a mkdir -p would start from)."""
+    return next((p for p in [Path(path), *Path(path).parents] if p.exists()), None)
+
+
+def not_a_folder(field: str, path: Path, folder: Path | None = None) -> str | None:
+    """None, or 'field path: cannot create: X is not a folder' when a regular file X stands where
+    `folder` (default: `path` itself; for a file setting, its folder) or one of its parents must be
+    made - `run` would fail there with a bare errno (File exists / Not a directory)."""
+    existing = nearest_existing(Path(path) if folder is None else folder)
+    if existing is not None and not existing.is_dir():
+        return f"{field} {path}: cannot create: {existing} is not a folder"
+    return None
 
 
 def writable_folder(field: str, folder: Path) -> str | None:

@@ -29,18 +29,21 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from backend_decryptor.adapt import require_torch
     require_torch()                           # before reading anything: say how to install it
-    from backend_decryptor.adapt.run import adapt
+    from backend_decryptor.adapt.run import adapt, calibration_path, check_writable, write_output
     if not Path(args.model).is_file():
         raise CommandError(f"model file not found: {args.model}")
     if not args.data:
         raise CommandError("no data: adapt needs the owner's inputs (--data X.npy)")
+    # Everything read and every place written is checked before the training, not after it.
     x = load_npy(args.data, "data")
     y = load_npy(args.labels, "labels") if args.labels else None
+    if args.report_json:
+        check_writable("--report-json", args.report_json)
     result = adapt(args.model, x, y, out=args.out, degree=args.degree, epochs=args.epochs,
                    seed=args.seed, lr=args.lr, log=lambda m: print(m, flush=True))
     print(result.text)
     if args.report_json:
-        Path(args.report_json).write_text(json.dumps(result.report, indent=1))
-    print(f"wrote {args.out} and {Path(args.out).with_suffix('.calibration.npy')}; next: "
+        write_output("--report-json", args.report_json, json.dumps(result.report, indent=1).encode())
+    print(f"wrote {args.out} and {calibration_path(args.out)}; next: "
           f"backend-decryptor protect {args.out} --model-id ID")
     return 0

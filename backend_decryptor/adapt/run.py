@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +72,33 @@ def split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return np.sort(perm[hold:]), np.sort(perm[:hold])
 
 
+def check_writable(option: str, path) -> None:
+    """Before any training: AdaptError naming `option` when `path` could not be written at the
+    end (its folder is made then, as `write_output` does). Checked for real: a probe file in the
+    nearest folder that exists (root ignores permission bits, a read-only mount does not)."""
+    from service_common.preflight import nearest_existing, not_a_folder
+    path = Path(path)
+    if path.is_dir():
+        raise AdaptError(f"{option} {path}: is a folder: give the file to write")
+    if (problem := not_a_folder(option, path, path.parent)):
+        raise AdaptError(problem)
+    folder = nearest_existing(path.absolute().parent)
+    probe = folder / f".{path.name}.probe-{os.getpid()}"
+    try:
+        with open(probe, "xb"):
+            pass
+        probe.unlink()
+    except OSError as e:
+        raise AdaptError(f"{option} {path}: cannot write in {folder}: {e.strerror or e}") from None
+
+
+def write_output(option: str, path, data: bytes) -> None:
+    """Make the folder, then write atomically (no partial file, no temp file left on failure)."""
+    from protected_nn.npy_files import make_folder, write_file
+    make_folder(Path(path).parent, option)
+    write_file(path, data, option)
+
+
 def onnxruntime_outputs(model: onnx.ModelProto, x: np.ndarray, input_name: str) -> np.ndarray:
     import onnxruntime as ort
     opts = ort.SessionOptions()
@@ -87,6 +115,8 @@ def adapt(model_path, x, labels=None, *, out: str | Path, degree: int = 2, epoch
         raise AdaptError(f"--degree must be an integer in 1..8, got {degree!r}")
     if epochs < 0:
         raise AdaptError(f"--epochs must be >= 0, got {epochs}")
+    for target in (Path(out), calibration_path(out)):     # a failed write must not cost the training
+        check_writable("--out", target)
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True)
@@ -164,10 +194,14 @@ def _adapt(model_path, x, labels, out, degree, epochs, seed, lr, log) -> AdaptRe
         "train_seconds": train_s, "outside_range": train.outside_share(module, x[hold_idx]),
         "plan_adapted": _plan(api, adapted, cal), "plan_original": _plan(api, original, cal)}
     r["seconds"] = time.perf_counter() - t_start
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(adapted.SerializeToString())
-    np.save(out.with_suffix(".calibration.npy"), cal, allow_pickle=False)   # protect's default
+    write_output("--out", out, adapted.SerializeToString())
+    from protected_nn.npy_files import save_array
+    save_array(calibration_path(out), cal, "--out")                # protect's default calibration
     return AdaptResult(model=adapted, report=r, text=report.render(r), held_back=hold_idx)
+
+
+def calibration_path(out) -> Path:
+    return Path(out).with_suffix(".calibration.npy")
 
 
 def torch_from(a: np.ndarray):

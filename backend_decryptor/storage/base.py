@@ -11,6 +11,10 @@ Both implementations keep the same guarantees:
   database) is taken over by one other replica (`take_over_alerts`) and republished; a restarted
   replica republishes its own pending rows (`pending_alerts`). One holder per row at any time,
   so no alert is published by two live replicas, and none stays unpublished while one replica runs.
+- What waits for the disk: `apply`'s transaction is durable (as the database is configured);
+  writes whose loss costs at most a republication or a count (token bucket, rejection counts,
+  `published` marks, pruning) may skip the wait, and `mark_state_published` may be deferred to the
+  next `apply` (postgres.py; docs/backend.md "Cost per result, and what waits for the disk").
 """
 from __future__ import annotations
 

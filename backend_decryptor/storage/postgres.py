@@ -10,6 +10,9 @@ How each guarantee of base.py holds across hosts:
   at once take disjoint sets.
 - rate limit: one row per gateway, refilled and debited by a single atomic upsert (rate_limit.py
   explains the bucket).
+Round trips: statements go out in psycopg's pipeline mode, so `apply` costs two (BEGIN + seen +
+row lock; then state + alerts + counters + deferred state marks + COMMIT) and every other write
+one; psycopg prepares a statement on the server from its 5th use. Durability per write: _SOFT.
 Each thread has its own connection (autocommit; explicit transactions). A lost connection is
 re-opened and the operation retried for up to `retry_for` seconds (backpressure: the decision
 thread waits, and the broker stops delivering beyond mqtt.max_in_flight); after that the error
@@ -34,8 +37,33 @@ log = logging.getLogger(__name__)
 _MIGRATION_LOCK = 0x6668_6564_6765  # pg_advisory_xact_lock key: one migrating replica at a time
 
 
-class _Replayed(Exception):
-    pass
+_MARK_SEEN = ("INSERT INTO seen (gateway, camera, sequence, capture_time, replica) VALUES (%s, %s, %s, %s, %s) "
+              "ON CONFLICT DO NOTHING RETURNING 1")
+_LOCK_STATE = "SELECT state, published_at FROM camera_state WHERE camera=%s FOR UPDATE"
+_WRITE_STATE = ("UPDATE camera_state SET zone=%s, state=%s, published_at=GREATEST(published_at, %s::float8) "
+                "WHERE camera=%s")
+# Other cameras' deferred "state published at" marks, riding on a result's transaction. SKIP
+# LOCKED: a row another replica holds is left for a later transaction, never waited for (waiting
+# for a second camera's row while holding one could deadlock two replicas).
+_WRITE_STATE_MARKS = ("UPDATE camera_state s SET published_at=GREATEST(s.published_at, m.t) "
+                      "FROM unnest(%s::text[], %s::float8[]) AS m(c, t) WHERE s.camera = m.c AND s.camera IN "
+                      "(SELECT camera FROM camera_state WHERE camera = ANY(%s) FOR UPDATE SKIP LOCKED) "
+                      "RETURNING s.camera")
+_COUNT = ("INSERT INTO counters AS c (camera, messages, raised, updated, cleared, last_time) "
+          "VALUES (%s, 1, %s, %s, %s, %s) ON CONFLICT (camera) DO UPDATE SET messages=c.messages+1, "
+          "raised=c.raised+excluded.raised, updated=c.updated+excluded.updated, "
+          "cleared=c.cleared+excluded.cleared, last_time=excluded.last_time")
+# Writes whose loss in a crash of PostgreSQL costs nothing the guarantees need (a token debit, a
+# rejection count, when a state was last published, an alert's "published" mark: at worst one
+# republication, which MQTT's at-least-once allows): committed without waiting for the disk.
+# The next durable commit (the next result's) flushes them too, the WAL being sequential.
+_SOFT = "SET LOCAL synchronous_commit TO OFF"
+
+
+def _rollback(conn: psycopg.Connection) -> None:
+    """End a transaction a failed pipeline left open (unless the connection itself is gone)."""
+    if not conn.closed and not conn.broken and conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        conn.execute("ROLLBACK")
 
 
 class PostgresStateDB:
@@ -47,6 +75,8 @@ class PostgresStateDB:
         self.retry_for = retry_for
         self._password = password
         self._lease_clock = LeaseClock(outbox_lease)
+        self._state_marks: dict[str, float] = {}   # camera -> state published at, not yet written
+        self._marks_lock = threading.Lock()
         self._local = threading.local()
         self._all: list[psycopg.Connection] = []
         self._all_lock = threading.Lock()
@@ -84,6 +114,22 @@ class PostgresStateDB:
                 time.sleep(delay)
                 delay = min(2.0, delay * 2)
 
+    def _soft_write(self, sql: str, args=(), result=lambda cur: None):
+        """One statement in its own transaction, committed without waiting for the disk (_SOFT),
+        in one round trip: BEGIN, SET LOCAL, the statement and COMMIT go out in one pipeline."""
+        def run(conn):
+            try:
+                with conn.pipeline():
+                    conn.execute("BEGIN")
+                    conn.execute(_SOFT)
+                    cur = conn.execute(sql, args)
+                    conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+            return result(cur)
+        return self._run(run, transaction=False)
+
     def _one(self, sql: str, args=()):
         return self._run(lambda c: c.execute(sql, args).fetchone(), transaction=False)
 
@@ -105,6 +151,14 @@ class PostgresStateDB:
         return self._one("SELECT MAX(version) FROM schema_version")[0]
 
     def close(self) -> None:
+        with self._marks_lock:
+            marks, self._state_marks = self._state_marks, {}
+        if marks:
+            try:
+                self._soft_write(_WRITE_STATE_MARKS.replace(" SKIP LOCKED", ""), (list(marks), list(marks.values()),
+                                                                                  list(marks)))
+            except psycopg.Error:   # the database is gone: the states are republished once, no more
+                log.warning("could not record when %d camera states were published", len(marks))
         with self._all_lock:
             conns, self._all = self._all, []
         for conn in conns:
@@ -116,8 +170,7 @@ class PostgresStateDB:
                          (gateway, camera, sequence)) is not None
 
     def prune_seen(self, older_than: float) -> int:
-        return self._run(lambda c: c.execute("DELETE FROM seen WHERE capture_time < %s", (older_than,)).rowcount,
-                         transaction=False)
+        return self._soft_write("DELETE FROM seen WHERE capture_time < %s", (older_than,), lambda cur: cur.rowcount)
 
     def bind_camera(self, gateway: str, camera: str, limit: int) -> str | None:
         row = self._one("SELECT gateway FROM camera_owner WHERE camera=%s", (camera,))
@@ -147,8 +200,8 @@ class PostgresStateDB:
                          transaction=False)
 
     def count_rejection(self, reason: str) -> None:
-        self._run(lambda c: c.execute("INSERT INTO rejections (reason, count) VALUES (%s, 1) ON CONFLICT (reason) "
-                                      "DO UPDATE SET count = rejections.count + 1", (reason,)), transaction=False)
+        self._soft_write("INSERT INTO rejections (reason, count) VALUES (%s, 1) ON CONFLICT (reason) "
+                         "DO UPDATE SET count = rejections.count + 1", (reason,))
 
     def rate_limiter(self, rate: float, burst: int, max_clock_skew: float) -> StoredRateLimiter:
         return StoredRateLimiter(rate, burst, max_clock_skew, self._take_token, self._forget_buckets)
@@ -161,60 +214,83 @@ class PostgresStateDB:
                f"ON CONFLICT (gateway) DO UPDATE SET tokens = {refilled} - 1, horizon = GREATEST(b.horizon, %(t)s) "
                f"WHERE {refilled} >= 1 RETURNING 1")
         args = {"g": gateway, "t": capture_time, "rate": rate, "burst": burst}
-        return self._one(sql, args) is not None
+        return self._soft_write(sql, args, lambda cur: cur.fetchone() is not None)
 
     def _forget_buckets(self, horizon_before: float) -> None:
-        self._run(lambda c: c.execute("DELETE FROM rate_buckets WHERE horizon < %s", (horizon_before,)),
-                  transaction=False)
+        self._soft_write("DELETE FROM rate_buckets WHERE horizon < %s", (horizon_before,))
 
     # -- the one transaction per inference ------------------------------------------------------
     def apply(self, gateway: str, camera: str, sequence: int, capture_time: float, zone: str | None,
               decide: Decide) -> tuple[dict, list[StoredAlert], float | None] | None:
-        def run(conn):
-            if conn.execute("INSERT INTO seen (gateway, camera, sequence, capture_time, replica) "
-                            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-                            (gateway, camera, sequence, capture_time, self.replica)).rowcount == 0:
-                raise _Replayed
-            lock = "SELECT state, published_at FROM camera_state WHERE camera=%s FOR UPDATE"
-            row = conn.execute(lock, (camera,)).fetchone()
-            if row is None:  # a new camera: create its row (or wait for a racing creator), then lock it
-                conn.execute("INSERT INTO camera_state (camera, zone, state) VALUES (%s, %s, 'null') "
-                             "ON CONFLICT (camera) DO NOTHING", (camera, zone))
-                row = conn.execute(lock, (camera,)).fetchone()
-            new_state, events = decide(json.loads(row[0]))
-            conn.execute("UPDATE camera_state SET zone=%s, state=%s WHERE camera=%s",
-                         (zone, json.dumps(new_state), camera))
-            stored = [StoredAlert(self._insert_alert(conn, ev), ev, False) for ev in events]
-            counts = event_counts(events)
-            conn.execute(
-                "INSERT INTO counters AS c (camera, messages, raised, updated, cleared, last_time) "
-                "VALUES (%s, 1, %s, %s, %s, %s) ON CONFLICT (camera) DO UPDATE SET messages=c.messages+1, "
-                "raised=c.raised+excluded.raised, updated=c.updated+excluded.updated, "
-                "cleared=c.cleared+excluded.cleared, last_time=excluded.last_time",
-                (camera, counts["raised"], counts["updated"], counts["cleared"], capture_time))
-            return new_state, stored, row[1]
-        try:
-            return self._run(run)
-        except _Replayed:
-            return None
+        # Two round trips in pipeline mode (psycopg sends the queued statements together):
+        # 1) BEGIN + mark seen + lock and read the camera's row; 2) after decide(): the state,
+        # the alert rows, the counters, the deferred state marks and COMMIT. A new camera costs
+        # one more (create its row).
+        with self._marks_lock:
+            marks = dict(self._state_marks)
+        mine = marks.pop(camera, None)
 
-    def _insert_alert(self, conn, ev: AlertEvent) -> int:
+        def run(conn):
+            try:
+                return decide_in_pipeline(conn)
+            except BaseException:
+                _rollback(conn)
+                raise
+
+        def decide_in_pipeline(conn):
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                fresh = conn.execute(_MARK_SEEN, (gateway, camera, sequence, capture_time, self.replica))
+                locked = conn.execute(_LOCK_STATE, (camera,))
+                if fresh.fetchone() is None:  # a replay, or another replica committed it first
+                    conn.execute("ROLLBACK")
+                    return None
+                row = locked.fetchone()
+                if row is None:  # a new camera: create its row (or wait for a racing creator), then lock it
+                    conn.execute("INSERT INTO camera_state (camera, zone, state) VALUES (%s, %s, 'null') "
+                                 "ON CONFLICT (camera) DO NOTHING", (camera, zone))
+                    row = conn.execute(_LOCK_STATE, (camera,)).fetchone()
+                new_state, events = decide(json.loads(row[0]))
+                conn.execute(_WRITE_STATE, (zone, json.dumps(new_state), mine, camera))
+                inserts = [self._insert_alert(conn, ev) for ev in events]
+                counts = event_counts(events)
+                conn.execute(_COUNT, (camera, counts["raised"], counts["updated"], counts["cleared"], capture_time))
+                others = conn.execute(_WRITE_STATE_MARKS, (list(marks), list(marks.values()), list(marks))
+                                      ) if marks else None
+                conn.execute("COMMIT")
+            # the pipeline's sync at the end of `with` waited for COMMIT: the rows are committed
+            stored = [StoredAlert(cur.fetchone()[0], ev, False) for cur, ev in zip(inserts, events)]
+            written = {camera: mine} if mine is not None else {}
+            written.update((c, marks[c]) for c, in (others.fetchall() if others else []))
+            self._forget_state_marks(written)
+            published_at = row[1] if mine is None or (row[1] is not None and row[1] > mine) else mine
+            return new_state, stored, published_at
+        return self._run(run, transaction=False)
+
+    def _forget_state_marks(self, written: dict[str, float]) -> None:
+        with self._marks_lock:
+            for c, t in written.items():
+                if self._state_marks.get(c) == t:   # not marked again meanwhile
+                    del self._state_marks[c]
+
+    def _insert_alert(self, conn, ev: AlertEvent):
         now = time.time()
         return conn.execute(
             "INSERT INTO alerts (id, camera, zone, type, event, level, time, raised_at, meta, recorded_at, replica, "
             "lease_until) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING row",
             (ev.id, ev.camera, ev.zone, ev.type, ev.event, ev.level, ev.time, ev.raised_at,
-             json.dumps(ev.meta), now, self.replica, now + self.outbox_lease)).fetchone()[0]
+             json.dumps(ev.meta), now, self.replica, now + self.outbox_lease))
 
     # -- outbox ---------------------------------------------------------------------------------
     def mark_published(self, rows: list[int]) -> None:
         if rows:
-            self._run(lambda c: c.execute("UPDATE alerts SET published=1 WHERE row = ANY(%s)", (list(rows),)),
-                      transaction=False)
+            self._soft_write("UPDATE alerts SET published=1 WHERE row = ANY(%s)", (list(rows),))
 
     def mark_state_published(self, camera: str, when: float) -> None:
-        self._run(lambda c: c.execute("UPDATE camera_state SET published_at=%s WHERE camera=%s", (when, camera)),
-                  transaction=False)
+        """Deferred: written by the next result's transaction (whichever camera), no round trip
+        of its own. Lost in a crash of this replica, it costs one more publication of that state."""
+        with self._marks_lock:
+            self._state_marks[camera] = max(when, self._state_marks.get(camera, when))
 
     def pending_alerts(self) -> list[StoredAlert]:
         rows = self._all_rows(f"UPDATE alerts SET lease_until=%s WHERE published=0 AND replica=%s "

@@ -107,6 +107,7 @@ def test_a_taken_metrics_address_is_named(tmp_path):
 
 
 def test_no_tls_to_a_remote_broker_warns(tmp_path):
+    Store(tmp_path / "store")                          # `run` needs a store (else an error)
     out = check(write_config(tmp_path, mqtt={"host": "broker.example.org"}))
     assert out.returncode == 0, out.stderr
     assert "warning:" in out.stderr and "no tls: section for broker broker.example.org" in out.stderr

@@ -20,6 +20,8 @@ def _valid_backend_config(tmp_path: Path) -> Path:
     cfg["mqtt"].update(host="127.0.0.1", password_file=None, username=None)
     cfg["metrics"] = {}
     cfg["alerts"]["rules_file"] = str(REPO / "configs/alert-rules.yaml")
+    cfg["store"] = str(tmp_path / "store")             # an empty store: `run` needs one to exist
+    (tmp_path / "store").mkdir()
     (tmp_path / "backend.yaml").write_text(yaml.safe_dump(cfg))
     return tmp_path / "backend.yaml"
 
