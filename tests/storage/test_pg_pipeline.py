@@ -79,7 +79,7 @@ def test_a_statement_failing_inside_the_pipeline_leaves_nothing(pg_db):
         pg_db.apply("gw-1", "cam-1", seq, 100.0, None, lambda old: ({"n": 1}, []))
     with pytest.raises(psycopg.errors.NotNullViolation):   # level NULL: refused by the alerts table
         pg_db.apply("gw-1", "cam-1", 2, 101.0, None, lambda old: ({"n": 2}, [alert(2, level=None)]))
-    assert not pg_db.is_seen("gw-1", "cam-1", 2) and pg_db.camera_states()["cam-1"][1] == {"n": 1}
+    assert not pg_db.is_seen("gw-1", "cam-1", 2) and pg_db.camera_state("cam-1")[1] == {"n": 1}
     assert pg_db.alerts() == [] and pg_db.counters()["cam-1"]["messages"] == 8
     assert pg_db.apply("gw-1", "cam-1", 2, 101.0, None, lambda old: ({"n": 2}, [alert(2)]))[0] == {"n": 2}
     assert len(pg_db.alerts()) == 1
