@@ -1,6 +1,6 @@
 """The op table: ONNX op name (default domain) -> handler(node, ctx). One entry per supported
-op; docs/ops.md describes each lowering and tests/test_op_coverage.py fails if an entry here has
-no test case in tests/op_cases.py."""
+op; docs/ops.md describes each lowering and tests/frontend/test_op_coverage.py fails if an entry here has
+no test case in tests/support/op_cases.py."""
 from __future__ import annotations
 
 from typing import Callable
