@@ -17,6 +17,7 @@ from protected_nn.ckks.context import primes_of
 from protected_nn.ckks.params import CkksParams, HE_STANDARD_128, choose_params
 from protected_nn.compiler import graph as G
 from protected_nn.compiler import mapped_plan as MP
+from protected_nn.compiler.first_gather import pack_gather
 from protected_nn.compiler.layout import CostModel, Layout, next_pow2
 from protected_nn.compiler.linear import first_layer_free_layout, plan_linear, replication_shifts
 from protected_nn.errors import PlanError
@@ -178,6 +179,15 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
             continue
         if isinstance(node, G.MLinear) and any(states[i].tmap is not None for i in node.inputs):
             nxt = _next_linear(node, consumers)
+            if (plain_input and node.inputs == [graph.input_name] and node.name != output
+                    and len(consumers[graph.input_name]) == 1):
+                how, tm = MP.choose_first_layer(node, states[graph.input_name].tmap, slots, cost,
+                                                _chain_factor(node, consumers),
+                                                None if nxt is None else (nxt, nxt.name == output))
+                if how == "gather":
+                    states[node.name] = _gather_first(node, tm, input_doc, plan, steps, add_weight,
+                                                      drop_prime, delta, rot_steps, slots)
+                    continue
             states[node.name] = _mapped_linear(node, states, slots, cost, plan, steps, add_weight,
                                                drop_prime, target(node), rot_steps,
                                                node.name == output,
@@ -298,6 +308,45 @@ def _linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delt
                              "sources": node.sources, "group": pack.g,
                              "shape": [node.size, sum(w.shape[1] for w in node.weights)]})
     return _State(pack.out_layout, level + 1, out_scale)
+
+
+def _gather_first(node, out_map, input_doc, plan, steps, add_weight, drop_prime, delta, rot_steps,
+                  slots):
+    """The first layer writing `out_map` from a frame laid out per product (first_gather.py)."""
+    pack = pack_gather(node.weights[0], node.bias, out_map, slots)
+    q = drop_prime(0)
+    t_scale = delta * q
+    outs = []
+    for o, rows in enumerate(pack.outs):
+        widx = [add_weight(pack.weights[t], 0, t_scale / delta, node.name, "weight") for t in rows]
+        outs.append({"rows": rows, "weights": widx,
+                     "bias": add_weight(pack.biases[o], 1, delta, node.name, "bias")})
+    input_doc["free"] = True
+    input_doc["doc"].update({"free": True, "gather": encode_array(pack.gather),
+                             "num_cts": int(pack.products)})
+    steps.append({"op": "gather_linear", "out": node.name, "level": 0, "outs": outs,
+                  "tree": [int(t) for t in pack.tree], "rescale_last": False})
+    rot_steps.update(pack.tree)
+    plan.layer_stats.append({"layer": node.name, "op": "conv (gathered frame)", "level": 1,
+                             "products": pack.products, "rotations": len(pack.tree) * out_map.n_cts,
+                             "relins": 0, "weight_cts": pack.products + out_map.n_cts,
+                             "floor_products": round(MP.floor_products(node, slots), 1),
+                             "in_cts": [pack.products], "out_cts": out_map.n_cts,
+                             "sources": node.sources, "shape": [node.size, node.weights[0].shape[1]]})
+    return _State(None, 1, delta, out_map)
+
+
+def _chain_factor(node, consumers) -> int:
+    """Product of the strides of the convolutions after `node` (through activations), up to the
+    first dense layer: the polyphase factor that keeps all of them dense."""
+    factor, cur = 1, node
+    while True:
+        nxt = _next_linear(cur, consumers)
+        geo = nxt.geometries[0] if nxt is not None and nxt.geometries else None
+        if geo is None or geo.is_dense or geo.stride[0] != geo.stride[1]:
+            return factor
+        factor *= geo.stride[0]
+        cur = nxt
 
 
 def _next_linear(node, consumers):
