@@ -133,7 +133,7 @@ def pack_mapped(weights: list[sp.csr_matrix], bias: np.ndarray, in_maps: list[Te
     for n, u in enumerate(uniq):
         o, i, ct, k = _decode_key(int(u), n_in, max_cts, slots)
         terms[(o, i, ct, k)] = (work[bounds[n]:bounds[n + 1]], val[bounds[n]:bounds[n + 1]])
-    beta = _best_beta(terms, slots)
+    beta = _best_beta(terms, slots, giant_weight=2)
     src_index: dict[tuple[int, int], int] = {}
     baby_keys: set[tuple[int, int]] = set()
     giants: list[dict[int, list]] = [dict() for _ in range(n_out)]
@@ -188,13 +188,15 @@ def pack_mapped(weights: list[sp.csr_matrix], bias: np.ndarray, in_maps: list[Te
                          n_baby + n_giant + len(tree) * n_out, relins, cost_ms, steps)
 
 
-def _best_beta(terms, slots) -> int:
+def _best_beta(terms, slots, giant_weight: int = 1) -> int:
+    """The baby/giant split with the fewest key switches. With `giant_weight` 2 a giant step also
+    counts its relinearization (each giant's sum is relinearized before it is rotated)."""
     best_beta, best_rot = 1, None
     beta = 1
     while beta <= slots:
         babies = {(i, ct, k % beta) for (_, i, ct, k) in terms if k % beta}
         giants = {(o, k - k % beta) for (o, _, _, k) in terms if k - k % beta}
-        n_rot = len(babies) + len(giants)
+        n_rot = len(babies) + giant_weight * len(giants)
         if best_rot is None or n_rot < best_rot:
             best_beta, best_rot = beta, n_rot
         beta *= 2
