@@ -71,3 +71,22 @@ def pack_gather(W: sp.csr_matrix, bias: np.ndarray, out_map: TensorMap, slots: i
     outs = [list(range(int(first[c]), int(first[c + 1]))) for c in range(out_map.n_cts)]
     return GatherPacking(gather, weights, outs, biases,
                          fold_tree(period, slots) if reps > 1 else [], total)
+
+
+def gather_step(node, out_map: TensorMap, add_weight, t_scale: float, delta: float, slots: int):
+    """(plan step, gather array, products, layer stats) of the first layer writing `out_map`:
+    weights at scale t_scale / delta (the frame is encoded at delta), the result back at delta."""
+    pack = pack_gather(node.weights[0], node.bias, out_map, slots)
+    outs = []
+    for o, rows in enumerate(pack.outs):
+        widx = [add_weight(pack.weights[t], 0, t_scale / delta, node.name, "weight") for t in rows]
+        outs.append({"rows": rows, "weights": widx,
+                     "bias": add_weight(pack.biases[o], 1, delta, node.name, "bias")})
+    step = {"op": "gather_linear", "out": node.name, "level": 0, "outs": outs,
+            "tree": [int(t) for t in pack.tree], "rescale_last": False}
+    stats = {"layer": node.name, "op": "conv (gathered frame)", "level": 1,
+             "products": pack.products, "rotations": len(pack.tree) * out_map.n_cts, "relins": 0,
+             "weight_cts": pack.products + out_map.n_cts, "in_cts": [pack.products],
+             "out_cts": out_map.n_cts, "sources": node.sources,
+             "shape": [node.size, node.weights[0].shape[1]]}
+    return step, pack.gather, int(pack.products), stats

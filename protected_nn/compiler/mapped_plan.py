@@ -230,3 +230,28 @@ def floor_products(node: G.MLinear, slots: int) -> float:
     for W in node.weights:
         total += W.nnz
     return total / slots
+
+
+def chain_factor(node, consumers) -> int:
+    """Product of the strides of the convolutions after `node` (through activations), up to the
+    first dense layer: the polyphase factor that keeps all of them dense."""
+    factor, cur = 1, node
+    while True:
+        nxt = next_linear(cur, consumers)
+        geo = nxt.geometries[0] if nxt is not None and nxt.geometries else None
+        if geo is None or geo.is_dense or geo.stride[0] != geo.stride[1]:
+            return factor
+        factor *= geo.stride[0]
+        cur = nxt
+
+
+def next_linear(node, consumers):
+    """The linear layer that alone reads `node` through element-wise activations, if any."""
+    cur = node
+    while len(consumers[cur.name]) == 1:
+        cur = consumers[cur.name][0]
+        if isinstance(cur, G.MLinear):
+            return cur if len(cur.inputs) == 1 else None
+        if not isinstance(cur, (G.SquareNode, G.PolyNode)):
+            return None
+    return None

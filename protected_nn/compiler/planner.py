@@ -17,7 +17,8 @@ from protected_nn.ckks.context import primes_of
 from protected_nn.ckks.params import CkksParams, HE_STANDARD_128, choose_params
 from protected_nn.compiler import graph as G
 from protected_nn.compiler import mapped_plan as MP
-from protected_nn.compiler.first_gather import pack_gather
+from protected_nn.compiler.direct_steps import direct_long_chains
+from protected_nn.compiler.first_gather import gather_step
 from protected_nn.compiler.layout import CostModel, Layout, next_pow2
 from protected_nn.compiler.linear import first_layer_free_layout, plan_linear, replication_shifts
 from protected_nn.errors import PlanError
@@ -178,11 +179,11 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
             states[node.name] = state
             continue
         if isinstance(node, G.MLinear) and any(states[i].tmap is not None for i in node.inputs):
-            nxt = _next_linear(node, consumers)
+            nxt = MP.next_linear(node, consumers)
             if (plain_input and node.inputs == [graph.input_name] and node.name != output
                     and len(consumers[graph.input_name]) == 1):
                 how, tm = MP.choose_first_layer(node, states[graph.input_name].tmap, slots, cost,
-                                                _chain_factor(node, consumers),
+                                                MP.chain_factor(node, consumers),
                                                 None if nxt is None else (nxt, nxt.name == output))
                 if how == "gather":
                     states[node.name] = _gather_first(node, tm, input_doc, plan, steps, add_weight,
@@ -210,7 +211,7 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
                                      "products": 1, "rotations": 0, "relins": 1, "sources": node.sources})
         elif isinstance(node, G.PolyNode):
             states[node.name] = _poly(node, states, steps, plan, drop_prime, target(node))
-    _direct_long_chains(steps, rot_steps, slots, plan.layer_stats)
+    direct_long_chains(steps, rot_steps, slots, plan.layer_stats)
     out_state = states[output]
     in_node = graph.input_name
     # The frame stays in clear when only linear maps read it (the first layer's products are then
@@ -233,39 +234,6 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
                     for w in plan.weights],
     }
     return plan
-
-
-MAX_DIRECT_STEPS = 4      # Galois keys added for long chains (each is megabytes of bundle)
-
-
-def _direct_long_chains(steps, rot_steps, slots, layer_stats) -> None:
-    """Rotations are chains of shared power-of-two steps (few Galois keys); a rotation whose chain
-    is long (7 steps for 239) gets a key of its own when that saves at least 2 rotations per
-    inference - at most MAX_DIRECT_STEPS of them, the largest savings first."""
-    chains = []                                  # (layer, chain list, edited in place)
-    for st in steps:
-        if st["op"] == "mlinear":
-            cs = [b[2] for b in st["babies"]] + [g["shift"] for o in st["outs"] for g in o["giants"]]
-        elif st["op"] == "linear":
-            cs = [b[2] for b in st["babies"]] + [g["shift"] for g in st["giants"]]
-        else:
-            continue
-        chains += [(st["out"], c) for c in cs]
-    saving: dict[int, int] = {}
-    for _, c in chains:
-        if len(c) > 2:
-            d = sum(c) % slots
-            saving[d] = saving.get(d, 0) + len(c) - 1
-    direct = sorted((d for d, v in saving.items() if v >= 2), key=lambda d: -saving[d])
-    direct = set(direct[:MAX_DIRECT_STEPS])
-    saved: dict[str, int] = {}
-    for layer, c in chains:
-        if len(c) > 2 and sum(c) % slots in direct:
-            saved[layer] = saved.get(layer, 0) + len(c) - 1
-            c[:] = [sum(c) % slots]
-    for stat in layer_stats:
-        stat["rotations"] -= saved.get(stat["layer"], 0)
-    rot_steps.update(direct)
 
 
 def _plan_input(node: G.InputNode, consumers, slots, cost, delta):
@@ -347,52 +315,14 @@ def _linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delt
 def _gather_first(node, out_map, input_doc, plan, steps, add_weight, drop_prime, delta, rot_steps,
                   slots):
     """The first layer writing `out_map` from a frame laid out per product (first_gather.py)."""
-    pack = pack_gather(node.weights[0], node.bias, out_map, slots)
-    q = drop_prime(0)
-    t_scale = delta * q
-    outs = []
-    for o, rows in enumerate(pack.outs):
-        widx = [add_weight(pack.weights[t], 0, t_scale / delta, node.name, "weight") for t in rows]
-        outs.append({"rows": rows, "weights": widx,
-                     "bias": add_weight(pack.biases[o], 1, delta, node.name, "bias")})
+    step, gather, n_products, stats = gather_step(node, out_map, add_weight, delta * drop_prime(0),
+                                                  delta, slots)
     input_doc["free"] = True
-    input_doc["doc"].update({"free": True, "gather": encode_array(pack.gather),
-                             "num_cts": int(pack.products)})
-    steps.append({"op": "gather_linear", "out": node.name, "level": 0, "outs": outs,
-                  "tree": [int(t) for t in pack.tree], "rescale_last": False})
-    rot_steps.update(pack.tree)
-    plan.layer_stats.append({"layer": node.name, "op": "conv (gathered frame)", "level": 1,
-                             "products": pack.products, "rotations": len(pack.tree) * out_map.n_cts,
-                             "relins": 0, "weight_cts": pack.products + out_map.n_cts,
-                             "floor_products": round(MP.floor_products(node, slots), 1),
-                             "in_cts": [pack.products], "out_cts": out_map.n_cts,
-                             "sources": node.sources, "shape": [node.size, node.weights[0].shape[1]]})
+    input_doc["doc"].update({"free": True, "gather": encode_array(gather), "num_cts": n_products})
+    steps.append(step)
+    rot_steps.update(step["tree"])
+    plan.layer_stats.append(stats | {"floor_products": round(MP.floor_products(node, slots), 1)})
     return _State(None, 1, delta, out_map)
-
-
-def _chain_factor(node, consumers) -> int:
-    """Product of the strides of the convolutions after `node` (through activations), up to the
-    first dense layer: the polyphase factor that keeps all of them dense."""
-    factor, cur = 1, node
-    while True:
-        nxt = _next_linear(cur, consumers)
-        geo = nxt.geometries[0] if nxt is not None and nxt.geometries else None
-        if geo is None or geo.is_dense or geo.stride[0] != geo.stride[1]:
-            return factor
-        factor *= geo.stride[0]
-        cur = nxt
-
-
-def _next_linear(node, consumers):
-    """The linear layer that alone reads `node` through element-wise activations, if any."""
-    cur = node
-    while len(consumers[cur.name]) == 1:
-        cur = consumers[cur.name][0]
-        if isinstance(cur, G.MLinear):
-            return cur if len(cur.inputs) == 1 else None
-        if not isinstance(cur, (G.SquareNode, G.PolyNode)):
-            return None
-    return None
 
 
 def _mapped_linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delta, rot_steps,
