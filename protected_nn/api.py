@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ class ProtectOptions:
     model_card: dict | None = None     # overrides/extends the card read from ONNX metadata (model_card.py)
     calibration_source: str | None = None   # where a given calibration array came from (a file)
     seeded: bool = True                # keys and weight ciphertexts stored seeded (half the bundle)
+    progress: bool = True              # one line per stage on stderr (load, calibrate, plan, ...)
 
 
 @dataclass
@@ -78,6 +80,7 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     from protected_nn.runtime.selfcheck import fidelity_check
 
     opts = options or ProtectOptions()
+    stage = _Stages(opts.progress)
     model = _load_model(onnx_path)
     if calibration is None and isinstance(onnx_path, (str, Path)):
         beside = calibration_beside(onnx_path)
@@ -87,6 +90,7 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     t0 = time.perf_counter()
     graph = load_onnx(model, calibration=calibration, poly_degree=opts.poly_degree,
                       input_range=opts.input_range, calibration_samples=opts.calibration_samples)
+    stage.done("load", f"{len(graph.layers)} layers")
     input_shape = _onnx_input_shape(model, graph)
     cal = _calibration_inputs(input_shape, calibration, opts)
     calibrated = calibration_record(cal, calibration, opts)
@@ -96,6 +100,7 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     card = card_from_onnx(None, {p.key: p.value for p in model.metadata_props}, graph.input.shape,
                           graph.output_shape, opts.model_card, calibrated["input_range"])
     ref_outputs = _onnxruntime(model, cal)
+    stage.done("calibrate", calibrated["description"])
     try:
         plan = compile_graph(graph, output_bits_for(ref_outputs))
     except PlanError as exc:
@@ -104,10 +109,14 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     plan.doc["input"]["shape"] = list(input_shape)     # exactly what onnxruntime takes
     t_compile = time.perf_counter() - t0
     params = CkksParams.from_dict(plan.doc["ckks"])
+    stage.done("plan", f"N={params.n}, {len(plan.weights)} weight ciphertexts, "
+                       f"{len(plan.doc['rotation_steps'])} rotation steps")
     sk = SecretCkks.generate(params, set(plan.doc["rotation_steps"]), evaluation_keys=not opts.seeded)
     t1 = time.perf_counter()
     weight_blobs = encrypt_weights(sk, plan.weights, seeded=opts.seeded)
     t_encrypt = time.perf_counter() - t1
+    stage.done("encrypt weights", f"keys and {len(weight_blobs)} weight ciphertexts "
+                                  f"({sum(len(b) for b in weight_blobs) / 1e6:.0f} MB)")
     pub = sk.public_bytes(seeded_keys=opts.seeded)
     artifacts = ModelArtifacts(plan=json.dumps(plan.doc).encode(), context=pub["context"],
                                public_key=pub["public_key"], relin_key=pub["relin_key"],
@@ -118,6 +127,7 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     fidelity = fidelity_check(lambda: EdgeModel(artifacts), lambda: OwnerModel(artifacts, secret),
                               cal[:max(1, opts.check_samples)],
                               ref_outputs[:max(1, opts.check_samples)])
+    stage.done("self-check", f"max error {fidelity['max_rel_error']:.1e} of the output range")
     report = build_report(graph, plan, artifacts, fidelity, timings={
         "compile_s": t_compile, "encrypt_params_s": t_encrypt}, tolerance=opts.tolerance)
     report["data"]["calibration"] = calibrated
@@ -132,6 +142,22 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
             f"encrypted outputs differ from onnxruntime by {fidelity['max_rel_error']:.2e} of the "
             f"output range, above the tolerance {opts.tolerance:g}.\n{hint}\n\n{prot.report_text}")
     return prot
+
+
+class _Stages:
+    """`protect` takes minutes on a large model: one line per finished stage on stderr, with the
+    stage's and the total elapsed time, so an owner sees where it is and what it costs."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.start = self.last = time.perf_counter()
+
+    def done(self, name: str, detail: str = "") -> None:
+        now = time.perf_counter()
+        if self.enabled:
+            print(f"protect: {name:<15} {now - self.last:7.1f} s  (total {now - self.start:6.1f} s)"
+                  f"{'  ' + detail if detail else ''}", file=sys.stderr, flush=True)
+        self.last = now
 
 
 def calibration_record(cal: np.ndarray, given, opts) -> dict:

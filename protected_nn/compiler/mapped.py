@@ -25,7 +25,7 @@ import scipy.sparse as sp
 
 from protected_nn.compiler.layout import CostModel, next_pow2
 from protected_nn.compiler.linear import _baby_chains, pow2_steps
-from protected_nn.compiler.tensor_map import TensorMap, phase_tree
+from protected_nn.compiler.tensor_map import TensorMap, fold_tree, phase_tree
 
 
 @dataclass
@@ -65,7 +65,10 @@ def _terms_grid(weights, in_maps, out_map: TensorMap, slots):
             w = (w + _phase_offset(r, j, out_map, tm)) % slots
         cands = []
         for ct, slot in tm.all_copies():
-            k = (slot[j] - w) % slots
+            if out_map.period:   # any work slot w = home (mod period): the rotation k < period
+                k = (slot[j] - w) % out_map.period
+            else:
+                k = (slot[j] - w) % slots
             cands.append(((o * (len(in_maps) + 1) + i) * (tm.n_cts + 1) + ct[j]) * slots + k)
         cands = np.stack(cands, axis=1)
         if cands.shape[1] > 1:
@@ -76,8 +79,12 @@ def _terms_grid(weights, in_maps, out_map: TensorMap, slots):
             pick = np.argmax(score, axis=1)
             key = cands[np.arange(cands.shape[0]), pick]
         else:
+            pick = np.zeros(cands.shape[0], np.int64)
             key = cands[:, 0]
         keys.append(key)
+        if out_map.period:          # the work slot is wherever the rotated source lands
+            src = np.stack([slot[j] for _, slot in tm.all_copies()], axis=1)
+            w = (src[np.arange(src.shape[0]), pick] - key % slots) % slots
         works.append(w)
         vals.append(v)
     return keys, works, vals
@@ -126,7 +133,7 @@ def pack_mapped(weights: list[sp.csr_matrix], bias: np.ndarray, in_maps: list[Te
     for n, u in enumerate(uniq):
         o, i, ct, k = _decode_key(int(u), n_in, max_cts, slots)
         terms[(o, i, ct, k)] = (work[bounds[n]:bounds[n + 1]], val[bounds[n]:bounds[n + 1]])
-    beta = _best_beta(terms, slots)
+    beta = _best_beta(terms, slots, giant_weight=2)
     src_index: dict[tuple[int, int], int] = {}
     baby_keys: set[tuple[int, int]] = set()
     giants: list[dict[int, list]] = [dict() for _ in range(n_out)]
@@ -150,6 +157,8 @@ def pack_mapped(weights: list[sp.csr_matrix], bias: np.ndarray, in_maps: list[Te
         outs.append(horner)
     if out_map is None:
         tree = [residue_period << e for e in range(int(math.log2(slots // residue_period)))]
+    elif out_map.period:
+        tree = fold_tree(out_map.period, slots)
     else:
         tree = phase_tree(out_map.phases) if out_map.phases is not None else []
     biases = []
@@ -161,7 +170,8 @@ def pack_mapped(weights: list[sp.csr_matrix], bias: np.ndarray, in_maps: list[Te
             vec = np.tile(one, slots // residue_period)
         else:
             sel = out_map.ct == o
-            vec[out_map.slot[sel]] = bias[sel]
+            for m in range(0, slots, out_map.period or slots):   # every copy the fold leaves
+                vec[(out_map.slot[sel] + m) % slots] = bias[sel]
         biases.append(vec)
     sources = sorted(src_index, key=src_index.get)
     n_baby = sum(len(st) for (_, _, _, st) in babies)
@@ -178,13 +188,15 @@ def pack_mapped(weights: list[sp.csr_matrix], bias: np.ndarray, in_maps: list[Te
                          n_baby + n_giant + len(tree) * n_out, relins, cost_ms, steps)
 
 
-def _best_beta(terms, slots) -> int:
+def _best_beta(terms, slots, giant_weight: int = 1) -> int:
+    """The baby/giant split with the fewest key switches. With `giant_weight` 2 a giant step also
+    counts its relinearization (each giant's sum is relinearized before it is rotated)."""
     best_beta, best_rot = 1, None
     beta = 1
     while beta <= slots:
         babies = {(i, ct, k % beta) for (_, i, ct, k) in terms if k % beta}
         giants = {(o, k - k % beta) for (o, _, _, k) in terms if k - k % beta}
-        n_rot = len(babies) + len(giants)
+        n_rot = len(babies) + giant_weight * len(giants)
         if best_rot is None or n_rot < best_rot:
             best_beta, best_rot = beta, n_rot
         beta *= 2

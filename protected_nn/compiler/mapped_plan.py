@@ -10,13 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from protected_nn.compiler import graph as G
+from protected_nn.compiler.first_gather import gather_cost
 from protected_nn.compiler.layout import Layout
 from protected_nn.compiler.linear import ZERO_HOMES
 from protected_nn.compiler.mapped import (MappedPacking, _best_beta, _decode_key, _terms_grid,
                                           _terms_residue, pack_mapped, residue_period_for)
 from protected_nn.compiler.structure import chw
-from protected_nn.compiler.tensor_map import (TensorMap, compact_map, conv_output_grids, grid_map,
-                                              input_map, phase_grids, phase_tree)
+from protected_nn.compiler.tensor_map import (TensorMap, compact_map, conv_output_grids, fold_tree,
+                                              grid_map, input_map, period_variants, phase_grids,
+                                              phase_tree, polyphase_map)
 from protected_nn.errors import PlanError
 
 
@@ -63,24 +65,83 @@ def _estimate(weights, in_maps, out_map, slots, level, cost) -> float:
             + len(terms) * (cost.mul(level) + cost.step_penalty * 0.15))
 
 
+def _plain_cost(weights, in_maps, out_map, slots, cost) -> float:
+    """`_estimate` when the input is a plaintext: its rotations are numpy rolls, but each rolled
+    copy is one encoding (about a product's cost)."""
+    keys, _, _ = _terms_grid(weights, in_maps, out_map, slots)
+    n_cts = max(t.n_cts for t in in_maps)
+    terms = {_decode_key(int(u), len(in_maps), n_cts, slots) for u in np.unique(np.concatenate(keys))}
+    beta = _best_beta(terms, slots)
+    babies = {(i, ct, k % beta) for (_, i, ct, k) in terms}
+    giants = {(o, k - k % beta) for (o, _, _, k) in terms if k - k % beta}
+    tree = len(fold_tree(out_map.period, slots)) if out_map.period else 0
+    return (len(babies) * cost.mul(0) + len(giants) * cost.rot(0) + tree * out_map.n_cts * cost.rot(1)
+            + len(terms) * (cost.mul(0) + cost.step_penalty * 0.15))
+
+
 def _candidates(node: G.MLinear, in_maps: list[TensorMap], slots, is_output) -> list[TensorMap]:
     """Output grids a convolution may write; [] for dense layers (residue/compact output)."""
     geo = node.geometries[0] if node.geometries else None
     grid = in_maps[0].grid
-    if is_output or geo is None or geo.is_dense or grid is None:
+    if is_output or geo is None or geo.is_dense:
         return []
+    poly = _poly_candidates(geo, in_maps, slots)
+    if grid is None:
+        return poly
+    return poly + _grid_candidates(geo, in_maps, grid, slots)
+
+
+def _grid_candidates(geo, in_maps, grid, slots) -> list[TensorMap]:
     if tuple(grid.chw) != tuple(geo.in_chw):
         return []
     cands = [grid_map(g, n) for g, n in conv_output_grids(grid, geo.out_chw, geo.stride, slots)]
     if len(in_maps) == 1:
         cands += list(phase_grids(grid, geo.out_chw, geo.stride, slots))
-    return cands
+    return [v for tm in cands for v in period_variants(tm, slots)]
+
+
+def _poly_candidates(geo, in_maps, slots) -> list[TensorMap]:
+    """Polyphase outputs of a convolution reading a polyphase input (same row, F/stride phases)."""
+    poly = in_maps[0].poly
+    if poly is None or any(t.poly != poly for t in in_maps) or tuple(poly[0]) != tuple(geo.in_chw):
+        return []
+    _, factor, row = poly
+    sy, sx = geo.stride
+    if sy != sx or factor % sy:
+        return []
+    out = []
+    for order in ("ch", "ph") if factor // sy > 1 else ("ch",):
+        tm = polyphase_map(geo.out_chw, factor // sy, row, order, slots)
+        if tm is not None:
+            out += period_variants(tm, slots)
+    return out
+
+
+def first_layer_candidates(node: G.MLinear, slots: int, max_factor: int) -> list[TensorMap]:
+    """Layouts the first layer may write when the gateway lays out the frame (any layout costs
+    the same there): polyphase with every power-of-two factor up to `max_factor` (what the
+    strided convolutions after it divide), each with its work-slot periods."""
+    geo = node.geometries[0] if node.geometries else None
+    if geo is None or geo.is_dense:
+        return []
+    c, h, w = geo.out_chw
+    out, factor = [], 1
+    while factor <= max(1, max_factor):
+        pw = -(-w // factor)
+        for order in ("ch", "ph") if factor > 1 else ("ch",):
+            tm = polyphase_map(geo.out_chw, factor, pw, order, slots)
+            if tm is not None:
+                out += period_variants(tm, slots)
+        factor *= 2
+    return out
 
 
 def _own_cost(node, in_maps, tm, slots, level, cost) -> float:
     c = _estimate(node.weights, in_maps, tm, slots, level, cost)
     if tm is not None and tm.phases is not None:   # the tree folding the phases, per output ct
         c += len(phase_tree(tm.phases)) * tm.n_cts * cost.rot(level + 1)
+    if tm is not None and tm.period:
+        c += len(fold_tree(tm.period, slots)) * tm.n_cts * cost.rot(level + 1)
     return c
 
 
@@ -90,17 +151,40 @@ def choose_output(node: G.MLinear, in_maps: list[TensorMap], slots, level, cost,
     charged its own cost plus the cheapest cost of `consumer` (the next linear layer, reading
     this output alone) given it: a layout cheap to write can make the next layer pay several
     times more (more ciphertexts to read, fewer aligned channel pairs)."""
-    cands = _candidates(node, in_maps, slots, is_output)
+    best = _choose(_candidates(node, in_maps, slots, is_output),
+                   lambda tm: _own_cost(node, in_maps, tm, slots, level, cost), slots, level, cost,
+                   consumer)
+    return None if best is None else best[1]
+
+
+def _choose(cands, own, slots, level, cost, consumer):
+    """(cost, candidate) of the cheapest candidate, its own cost plus the next layer's."""
     best = None
     for tm in cands:
-        c = _own_cost(node, in_maps, tm, slots, level, cost)
+        c = own(tm)
         if consumer is not None:
             nxt, nxt_output = consumer
             nxt_cands = _candidates(nxt, [tm], slots, nxt_output) or [None]
             c += min(_own_cost(nxt, [tm], t2, slots, level + 2, cost) for t2 in nxt_cands)
         if best is None or c < best[0]:
             best = (c, tm)
-    return None if best is None else best[1]
+    return best
+
+
+def choose_first_layer(node, in_map, slots, cost, max_factor, consumer):
+    """The first layer from a frame in clear: ("gather", layout) when laying the frame out per
+    product (first_gather.py) beats rotating it (an mlinear step), else ("rotate", None)."""
+    gathered = _choose(first_layer_candidates(node, slots, max_factor),
+                       lambda tm: gather_cost(node.weights[0], tm, slots, cost), slots, 0, cost,
+                       consumer)
+    if gathered is None:
+        return "rotate", None
+    rolled = _choose(_candidates(node, [in_map], slots, False),
+                     lambda tm: _plain_cost(node.weights, [in_map], tm, slots, cost), slots, 0, cost,
+                     consumer)
+    if rolled is not None and rolled[0] <= gathered[0]:
+        return "rotate", None
+    return "gather", gathered[1]
 
 
 def plan_mapped_linear(node: G.MLinear, ins, slots, level, cost, known_steps, is_output,
@@ -146,3 +230,28 @@ def floor_products(node: G.MLinear, slots: int) -> float:
     for W in node.weights:
         total += W.nnz
     return total / slots
+
+
+def chain_factor(node, consumers) -> int:
+    """Product of the strides of the convolutions after `node` (through activations), up to the
+    first dense layer: the polyphase factor that keeps all of them dense."""
+    factor, cur = 1, node
+    while True:
+        nxt = next_linear(cur, consumers)
+        geo = nxt.geometries[0] if nxt is not None and nxt.geometries else None
+        if geo is None or geo.is_dense or geo.stride[0] != geo.stride[1]:
+            return factor
+        factor *= geo.stride[0]
+        cur = nxt
+
+
+def next_linear(node, consumers):
+    """The linear layer that alone reads `node` through element-wise activations, if any."""
+    cur = node
+    while len(consumers[cur.name]) == 1:
+        cur = consumers[cur.name][0]
+        if isinstance(cur, G.MLinear):
+            return cur if len(cur.inputs) == 1 else None
+        if not isinstance(cur, (G.SquareNode, G.PolyNode)):
+            return None
+    return None

@@ -17,6 +17,8 @@ from protected_nn.ckks.context import primes_of
 from protected_nn.ckks.params import CkksParams, HE_STANDARD_128, choose_params
 from protected_nn.compiler import graph as G
 from protected_nn.compiler import mapped_plan as MP
+from protected_nn.compiler.direct_steps import direct_long_chains
+from protected_nn.compiler.first_gather import gather_step
 from protected_nn.compiler.layout import CostModel, Layout, next_pow2
 from protected_nn.compiler.linear import first_layer_free_layout, plan_linear, replication_shifts
 from protected_nn.errors import PlanError
@@ -177,7 +179,16 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
             states[node.name] = state
             continue
         if isinstance(node, G.MLinear) and any(states[i].tmap is not None for i in node.inputs):
-            nxt = _next_linear(node, consumers)
+            nxt = MP.next_linear(node, consumers)
+            if (plain_input and node.inputs == [graph.input_name] and node.name != output
+                    and len(consumers[graph.input_name]) == 1):
+                how, tm = MP.choose_first_layer(node, states[graph.input_name].tmap, slots, cost,
+                                                MP.chain_factor(node, consumers),
+                                                None if nxt is None else (nxt, nxt.name == output))
+                if how == "gather":
+                    states[node.name] = _gather_first(node, tm, input_doc, plan, steps, add_weight,
+                                                      drop_prime, delta, rot_steps, slots)
+                    continue
             states[node.name] = _mapped_linear(node, states, slots, cost, plan, steps, add_weight,
                                                drop_prime, target(node), rot_steps,
                                                node.name == output,
@@ -200,6 +211,7 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
                                      "products": 1, "rotations": 0, "relins": 1, "sources": node.sources})
         elif isinstance(node, G.PolyNode):
             states[node.name] = _poly(node, states, steps, plan, drop_prime, target(node))
+    direct_long_chains(steps, rot_steps, slots, plan.layer_stats)
     out_state = states[output]
     in_node = graph.input_name
     # The frame stays in clear when only linear maps read it (the first layer's products are then
@@ -300,16 +312,17 @@ def _linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delt
     return _State(pack.out_layout, level + 1, out_scale)
 
 
-def _next_linear(node, consumers):
-    """The linear layer that alone reads `node` through element-wise activations, if any."""
-    cur = node
-    while len(consumers[cur.name]) == 1:
-        cur = consumers[cur.name][0]
-        if isinstance(cur, G.MLinear):
-            return cur if len(cur.inputs) == 1 else None
-        if not isinstance(cur, (G.SquareNode, G.PolyNode)):
-            return None
-    return None
+def _gather_first(node, out_map, input_doc, plan, steps, add_weight, drop_prime, delta, rot_steps,
+                  slots):
+    """The first layer writing `out_map` from a frame laid out per product (first_gather.py)."""
+    step, gather, n_products, stats = gather_step(node, out_map, add_weight, delta * drop_prime(0),
+                                                  delta, slots)
+    input_doc["free"] = True
+    input_doc["doc"].update({"free": True, "gather": encode_array(gather), "num_cts": n_products})
+    steps.append(step)
+    rot_steps.update(step["tree"])
+    plan.layer_stats.append(stats | {"floor_products": round(MP.floor_products(node, slots), 1)})
+    return _State(None, 1, delta, out_map)
 
 
 def _mapped_linear(node, states, slots, cost, plan, steps, add_weight, drop_prime, delta, rot_steps,

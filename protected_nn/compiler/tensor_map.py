@@ -25,6 +25,8 @@ class TensorMap:
     grid: "Grid | None" = None
     clean: bool = True                  # slots holding no copy are ~0
     phases: tuple | None = None         # (sy, sx, row_in, col_in): strided conv work slots
+    poly: tuple | None = None           # ((C, H, W), F, row): polyphase layout, see polyphase_map
+    period: int = 0                     # work slots repeat every `period` (folded, then copies)
 
     @property
     def n(self) -> int:
@@ -178,3 +180,60 @@ def _sub_choices(subs_all, n, unit):
 def compact_map(n: int, unit: int, slots: int) -> TensorMap:
     """A legacy single-ciphertext compact layout (index j at slot j*unit)."""
     return TensorMap(1, np.zeros(n, np.int64), np.arange(n, dtype=np.int64) * unit)
+
+
+def polyphase_map(chw, factor: int, row: int, order: str, slots: int) -> TensorMap | None:
+    """Space-to-depth: channel c, phase (y mod F, x mod F) is a block holding the phase image
+    (y // F, x // F) on `row`. A convolution of stride s reading phases F writes phases F/s on the
+    same row with the same rotation for every output position (a stride-s conv on F phases is a
+    stride-1 conv on phase-channels), so strided outputs stay dense: no gaps, no anchors.
+    `order` "ch" puts a channel's phases next to each other, "ph" a phase's channels."""
+    c, h, w = chw
+    ph, pw = -(-h // factor), -(-w // factor)
+    if row < pw:
+        return None
+    block = next_pow2((ph - 1) * row + pw)
+    if block > slots:
+        return None
+    per_ct = slots // block
+    cc, yy, xx = np.meshgrid(np.arange(c), np.arange(h), np.arange(w), indexing="ij")
+    qy, qx = yy % factor, xx % factor
+    if order == "ch":
+        b = (cc * factor + qy) * factor + qx
+    else:
+        b = (qy * factor + qx) * c + cc
+    b = b.reshape(-1).astype(np.int64)
+    slot = (b % per_ct) * block + ((yy // factor) * row + xx // factor).reshape(-1)
+    n_blocks = c * factor * factor
+    grid = None
+    if factor == 1:
+        grid = Grid(tuple(chw), row, 1, row, tuple(int(k // per_ct) for k in range(c)),
+                    tuple(int(k % per_ct * block) for k in range(c)))
+    tm = TensorMap(-(-n_blocks // per_ct), b // per_ct, slot.astype(np.int64), [], grid)
+    tm.poly = (tuple(int(v) for v in chw), int(factor), int(row))
+    return tm
+
+
+def with_period(tm: TensorMap, period: int, slots: int) -> TensorMap:
+    """The same homes written through work slots repeating every `period` slots (a layer's
+    products then cover slots/period times more weights each); the fold leaves every repeat
+    holding the value, so the result carries clean copies the next layer may read instead."""
+    out = TensorMap(tm.n_cts, tm.ct, tm.slot, [], tm.grid, True, None, tm.poly, int(period))
+    out.copies = [(tm.ct, (tm.slot + m * period) % slots) for m in range(1, slots // period)]
+    return out
+
+
+def fold_tree(period: int, slots: int) -> list[int]:
+    return [period << e for e in range(int(slots // period).bit_length() - 1)]
+
+
+def period_variants(tm: TensorMap, slots: int, max_variants: int = 3) -> list[TensorMap]:
+    """`tm` as it is and with the smallest few work-slot periods its homes fit in."""
+    if tm.phases is not None or tm.copies:
+        return [tm]
+    p = next_pow2(int(tm.slot.max()) + 1)
+    out = [tm]
+    while p < slots and len(out) <= max_variants:
+        out.append(with_period(tm, p, slots))
+        p *= 2
+    return out

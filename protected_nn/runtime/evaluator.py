@@ -33,6 +33,7 @@ class Evaluator:
     def __init__(self, plan: dict, ckks: Ckks, weights: list):
         check_version(plan)
         self._handlers = {"first_linear": self._first_linear_step, "linear": self._linear,
+                          "gather_linear": self._gather_linear,
                           "mlinear": self._mlinear, "square": self._square, "poly": self._poly_step}
         unknown = sorted({str(st.get("op")) for st in plan["steps"]} - set(self._handlers))
         if unknown:
@@ -147,6 +148,25 @@ class Evaluator:
                                            "rescale_last": step["rescale_last"]}, level,
                                      relinearized=True).ct)
         return _Reg(outs, level + 1)
+
+    def _gather_linear(self, step, regs) -> _Reg:
+        """First layer from a frame laid out per product (compiler/first_gather.py): per output
+        ciphertext, sum of weight x laid-out frame, rescale, fold, bias."""
+        ck = self.ckks
+        outs = []
+        for out in step["outs"]:
+            acc, size3 = None, False
+            for row, widx in zip(out["rows"], out["weights"]):
+                x = self._input_cts[row]
+                if isinstance(x, np.ndarray):
+                    x = self._plaintext(x, 0)
+                size3 |= not isinstance(x, PyPtxt)
+                prod = self._product(x, self.w[widx])
+                acc = prod if acc is None else (ck.add_inplace(acc, prod) or acc)
+            outs.append(self._finish(acc, {"tree": step["tree"], "bias": out["bias"],
+                                           "rescale_last": step["rescale_last"]}, 0,
+                                     relinearized=not size3).ct)
+        return _Reg(outs, 1)
 
     def _first_linear(self, step, input_cts) -> _Reg:
         ck = self.ckks

@@ -9,8 +9,8 @@ import numpy as np
 
 from protected_nn.errors import BundleError
 
-PLAN_VERSION = 2      # 2: tensors over several ciphertexts ("mlinear" steps, "tensors" maps)
-KNOWN_VERSIONS = (1, 2)
+PLAN_VERSION = 3      # 2: tensors over several ciphertexts ("mlinear"); 3: "gather_linear"
+KNOWN_VERSIONS = (1, 2, 3)
 
 
 def encode_array(a: np.ndarray) -> str:

@@ -23,6 +23,19 @@ def estimate_latency(plan) -> tuple[list[dict], float]:
     return rows, est_ms
 
 
+def worker_memory(doc: dict) -> dict:
+    """Bytes a gateway worker holds once the bundle is loaded: every weight ciphertext expanded at
+    its level (2 polynomials x primes left x N x 8 bytes) and the key-switching keys (one
+    ciphertext over all primes per data prime, for each Galois key and the relinearization key).
+    The bundle bytes come on top while it loads."""
+    n = int(doc["ckks"]["n"])
+    data_primes = len(doc["ckks"]["qi_sizes"]) - 1
+    weights = sum(2 * (data_primes - int(w["level"])) * n * 8 for w in doc["weights"])
+    one_key = data_primes * 2 * (data_primes + 1) * n * 8
+    keys = (len(doc["rotation_steps"]) + 1) * one_key
+    return {"weight_ciphertexts": weights, "keys": keys, "total": weights + keys}
+
+
 def build_report(graph, plan, artifacts, fidelity: dict, timings: dict, tolerance: float) -> dict:
     doc = plan.doc
     params = CkksParams.from_dict(doc["ckks"])
@@ -42,6 +55,7 @@ def build_report(graph, plan, artifacts, fidelity: dict, timings: dict, toleranc
         "input_ciphertexts": doc["input"]["num_cts"],
         "layers": rows,
         "sizes_bytes": sizes | {"bundle_total": sum(sizes.values())},
+        "worker_memory_bytes": worker_memory(doc),
         "estimated_latency_ms": round(est_ms, 1),
         "fidelity": fidelity | {"tolerance": tolerance},
         "timings": timings,
@@ -63,11 +77,12 @@ def render(d: dict) -> str:
            f"Input: {d['input_ciphertexts']} ciphertext(s) per frame; rotation keys for "
            f"{len(d['rotation_steps'])} steps {d['rotation_steps']}", "",
            f"{'layer':<22}{'op':<28}{'in->out':>11}{'level':>6}{'ct*ct':>7}{'rot':>5}{'relin':>6}"
-           f"{'est ms':>8}"]
+           f"{'est ms':>8}{'floor':>7}{'cts':>5}"]
     for r in d["layers"]:
         shape = f"{r['shape'][1]}->{r['shape'][0]}" if r.get("shape") else ""
+        floor = f"{r['floor_products']:.1f}" if "floor_products" in r else ""
         out.append(f"{r['layer'][:21]:<22}{r['op'][:27]:<28}{shape:>11}{r['level']:>6}{r['products']:>7}"
-                   f"{r['rotations']:>5}{r['relins']:>6}{r['est_ms']:>8}")
+                   f"{r['rotations']:>5}{r['relins']:>6}{r['est_ms']:>8}{floor:>7}{r.get('out_cts', ''):>5}")
         if "fit_range" in r:
             out.append(f"{'':<22}  fitted on [{r['fit_range'][0]:.3g}, {r['fit_range'][1]:.3g}], "
                        f"max fit error {r['fit_max_error']:.2e}")
@@ -80,6 +95,10 @@ def render(d: dict) -> str:
                 f"{s['params'] / 1e6:.1f} MB, rotation keys {s['rotation_keys'] / 1e6:.1f} MB, relin key "
                 f"{s['relin_key'] / 1e6:.1f} MB, public key {s['public_key'] / 1e6:.2f} MB); "
                 f"one result {f['result_bytes'] / 1e3:.1f} KB",
+            f"Worker memory: {d['worker_memory_bytes']['total'] / 1e6:.0f} MB once loaded (weight "
+            f"ciphertexts {d['worker_memory_bytes']['weight_ciphertexts'] / 1e6:.0f} MB, keys "
+            f"{d['worker_memory_bytes']['keys'] / 1e6:.0f} MB), plus the bundle while it loads; "
+            f"'floor' = (weights x positions) / slots, 'cts' = ciphertexts the layer writes",
             f"Latency: estimated {d['estimated_latency_ms']:.0f} ms, measured {f['latency_s'] * 1e3:.0f} ms "
             f"per inference (encrypt + evaluate + serialize, this machine, one core)",
             f"Fidelity: max |encrypted - onnxruntime| = {f['max_abs_error']:.2e} over {f['samples']} "
