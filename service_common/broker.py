@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import Field, field_validator
 
 from service_common.settings import ConfigPath, StrictModel
-from service_common.yaml_loader import ConfigError
+from service_common.yaml_loader import ConfigError, read_text
 
 TOPIC_PREFIX_PATTERN = r"^[A-Za-z0-9._/-]{1,64}$"
 
@@ -61,10 +61,5 @@ def read_password_file(path: str | os.PathLike, setting: str) -> str:
     ${CREDENTIALS_DIRECTORY}/mqtt-password works with systemd's LoadCredential=). ConfigError (a
     ValueError) naming the setting and the path when it cannot be read."""
     source = Path(os.path.expandvars(str(path)))
-    try:
-        text = source.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{setting} {source}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{setting} {source}: not UTF-8 text"]) from None
+    text = read_text(source, f"{setting} {source}")
     return text.splitlines()[0] if text else ""

@@ -33,6 +33,16 @@ class ConfigError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+
+def read_text(path: Path, label: str) -> str:
+    """The UTF-8 text of `path`; ConfigError "<label>: cannot read: <reason>" (no errno) otherwise."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{label}: cannot read: {exc.strerror or exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{label}: not UTF-8 text"]) from None
+
 def field_name(loc: tuple) -> str:
     """('cameras', 0, 'id') -> 'cameras[0].id', as both services name a setting."""
     name = ""
@@ -159,12 +169,7 @@ def load_yaml_model(path: str | os.PathLike, model: type[M], *, hint: str = "", 
     """Parse the file at `path` and validate it as `model`; relative file settings are relative
     to the file's folder. ConfigError naming file, line and field otherwise."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    text = read_text(path, str(path))
     return load_yaml_text(text, model, str(path), base_dir=path.absolute().parent, hint=hint,
                           allow_empty=allow_empty, warn=warn)
 

@@ -2,14 +2,11 @@
 documented rule (issue 12), model cards and alert rules refuse what would silently misbehave."""
 from __future__ import annotations
 
-import json
 import os
-import random
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -19,20 +16,12 @@ from protected_nn.model_card import CardError, parse_card
 from backend_decryptor.rules_config import load_rules
 from backend_decryptor.store import Store
 from backend_decryptor.yaml_config import ConfigError
-from protected_nn.artifacts import MEMBERS, ModelArtifacts
+
+from tests.support.fake_models import CROWD_CARD, stored
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = (REPO / "configs/alert-rules.yaml").read_text()
-CARD = {"outputs": [{"name": "crowd_count", "index": 0, "kind": "count"},
-                    {"name": "incident", "index": 1, "kind": "logit"}]}
-
-
-def stored(seed: int, card: dict | None):
-    """What `protect` hands the store, with random bytes for the CKKS parts (never evaluated here)."""
-    rng = random.Random(seed)
-    members = {m: rng.randbytes(64) for m in MEMBERS}
-    members["model_card"] = json.dumps(card).encode() if card is not None else b""
-    return SimpleNamespace(artifacts=ModelArtifacts(**members), secret_key=b"S%d" % seed, report={})
+CARD = CROWD_CARD
 
 
 def write_config(folder: Path, rules: str = RULES, **changes) -> Path:

@@ -3,31 +3,20 @@ issues 12 and 16): a missing store, a state_db under a regular file, a missing r
 model without a card, and help that says what `run` and `check-config` do."""
 from __future__ import annotations
 
-import json
 import os
-import random
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import yaml
 
 from backend_decryptor.store import Store
-from protected_nn.artifacts import MEMBERS, ModelArtifacts
+
+from tests.support.fake_models import CROWD_CARD, stored
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = (REPO / "configs/alert-rules.yaml").read_text()
-CARD = {"outputs": [{"name": "crowd_count", "index": 0, "kind": "count"},
-                    {"name": "incident", "index": 1, "kind": "logit"}]}
-
-
-def stored(seed: int, card: dict | None):
-    """What `protect` hands the store, with random bytes for the CKKS parts (never evaluated here)."""
-    rng = random.Random(seed)
-    members = {m: rng.randbytes(64) for m in MEMBERS}
-    members["model_card"] = json.dumps(card).encode() if card is not None else b""
-    return SimpleNamespace(artifacts=ModelArtifacts(**members), secret_key=b"S%d" % seed, report={})
+CARD = CROWD_CARD
 
 
 def write_config(folder: Path, **changes) -> Path:

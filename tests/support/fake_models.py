@@ -21,3 +21,15 @@ def fake_protected(seed: int):
     """Shaped like api.Protected (the store only reads these attributes), made of random bytes."""
     return SimpleNamespace(artifacts=fake_artifacts(seed), secret_key=b"SECRET-%d" % seed,
                            report={"layers": [seed]}, report_text="report")
+
+
+CROWD_CARD = {"outputs": [{"name": "crowd_count", "index": 0, "kind": "count"},
+                          {"name": "incident", "index": 1, "kind": "logit"}]}
+
+
+def stored(seed: int, card: dict | None):
+    """What `protect` hands the store, with random bytes for the CKKS parts (never evaluated here)."""
+    rng = random.Random(seed)
+    members = {m: rng.randbytes(64) for m in MEMBERS}
+    members["model_card"] = json.dumps(card).encode() if card is not None else b""
+    return SimpleNamespace(artifacts=ModelArtifacts(**members), secret_key=b"S%d" % seed, report={})
