@@ -7,6 +7,9 @@ or missed for most of its frames at once), so the spread is measured over sequen
 - on further disjoint held-out sets of the same size (seeds after the card's set), and
 - by a bootstrap over the sequences of each set (resampling whole sequences), with the paired
   difference between two models on the same resampled sequences.
+A model can buy recall with false alarms (a lower threshold), so each set also gives every
+model's recall at the threshold where its false-alarm rate on calm/crowd frames equals the last
+model's at logit 0 ("at equal false alarms"): what the ranking is without that trade.
 Prints a table and, with --json, writes every figure. `--cache` keeps the rendered sets (an .npz).
 """
 from __future__ import annotations
@@ -49,11 +52,12 @@ def per_sequence_hits(pred: np.ndarray, truth: np.ndarray, kind: np.ndarray, seq
     return (np.bincount(seq[m & pred], minlength=n).astype(float), np.bincount(seq[m], minlength=n).astype(float))
 
 
-def recall_spread(preds: dict[str, np.ndarray], data: dict, n_sets: int, n_sequences: int, seed: int = 0) -> dict:
-    """Per set and model: recall by kind, its bootstrap 95% interval over sequences, and the
-    paired bootstrap of (model 0 - model j)."""
+def recall_spread(logits: dict[str, np.ndarray], data: dict, n_sets: int, n_sequences: int, seed: int = 0) -> dict:
+    """Per set and model: recall by kind at logit > 0, its bootstrap 95% interval over sequences,
+    the recall at equal false alarms, and the paired bootstrap of (model 0 - model j)."""
     truth = data["incident"] > 0.5
-    names = list(preds)
+    names = list(logits)
+    preds = {n: v > 0 for n, v in logits.items()}
     rng = np.random.default_rng(seed)
     res = {"sets": []}
     for s in range(n_sets):
@@ -74,6 +78,14 @@ def recall_spread(preds: dict[str, np.ndarray], data: dict, n_sets: int, n_seque
                         "sequences": int((t > 0).sum()), "ci95": [float(np.percentile(br, 2.5)), float(np.percentile(br, 97.5))]}
             calm = np.isin(data["kind"][rows], ["calm", "crowd"])
             m["false_alarm_rate"] = float(p[calm].mean())
+        calm = np.isin(data["kind"][rows], ["calm", "crowd"])
+        ref_fa = float(preds[names[-1]][rows][calm].mean())
+        for name in names:
+            lg = logits[name][rows]
+            thr = float(np.quantile(lg[calm], 1.0 - ref_fa))
+            for k in KINDS:
+                pos = truth[rows] & (data["kind"][rows] == k)
+                entry["models"][name][k]["recall_at_equal_false_alarms"] = float((lg[pos] > thr).mean())
         for other in names[1:]:
             entry["paired"][f"{names[0]} - {other}"] = pair = {}
             for k in KINDS:
@@ -91,18 +103,20 @@ def recall_spread(preds: dict[str, np.ndarray], data: dict, n_sets: int, n_seque
 
 
 def format_spread(res: dict) -> str:
-    lines = ["| set (first seed) | model | recall dispersal [95% CI] | recall fall [95% CI] | false alarms |",
-             "|---|---|---|---|---|"]
+    lines = ["| set (first seed) | model | recall dispersal [95% CI] | recall fall [95% CI] | false alarms "
+             "| recall dispersal / fall at equal false alarms |",
+             "|---|---|---|---|---|---|"]
     for e in res["sets"]:
         for name, m in e["models"].items():
             cells = [f"{m[k]['recall']:.3f} [{m[k]['ci95'][0]:.2f}, {m[k]['ci95'][1]:.2f}] ({m[k]['sequences']} seq)"
                      for k in KINDS]
-            lines.append(f"| {e['first_seed']} | {name} | {cells[0]} | {cells[1]} | {m['false_alarm_rate']:.3f} |")
+            eq = " / ".join(f"{m[k]['recall_at_equal_false_alarms']:.3f}" for k in KINDS)
+            lines.append(f"| {e['first_seed']} | {name} | {cells[0]} | {cells[1]} | {m['false_alarm_rate']:.3f} | {eq} |")
         for pair, d in e["paired"].items():
             cells = [f"{d[k]['diff']:+.3f} [{d[k]['ci95'][0]:+.2f}, {d[k]['ci95'][1]:+.2f}]" for k in KINDS]
-            lines.append(f"| {e['first_seed']} | {pair} (paired) | {cells[0]} | {cells[1]} | |")
+            lines.append(f"| {e['first_seed']} | {pair} (paired) | {cells[0]} | {cells[1]} | | |")
     for name, r in res.get("pooled", {}).items():
-        lines.append(f"| all sets pooled | {name} | {r['dispersal']:.3f} | {r['fall']:.3f} | |")
+        lines.append(f"| all sets pooled | {name} | {r['dispersal']:.3f} | {r['fall']:.3f} | | |")
     return "\n".join(lines)
 
 
@@ -119,9 +133,9 @@ def main(argv=None) -> int:
     if len(sizes) != 1:
         raise SystemExit(f"the models take different input sizes {sorted(sizes)}: compare them one size at a time")
     data = rendered_sets(args.sets, args.sequences, sizes.pop(), args.cache, args.workers)
-    preds = {Path(m).name if Path(m).name not in [Path(o).name for o in args.model if o != m] else m:
-             predict_onnx(m, data["x"])[:, 1] > 0 for m in args.model}
-    res = recall_spread(preds, data, args.sets, args.sequences)
+    logits = {Path(m).name if Path(m).name not in [Path(o).name for o in args.model if o != m] else m:
+              predict_onnx(m, data["x"])[:, 1] for m in args.model}
+    res = recall_spread(logits, data, args.sets, args.sequences)
     print(format_spread(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
