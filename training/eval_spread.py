@@ -102,6 +102,19 @@ def recall_spread(logits: dict[str, np.ndarray], data: dict, n_sets: int, n_sequ
     return res
 
 
+def spread_of(models: list, n_sets: int, n_sequences: int, cache: str | None = None, workers: int = 2) -> dict:
+    """recall_spread of ONNX models (the first against the others) on n_sets held-out sets."""
+    sizes = {m: model_input_size(m) for m in models}
+    data = {}           # the same seeded scenes at each model's input size (labels do not depend on it)
+    for size in dict.fromkeys(sizes.values()):
+        one = cache if len(set(sizes.values())) == 1 else (f"{cache}.{size[0]}x{size[1]}.npz" if cache else None)
+        data[size] = rendered_sets(n_sets, n_sequences, size, one, workers)
+    names = [Path(m).name for m in models]
+    logits = {(n if names.count(n) == 1 else str(m)): predict_onnx(m, data[sizes[m]]["x"])[:, 1]
+              for n, m in zip(names, models)}
+    return recall_spread(logits, data[sizes[models[0]]], n_sets, n_sequences)
+
+
 def format_spread(res: dict) -> str:
     lines = ["| set (first seed) | model | recall dispersal [95% CI] | recall fall [95% CI] | false alarms "
              "| recall dispersal / fall at equal false alarms |",
@@ -129,13 +142,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--json", help="write the figures here")
     args = ap.parse_args(argv)
-    sizes = {model_input_size(m) for m in args.model}
-    if len(sizes) != 1:
-        raise SystemExit(f"the models take different input sizes {sorted(sizes)}: compare them one size at a time")
-    data = rendered_sets(args.sets, args.sequences, sizes.pop(), args.cache, args.workers)
-    logits = {Path(m).name if Path(m).name not in [Path(o).name for o in args.model if o != m] else m:
-              predict_onnx(m, data["x"])[:, 1] for m in args.model}
-    res = recall_spread(logits, data, args.sets, args.sequences)
+    res = spread_of(args.model, args.sets, args.sequences, args.cache, args.workers)
     print(format_spread(res))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=2) + "\n")

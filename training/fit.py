@@ -44,7 +44,7 @@ class Weights:
     incident_pos_weight: float = 3.0
     # per scenario kind, overriding incident_pos_weight for that kind's incident frames (a fall
     # is one small person going down: fewer, fainter positives than a whole crowd running apart)
-    pos_weight_by_kind: dict = field(default_factory=dict)
+    pos_weight_by_kind: dict = field(default_factory=lambda: {"fall": 6.0})
     mix: float = 0.5         # share of real samples that get a cut-mix box
     real_per_batch: int = 32
     synthetic_per_batch: int = 64

@@ -99,7 +99,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pos-weight", type=float, default=Weights.incident_pos_weight,
                     help="weight of incident frames in the incident loss")
     ap.add_argument("--pos-weight-kind", action="append", default=[], metavar="KIND=W",
-                    help="weight of one scenario kind's incident frames instead of --pos-weight (repeatable)")
+                    help="weight of one scenario kind's incident frames instead of --pos-weight (repeatable; "
+                         f"default {Weights().pos_weight_by_kind})")
     ap.add_argument("--hidden", type=int, help="hidden width of the incident path (default: the arch's)")
     ap.add_argument("--no-mall", action="store_true", help="do not train on the repository's Mall frames")
     ap.add_argument("--footage", action="append", default=[], help="folder of real labelled frames (repeatable)")
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)          # a fixed reduction order: reproducible bytes
     torch.use_deterministic_algorithms(True)
     arch = ARCHS[args.arch] if args.hidden is None else replace(ARCHS[args.arch], hidden=args.hidden)
-    by_kind = _kind_weights(args.pos_weight_kind)
+    by_kind = {**Weights().pos_weight_by_kind, **_kind_weights(args.pos_weight_kind)}
     t0 = time.time()
     footage = [load_labelled_folder(f, input_size=arch.size) for f in args.footage]   # fail fast on a bad CSV
     real = None if args.no_mall else real_set(arch)
