@@ -19,6 +19,8 @@ from training.dataset import LabelledSet, synthetic_set
 
 HELDOUT_SEED_BASE = 1_000_000
 QUICK_SEQUENCES = 12          # the small held-out set the test suite re-measures (160x120)
+# issue 11's yardstick: the shipped model before it (rendered scenes only), kept for comparison
+REFERENCE_MODEL = Path(__file__).resolve().parent / "data" / "reference" / "crowd_incident_rendered_only.onnx"
 
 
 def heldout_set(n_sequences: int, n_frames: int = 100, width: int = 160, height: int = 120,
@@ -99,6 +101,10 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--size", action="append", default=[], help="WxH of the rendered scenes (repeatable)")
     ap.add_argument("--json", help="write the results (and the quick-check set's) here")
+    ap.add_argument("--reference", default=str(REFERENCE_MODEL),
+                    help="with --json: the model whose incident recall this one must not fall below (eval_spread)")
+    ap.add_argument("--spread-sets", type=int, default=4, help="with --json: held-out sets for the recall spread (0: none)")
+    ap.add_argument("--spread-cache", help="an .npz to keep the spread's rendered sets in (eval_spread --cache)")
     args = ap.parse_args(argv)
     sizes = args.size or ["160x120"]
     results = []
@@ -112,6 +118,11 @@ def main(argv=None) -> int:
         real = real_metrics(args.model)
         print(json.dumps(real, indent=1))
         doc = {"model": Path(args.model).name, "real_validation": real, "results": results, "quick_check": quick}
+        if args.spread_sets:
+            from training.eval_spread import format_spread, spread_of
+            doc["recall_spread"] = spread = spread_of([args.model, args.reference], args.spread_sets, args.sequences,
+                                                            args.spread_cache)
+            print(format_spread(spread))
         Path(args.json).write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 

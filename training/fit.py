@@ -15,7 +15,7 @@ The count reads only gray-only channels (model.py), so no motion augmentation is
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -42,9 +42,25 @@ class Weights:
     # incident frames are 1 in 5 of the rendered set and the real negatives add more calm frames:
     # weigh positives up so that recall at logit > 0 holds, the calm real frames keep it honest
     incident_pos_weight: float = 3.0
+    # per scenario kind, overriding incident_pos_weight for that kind's incident frames (a fall
+    # is one small person going down: fewer, fainter positives than a whole crowd running apart)
+    pos_weight_by_kind: dict = field(default_factory=lambda: {"fall": 6.0})
     mix: float = 0.5         # share of real samples that get a cut-mix box
     real_per_batch: int = 32
     synthetic_per_batch: int = 64
+
+
+def positive_weights(kinds: np.ndarray, weights: Weights) -> torch.Tensor:
+    """Per sample: the weight its frame gets if it is an incident frame (by scenario kind)."""
+    return torch.tensor([weights.pos_weight_by_kind.get(str(k), weights.incident_pos_weight) for k in kinds],
+                        dtype=torch.float32)
+
+
+def weighted_bce(logit: torch.Tensor, target: torch.Tensor, pos_w: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy with each positive weighted by pos_w (negatives by 1): the same as
+    BCEWithLogitsLoss(pos_weight=w) when every pos_w is w."""
+    w = torch.where(target > 0.5, pos_w, torch.ones_like(target))
+    return (w * nn.functional.binary_cross_entropy_with_logits(logit, target, reduction="none")).mean()
 
 
 def _cutmix(gray, prev, dens, gen, share, cell):
@@ -80,7 +96,6 @@ def train(arch: Arch, real: RealSet | None, synthetic: LabelledSet | None = None
     cells = arch.cells()
     cell = (arch.size[0] // cells[0], arch.size[1] // cells[1])
     bce = nn.BCEWithLogitsLoss()
-    bce_pos = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(weights.incident_pos_weight))
     groups = {}
     if real is not None:
         groups["real"] = (len(real.count), weights.real_per_batch)
@@ -89,9 +104,11 @@ def train(arch: Arch, real: RealSet | None, synthetic: LabelledSet | None = None
     if synthetic is not None and len(synthetic):
         groups["synthetic"] = (len(synthetic), weights.synthetic_per_batch)
         s_x, s_inc = torch.from_numpy(synthetic.x), torch.from_numpy(synthetic.incident)
+        s_pw = positive_weights(synthetic.kind, weights)
     if labelled is not None and len(labelled):
         groups["labelled"] = (len(labelled), weights.real_per_batch)
         l_x, l_cnt, l_inc = (torch.from_numpy(a) for a in (labelled.x, labelled.count, labelled.incident))
+        l_pw = positive_weights(labelled.kind, weights)
     # an epoch: one pass over the largest group (the synthetic set, when there is one)
     per_epoch = max((n + b - 1) // b for n, b in groups.values())
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -114,11 +131,11 @@ def train(arch: Arch, real: RealSet | None, synthetic: LabelledSet | None = None
                 x = s_x[idx]
                 flip = torch.rand(len(idx), generator=gen) < 0.5      # mirror: same incident
                 xs.append(_jitter(torch.where(flip[:, None, None, None], x.flip(-1), x), gen))
-                parts.append(("synthetic", len(idx), s_inc[idx]))
+                parts.append(("synthetic", len(idx), (s_inc[idx], s_pw[idx])))
             if "labelled" in groups:
                 idx = torch.randint(0, len(l_x), (weights.real_per_batch,), generator=gen)
                 xs.append(_jitter(l_x[idx], gen))
-                parts.append(("labelled", len(idx), (l_cnt[idx], l_inc[idx])))
+                parts.append(("labelled", len(idx), (l_cnt[idx], l_inc[idx], l_pw[idx])))
             out, dens = net.forward_all(torch.cat(xs))
             loss, at = 0.0, 0
             for name, n, target in parts:
@@ -130,10 +147,10 @@ def train(arch: Arch, real: RealSet | None, synthetic: LabelledSet | None = None
                         + weights.density * ((dn - target) ** 2).mean() \
                         + weights.incident * bce(o[:, 1], torch.zeros(n))
                 elif name == "synthetic":
-                    loss = loss + weights.incident * bce_pos(o[:, 1], target)
+                    loss = loss + weights.incident * weighted_bce(o[:, 1], *target)
                 else:
                     loss = loss + nn.functional.smooth_l1_loss(o[:, 0] / COUNT_SCALE, target[0] / COUNT_SCALE, beta=0.1) \
-                        + weights.incident * bce_pos(o[:, 1], target[1])
+                        + weights.incident * weighted_bce(o[:, 1], target[1], target[2])
             opt.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(net.parameters(), 1.0)    # squares can spike: keep steps bounded

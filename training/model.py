@@ -77,6 +77,11 @@ class Arch:
 
 ARCHS = {   # the named shapes `make train SIZE=...` picks from
     "32": Arch(),       # what the engine on main runs within budget: one conv, 2x32x32 input
+    # 16 channels of which 8 read motion: fits one ciphertext (16x16x16 = 4096 after the conv)
+    "32w": Arch((32, 32), ((16, 5, 2, 2),), 28, (8,)),
+    # 64x64, two convolutions: the first at stride 4 (8x16x16), the second 1x1 + pool (a 3x3
+    # one there costs the engine on main about twice as much); the depth (7) needs a 16384 ring
+    "64s": Arch((64, 64), ((8, 5, 4, 1), (8, 1, 1, 2)), 28, (4, 6)),
     "64": Arch((64, 64), ((8, 5, 2, 1), (16, 3, 2, 1), (32, 3, 2, 2)), 28, (6, 12, 24)),
 }
 

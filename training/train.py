@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,20 @@ def calibration_inputs(arch: Arch) -> np.ndarray:
     return np.concatenate([synth.x[::10], real]).astype(np.float32)
 
 
+def _kind_weights(items: list[str]) -> dict[str, float]:
+    from training.scenes import KINDS
+    out = {}
+    for item in items:
+        kind, _, w = item.partition("=")
+        if kind not in KINDS:
+            raise SystemExit(f"--pos-weight-kind {item!r}: kind must be one of {list(KINDS)}")
+        try:
+            out[kind] = float(w)
+        except ValueError:
+            raise SystemExit(f"--pos-weight-kind {item!r}: weight must be a number (KIND=W)") from None
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="models/crowd_incident.onnx", help="ONNX file to write")
@@ -83,6 +98,10 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1, help="torch seed (1: the shipped model; see models/README.md for the spread)")
     ap.add_argument("--pos-weight", type=float, default=Weights.incident_pos_weight,
                     help="weight of incident frames in the incident loss")
+    ap.add_argument("--pos-weight-kind", action="append", default=[], metavar="KIND=W",
+                    help="weight of one scenario kind's incident frames instead of --pos-weight (repeatable; "
+                         f"default {Weights().pos_weight_by_kind})")
+    ap.add_argument("--hidden", type=int, help="hidden width of the incident path (default: the arch's)")
     ap.add_argument("--no-mall", action="store_true", help="do not train on the repository's Mall frames")
     ap.add_argument("--footage", action="append", default=[], help="folder of real labelled frames (repeatable)")
     ap.add_argument("--workers", type=int, default=2, help="processes rendering scenes")
@@ -90,7 +109,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)          # a fixed reduction order: reproducible bytes
     torch.use_deterministic_algorithms(True)
-    arch = ARCHS[args.arch]
+    arch = ARCHS[args.arch] if args.hidden is None else replace(ARCHS[args.arch], hidden=args.hidden)
+    by_kind = {**Weights().pos_weight_by_kind, **_kind_weights(args.pos_weight_kind)}
     t0 = time.time()
     footage = [load_labelled_folder(f, input_size=arch.size) for f in args.footage]   # fail fast on a bad CSV
     real = None if args.no_mall else real_set(arch)
@@ -101,7 +121,7 @@ def main(argv=None) -> int:
           f"{0 if synth is None else synth.incident.mean():.2f}), footage {0 if labelled is None else len(labelled)}",
           flush=True)
     net = train(arch, real, synth, labelled, epochs=args.epochs, seed=args.seed,
-                weights=Weights(incident_pos_weight=args.pos_weight), log=lambda m: print(m, flush=True))
+                weights=Weights(incident_pos_weight=args.pos_weight, pos_weight_by_kind=by_kind), log=lambda m: print(m, flush=True))
     out = write_onnx(folded_weights(net), arch, args.out,
                      extra_meta={"fhe_edge.arch": json.dumps(arch.to_dict())})
     probe = np.concatenate([a for a in (None if real is None else mall.inputs(mall.load(arch.size, "train"), True)[:32],
