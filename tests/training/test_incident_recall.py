@@ -12,7 +12,7 @@ import pytest
 from training.eval import REFERENCE_MODEL
 from training.eval_spread import KINDS, spread_of
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "crowd_incident.onnx"
 METRICS = ROOT / "models" / "crowd_incident.metrics.json"
 
