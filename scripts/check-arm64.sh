@@ -204,10 +204,11 @@ if grep -q "building Pyfhel" "$ROOT.pyfhel.log"; then phase_end; else phase_end 
 phase_start "arm64 root (debootstrap bookworm)"
 if [ -n "$ROOT_JOB" ]; then
   wait "$ROOT_JOB" || die "making the arm64 root failed (log: $ROOT.debootstrap.log)"
-  ROOT_JOB='' T0=$ROOT_T0           # its own duration, most of it beside the wheel's
+  ROOT_JOB=''
   mount_root
   root_follows_host
-  phase_end
+  # its own duration (make_root touches the marker last), most of it beside the wheel's
+  record "$PHASE" ok "$(( $(stat -c %Y "$MARKER") - ROOT_T0 ))"; PHASE=
 else
   log "reusing $ROOT"
   mount_root
