@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Run the gateway side on aarch64 under qemu user emulation, from an x86 Debian 12 machine:
-#   1. Debian's qemu-user-static, binfmt-support, debootstrap on the host; binfmt_misc + qemu-aarch64
-#   2. an arm64 Debian 12 root under a cache directory (made once, reused)
-#   3. this repository copied into the root and set up there by its own scripts/setup.sh
-#      (so the aarch64 Pyfhel wheel comes from the same recipe, cached inside the root)
+#   1. Debian's qemu-user-static, binfmt-support, debootstrap, aarch64 cross compiler on the host;
+#      binfmt_misc + qemu-aarch64
+#   2. a minimal arm64 Debian 12 root under a cache directory (made once, reused; arm64-root.sh),
+#      while the aarch64 Pyfhel wheel is cross-built natively by the same recipe
+#      (build-pyfhel.sh + arm64-cross-pyfhel.sh against arm64-sysroot.sh's unpacked packages)
+#   3. this repository copied into the root and set up there by its own scripts/setup.sh, which
+#      finds the cross-built wheel (nothing is compiled under emulation)
 #   4. a cross-architecture round trip: protect + export on the host, `edge-agent infer` on arm64,
 #      `backend-decryptor decrypt` on the host, compared with onnxruntime; the same bundle and
 #      input also run natively so the two inference times sit side by side
 #   5. the gateway-side tests that need no broker or camera, under emulation
-# Idempotent; needs root. Slow (see docs/gateway.md, "ARM gateways"): not part of scripts/test.sh.
+# Idempotent; needs root. Slow (see docs/gateway.md, "aarch64"): not part of scripts/test.sh.
 set -euo pipefail
 
 usage() {
@@ -19,7 +22,7 @@ usage: scripts/check-arm64.sh [--root DIR] [--mirror URL] [--skip-tests] [--skip
   --mirror URL      Debian mirror for debootstrap (default: the one this machine's apt uses)
   --skip-tests      do not run the pytest selection under emulation
   --skip-roundtrip  do not run the cross-architecture round trip
-Run it niced on a shared machine: nice -n 15 scripts/check-arm64.sh
+Run it niced on a shared machine: nice -n 10 scripts/check-arm64.sh
 EOF
 }
 
