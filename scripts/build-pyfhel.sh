@@ -14,6 +14,11 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 VPY=${1:?usage: build-pyfhel.sh PYTHON (the interpreter the wheel is built for)}
 WHEELS=${FHE_EDGE_WHEELS:-$HOME/.cache/fhe-edge/wheels}
 UPSTREAM=3.5.0
+# FHE_EDGE_PYFHEL_AARCH64_ROOT=DIR: cross-build the aarch64 wheel on x86 against the arm64 Debian
+# root DIR (scripts/arm64-cross-pyfhel.sh; PYTHON is then a host interpreter of the root's version).
+CROSS_ROOT=${FHE_EDGE_PYFHEL_AARCH64_ROOT:-}
+PIP_PLATFORM=() CROSS_ENV=() CROSS_PIP=()
+[ -z "$CROSS_ROOT" ] || PIP_PLATFORM=(--platform linux_aarch64)
 # The sdist the patches were written against (pip fetches it over HTTPS; this pins its content).
 SDIST_SHA256=0375b83b5a83026924f59db25c4efa9f27e1e8a66d004658f4d24195986a04b6
 
@@ -29,12 +34,14 @@ trap 'rm -rf "$tmp"' EXIT
 # A cached wheel of exactly this version whose tags fit PYTHON (pip does the tag matching, so
 # an x86_64 wheel in a shared cache is never taken on arm64 and vice versa).
 if "$VPY" -m pip download -q --no-index --no-deps --only-binary :all: --find-links "$WHEELS" \
-     -d "$tmp/found" "pyfhel==$VERSION" >/dev/null 2>&1; then
+     "${PIP_PLATFORM[@]}" -d "$tmp/found" "pyfhel==$VERSION" >/dev/null 2>&1; then
   found=("$tmp"/found/*.whl)
   echo "$WHEELS/$(basename "${found[0]}")"
   exit 0
 fi
 
+# shellcheck source=arm64-cross-pyfhel.sh
+[ -z "$CROSS_ROOT" ] || . "$HERE/arm64-cross-pyfhel.sh"
 echo "build-pyfhel: building Pyfhel $VERSION (once, ~6 min on 2 cores) into $WHEELS" >&2
 # --no-binary only for pyfhel: its build dependencies (Cython, numpy, cmake) stay wheels.
 "$VPY" -m pip download -q --no-deps --no-binary pyfhel -d "$tmp" "pyfhel==$UPSTREAM" >&2
@@ -52,11 +59,12 @@ sed -i -E "0,/^version = \"$UPSTREAM\"(\r?)$/s//version = \"$VERSION\"\1/" "$src
 grep -qF "version = \"$VERSION\"" "$src/pyproject.toml" \
   || { echo "build-pyfhel: could not set the version in $src/pyproject.toml" >&2; exit 1; }
 
-printf 'set(SEAL_BUILD_DEPS OFF)\n' > "$tmp/seal-offline.cmake"   # SEAL uses Debian's GSL/zlib/zstd
+printf 'set(SEAL_BUILD_DEPS OFF)\n%s' "${CROSS_CMAKE:-}" > "$tmp/seal-offline.cmake"   # SEAL uses Debian's GSL/zlib/zstd
+[ -z "$CROSS_ROOT" ] || cross_build_requires "$src"
 # Without the LDFLAGS the module fails to import: undefined symbol deflateInit_.
-CMAKE_TOOLCHAIN_FILE="$tmp/seal-offline.cmake" \
+env "${CROSS_ENV[@]}" CMAKE_TOOLCHAIN_FILE="$tmp/seal-offline.cmake" \
 LDFLAGS="-Wl,--no-as-needed -lz -lzstd" \
-  "$VPY" -m pip wheel -q --no-deps "$src" -w "$tmp/built" >&2
+  "$VPY" -m pip wheel -q --no-deps "${CROSS_PIP[@]}" "$src" -w "$tmp/built" >&2
 built=("$tmp"/built/*.whl)
 [ ${#built[@]} -eq 1 ] || { echo "build-pyfhel: expected one wheel, got ${built[*]}" >&2; exit 1; }
 cp "${built[0]}" "$WHEELS/"

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Run the gateway side on aarch64 under qemu user emulation, from an x86 Debian 12 machine:
-#   1. Debian's qemu-user-static, binfmt-support, debootstrap on the host; binfmt_misc + qemu-aarch64
-#   2. an arm64 Debian 12 root under a cache directory (made once, reused)
-#   3. this repository copied into the root and set up there by its own scripts/setup.sh
-#      (so the aarch64 Pyfhel wheel comes from the same recipe, cached inside the root)
+#   1. Debian's qemu-user-static, binfmt-support, debootstrap, aarch64 cross compiler on the host;
+#      binfmt_misc + qemu-aarch64
+#   2. a minimal arm64 Debian 12 root under a cache directory (made once, reused; arm64-root.sh),
+#      while the aarch64 Pyfhel wheel is cross-built natively by the same recipe
+#      (build-pyfhel.sh + arm64-cross-pyfhel.sh against arm64-sysroot.sh's unpacked packages)
+#   3. this repository copied into the root and set up there by its own scripts/setup.sh, which
+#      finds the cross-built wheel (nothing is compiled under emulation)
 #   4. a cross-architecture round trip: protect + export on the host, `edge-agent infer` on arm64,
 #      `backend-decryptor decrypt` on the host, compared with onnxruntime; the same bundle and
 #      input also run natively so the two inference times sit side by side
 #   5. the gateway-side tests that need no broker or camera, under emulation
-# Idempotent; needs root. Slow (see docs/gateway.md, "ARM gateways"): not part of scripts/test.sh.
+# Idempotent; needs root. Slow (see docs/gateway.md, "aarch64"): not part of scripts/test.sh.
 set -euo pipefail
 
 usage() {
@@ -19,7 +22,7 @@ usage: scripts/check-arm64.sh [--root DIR] [--mirror URL] [--skip-tests] [--skip
   --mirror URL      Debian mirror for debootstrap (default: the one this machine's apt uses)
   --skip-tests      do not run the pytest selection under emulation
   --skip-roundtrip  do not run the cross-architecture round trip
-Run it niced on a shared machine: nice -n 15 scripts/check-arm64.sh
+Run it niced on a shared machine: nice -n 10 scripts/check-arm64.sh
 EOF
 }
 
@@ -80,7 +83,8 @@ command -v git >/dev/null || die "git is needed to copy the repository into the 
 START=$(date +%s)
 phase_start "host packages"
 missing=()
-for p in qemu-user-static binfmt-support debootstrap; do
+# g++-aarch64-linux-gnu and python3-venv: the aarch64 Pyfhel wheel is cross-built on the host.
+for p in qemu-user-static binfmt-support debootstrap g++-aarch64-linux-gnu python3-venv patch; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -114,14 +118,8 @@ grep -q '^flags:.*F' "$BINFMT/qemu-aarch64" \
 phase_end
 
 # -- 2. the arm64 root -------------------------------------------------------------------------
-host_mirror() {  # first Debian (non-security) URI this machine's apt uses
-  local files=(/etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources)
-  cat "${files[@]}" 2>/dev/null | awk '
-    /^[[:space:]]*#/ { next }
-    $1 == "URIs:" { for (i = 2; i <= NF; i++) print $i; next }
-    $1 == "deb" { for (i = 2; i <= NF; i++) if ($i !~ /^\[/ && $i !~ /\]$/) { print $i; break } }' \
-    | grep -v -e security -e '^cdrom:' | grep -m1 '/debian/\?$' || true
-}
+# shellcheck source=arm64-root.sh
+. "$REPO/scripts/arm64-root.sh"
 
 ROOT_MOUNTS=()
 umount_root() {
@@ -133,6 +131,11 @@ umount_root() {
 }
 on_exit() {
   local rc=$?
+  if [ -n "${ROOT_JOB:-}" ]; then   # a debootstrap still running in the background
+    pkill -TERM -P "$ROOT_JOB" 2>/dev/null || true
+    kill "$ROOT_JOB" 2>/dev/null || true
+    wait "$ROOT_JOB" 2>/dev/null || true
+  fi
   umount_root
   [ -z "${WORK:-}" ] || rm -rf "$WORK"
   if [ ${#SUMMARY[@]} -gt 0 ]; then print_summary; fi
@@ -143,14 +146,19 @@ on_exit() {
 trap on_exit EXIT
 trap 'exit 130' INT TERM
 
+# No /sys in the root, on purpose: under qemu-user, /sys and /proc/cpuinfo describe the x86 host.
+# onnxruntime's cpuinfo (1.32.0 aarch64 wheel) then finds the host's CPUs and caches in /sys but no
+# ARM processor in /proc/cpuinfo, and dereferences NULL while reading cpu1's cache topology:
+# "import onnxruntime" segfaulted every time /sys was mounted. Without /sys, cpuinfo_initialize
+# fails cleanly, onnxruntime warns and runs its portable kernels. Nothing in the root needs /sys.
 mount_root() {
   local what
-  for what in proc sys dev dev/pts; do
+  ! mountpoint -q "$ROOT/sys" || umount -l "$ROOT/sys"   # left by an older version of this script
+  for what in proc dev dev/pts; do
     mountpoint -q "$ROOT/$what" && continue
     mkdir -p "$ROOT/$what"
     case $what in
       proc) mount -t proc proc "$ROOT/proc" ;;
-      sys) mount -t sysfs sysfs "$ROOT/sys" ;;
       dev) mount --bind /dev "$ROOT/dev" ;;
       dev/pts) mount -t devpts devpts "$ROOT/dev/pts" ;;
     esac
@@ -165,42 +173,56 @@ in_root() {
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
 }
 
-phase_start "arm64 root (debootstrap bookworm)"
-if [ -e "$MARKER" ]; then
-  log "reusing $ROOT"
-  phase_end reuse
-else
-  [ -n "$MIRROR" ] || MIRROR=$(host_mirror)
+# An emulated debootstrap (the root) and a native cross build (the aarch64 Pyfhel wheel) share
+# nothing until the wheel is installed: they run side by side. The root's job reports below.
+ROOT_JOB=
+[ -n "$MIRROR" ] || MIRROR=$(host_mirror)
+if [ ! -e "$MARKER" ]; then
   [ -n "$MIRROR" ] || die "no Debian mirror found in /etc/apt/sources.list*; pass --mirror URL"
-  if [ -e "$ROOT" ] && [ -n "$(ls -A "$ROOT")" ]; then
-    # Only a root this script started (debootstrap leaves its work dir until it succeeds) is removed.
-    [ -d "$ROOT/debootstrap" ] || [ -e "$ROOT/.fhe-edge-arm64-root" ] \
-      || die "$ROOT exists, is not empty and is not an unfinished arm64 root of this script; remove it or pick --root"
-    for m in dev/pts dev sys proc; do mountpoint -q "$ROOT/$m" && umount -l "$ROOT/$m"; done
-    log "removing the unfinished root $ROOT"
-    rm -rf --one-file-system "$ROOT"
-  fi
-  mkdir -p "$ROOT" && touch "$ROOT/.fhe-edge-arm64-root"
-  log "debootstrap --arch=arm64 bookworm from $MIRROR (several minutes under emulation)"
-  timeout 3600 debootstrap --arch=arm64 --variant=minbase --include=ca-certificates \
-    bookworm "$ROOT" "$MIRROR" > "$ROOT.debootstrap.log" 2>&1 \
-    || { tail -20 "$ROOT.debootstrap.log" >&2; die "debootstrap failed (log: $ROOT.debootstrap.log)"; }
-  touch "$MARKER"
-  phase_end
+  ROOT_T0=$(date +%s)
+  log "== arm64 root (debootstrap bookworm), in the background"
+  make_root &
+  ROOT_JOB=$!
+fi
+
+# The wheel: cross-built on the host against an unpacked arm64 sysroot, into a wheel cache beside
+# the root, instead of an hour of compiling under emulation (the root's setup.sh then finds it:
+# build-pyfhel.sh matches the tags). Debian's python3 on the host is the root's version.
+phase_start "aarch64 Pyfhel wheel (cross-built on the host)"
+CROSS_VENV=$ROOT.cross-venv SYSROOT_DIR=$ROOT.sysroot HOST_WHEELS=$ROOT.wheels
+[ -e "$SYSROOT_DIR/root/.complete" ] || [ -n "$MIRROR" ] \
+  || die "no Debian mirror found in /etc/apt/sources.list*; pass --mirror URL"
+"$REPO/scripts/arm64-sysroot.sh" "$SYSROOT_DIR" "$MIRROR" > "$ROOT.pyfhel.log" 2>&1 \
+  || { tail -20 "$ROOT.pyfhel.log" >&2; die "fetching the arm64 sysroot packages failed (log: $ROOT.pyfhel.log)"; }
+if [ ! -x "$CROSS_VENV/bin/python" ]; then
+  { /usr/bin/python3 -m venv "$CROSS_VENV" && "$CROSS_VENV/bin/python" -m pip install -q --upgrade pip; } \
+    >> "$ROOT.pyfhel.log" 2>&1 || { rm -rf "$CROSS_VENV"; tail -5 "$ROOT.pyfhel.log" >&2; die "could not make $CROSS_VENV"; }
+fi
+wheel=$(FHE_EDGE_WHEELS="$HOST_WHEELS" FHE_EDGE_PYFHEL_AARCH64_ROOT="$SYSROOT_DIR/root" \
+          "$REPO/scripts/build-pyfhel.sh" "$CROSS_VENV/bin/python" 2>> "$ROOT.pyfhel.log") \
+  || { tail -30 "$ROOT.pyfhel.log" >&2; die "cross-building the aarch64 Pyfhel wheel failed (log: $ROOT.pyfhel.log)"; }
+log "$(basename "$wheel")"
+if grep -q "building Pyfhel" "$ROOT.pyfhel.log"; then phase_end; else phase_end reuse; fi
+
+phase_start "arm64 root (debootstrap bookworm)"
+if [ -n "$ROOT_JOB" ]; then
+  wait "$ROOT_JOB" || die "making the arm64 root failed (log: $ROOT.debootstrap.log)"
+  ROOT_JOB=''
+  mount_root
+  root_follows_host
+  # its own duration (make_root touches the marker last), most of it beside the wheel's
+  record "$PHASE" ok "$(( $(stat -c %Y "$MARKER") - ROOT_T0 ))"; PHASE=
+else
+  log "reusing $ROOT"
+  mount_root
+  root_follows_host
+  add_missing_root_packages
+  phase_end reuse
 fi
 [ "$(timeout 120 chroot "$ROOT" /usr/bin/uname -m)" = aarch64 ] \
   || die "an aarch64 program in $ROOT did not run as aarch64 (binfmt/qemu broken?)"
-# Name resolution, the host's local CA certificates (a TLS-inspecting egress proxy makes pip fail
-# without them) and its apt acquire settings (proxy, snapshot validity) follow the host.
-cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
-if [ -d /usr/local/share/ca-certificates ] \
-   && ! diff -rq /usr/local/share/ca-certificates "$ROOT/usr/local/share/ca-certificates" >/dev/null 2>&1; then
-  mkdir -p "$ROOT/usr/local/share/ca-certificates"
-  cp -a /usr/local/share/ca-certificates/. "$ROOT/usr/local/share/ca-certificates/"
-  LIMIT=600 in_root update-ca-certificates >/dev/null 2>&1 || die "update-ca-certificates failed inside the root"
-fi
-apt-config dump 2>/dev/null | grep -E '^Acquire::(Check-Valid-Until|Check-Date|https?::Proxy) ' \
-  > "$ROOT/etc/apt/apt.conf.d/90fhe-edge-from-host" || true
+ROOT_WHEELS=$ROOT/root/.cache/fhe-edge/wheels
+mkdir -p "$ROOT_WHEELS" && cp -u "$wheel" "$ROOT_WHEELS/"
 
 # -- 3. the repository in the root, set up by its own recipe -----------------------------------
 phase_start "copy repository into the root"
@@ -214,9 +236,9 @@ git -C "$REPO" archive "$rev" | tar -x -C "$DEST"
 log "copied $(git -C "$REPO" rev-parse --short HEAD)$([ "$rev" = HEAD ] || echo ' + uncommitted changes') to $SRC_IN_ROOT"
 phase_end
 
-mount_root
 phase_start "scripts/setup.sh inside the root"
-LIMIT=5400 in_root bash "$SRC_IN_ROOT/scripts/setup.sh" > "$ROOT.setup.log" 2>&1 \
+# FHE_EDGE_SKIP_APT: the root carries only the gateway side's Debian packages (arm64-root.sh).
+LIMIT=5400 in_root FHE_EDGE_SKIP_APT=1 bash "$SRC_IN_ROOT/scripts/setup.sh" > "$ROOT.setup.log" 2>&1 \
   || { tail -30 "$ROOT.setup.log" >&2; die "scripts/setup.sh failed inside the root (log: $ROOT.setup.log)"; }
 tail -1 "$ROOT.setup.log"
 in_root "$SRC_IN_ROOT/.venv/bin/python" -c \
@@ -257,6 +279,16 @@ for kind in ("emulated", "native"):
 sys.exit(0 if worst <= 1e-2 * max(span, 1e-12) else 1)
 PY
 }
+# `edge-agent infer`, and a check that it loaded none of the owner-side stacks: a gateway needs
+# neither onnxruntime (the oracle) nor onnx nor torch to infer, and must not pay for importing them.
+GATEWAY_INFER='import sys
+from edge_agent.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as e:
+    rc = e.code
+heavy = sorted(m for m in ("onnxruntime", "onnx", "torch") if m in sys.modules)
+sys.exit(f"edge-agent infer imported {heavy}; the gateway path must not" if heavy else rc)'
 host() { (cd "$WORK" && PYTHONPATH=$REPO "$HPY" -m "$@"); }
 step() {  # step NAME CMD...: output to $WORK/NAME.log; on failure show it and fail
   if "${@:2}" > "$WORK/$1.log" 2>&1; then return 0; fi
@@ -268,9 +300,10 @@ roundtrip() {
   step protect host backend_decryptor.cli protect "$MODEL" --model-id arm64-check --store store &&
   step export host backend_decryptor.cli export arm64-check --out model.bundle --store store &&
   step input make_input &&
-  step native host edge_agent.cli infer --bundle model.bundle input.npy --out native &&
+  step native host edge_agent.cli infer --bundle model.bundle --owner-key model.bundle.owner.pub input.npy --out native &&
   cp "$WORK/model.bundle" "$WORK/model.bundle.owner.pub" "$WORK/input.npy" "$ROOT$in_root_work/" &&
-  step emulated in_root bash -c "cd $in_root_work && $SRC_IN_ROOT/.venv/bin/edge-agent infer --bundle model.bundle input.npy --out emulated" &&
+  step emulated in_root /usr/bin/env -C "$in_root_work" "$SRC_IN_ROOT/.venv/bin/python" -c "$GATEWAY_INFER" \
+    infer --bundle model.bundle --owner-key model.bundle.owner.pub input.npy --out emulated &&
   cp -r "$ROOT$in_root_work/emulated" "$WORK/emulated" &&
   step decrypt-emulated host backend_decryptor.cli decrypt arm64-check emulated --out emulated.npy --store store &&
   step decrypt-native host backend_decryptor.cli decrypt arm64-check native --out native.npy --store store &&

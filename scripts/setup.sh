@@ -22,6 +22,8 @@ APT_PACKAGES=(
   postgresql                                     # backend state on several hosts (tests start their own)
 )
 missing=()
+# FHE_EDGE_SKIP_APT=1: the caller provides the Debian packages (scripts/check-arm64.sh's arm64 root)
+[ "${FHE_EDGE_SKIP_APT:-0}" = 1 ] && APT_PACKAGES=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done

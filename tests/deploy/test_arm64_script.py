@@ -110,3 +110,31 @@ def test_qemu_entry_without_fix_binary_flag_fails_clearly(fake_host):
         f"enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: P\noffset 0\n{AARCH64_MAGIC}\n")
     res = run(env=env)
     assert res.returncode == 1 and "without flag F" in res.stderr
+
+
+@pytest.mark.parametrize("layout, message", [
+    ({}, "no (or several) aarch64 Python sysconfig"),
+    ({"usr/lib/python3.9/_sysconfigdata__linux_aarch64-linux-gnu.py": ""}, "the root's Python is python3.9"),
+    ({"usr/lib/python{v}/_sysconfigdata__linux_aarch64-linux-gnu.py": ""}, "lacks /usr/include/python{v}/Python.h"),
+])
+def test_cross_build_checks_the_root_before_downloading(tmp_path, layout, message):
+    """build-pyfhel.sh with FHE_EDGE_PYFHEL_AARCH64_ROOT stops with a clear message when the arm64
+    root cannot serve as the cross build's sysroot (before the sdist is fetched: no pip download
+    output, and no wheel)."""
+    import sys
+    v = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    root, bin_dir = tmp_path / "root", tmp_path / "bin"
+    root.mkdir()
+    bin_dir.mkdir()
+    for rel, text in layout.items():
+        (root / rel.format(v=v)).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel.format(v=v)).write_text(text)
+    for tool in ("aarch64-linux-gnu-g++", "qemu-aarch64-static"):   # present or not on this host
+        fake_tool(bin_dir, tool, "exit 0")
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FHE_EDGE_PYFHEL_AARCH64_ROOT=str(root),
+               FHE_EDGE_WHEELS=str(tmp_path / "wheels"))
+    res = subprocess.run(["bash", str(SCRIPT.parent / "build-pyfhel.sh"), sys.executable],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 1, res.stderr
+    assert "aarch64 cross build: " in res.stderr and message.format(v=v) in res.stderr
+    assert "building Pyfhel" not in res.stderr and not list((tmp_path / "wheels").glob("*.whl"))
