@@ -3,16 +3,12 @@ cannot be made because a file stands where a folder should be (before: check-con
 `run` then said "cannot create: Not a directory")."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.support.gateway_keys import write_key
-from tests.support.mosquitto import free_port
+from tests.support.edge_configs import edge_cli, write_edge_config
 from tests.support.tiny_models import signed_bundle
 
 
@@ -25,21 +21,10 @@ def gateway(tmp_path_factory):
     return d
 
 
-def write(folder: Path, **changes) -> Path:
-    cfg = {"gateway_id": "gw-1", "bundle": "model.bundle", "owner_public_key": "owner.pub",
-           "signing_key_file": "signing.key", "state_dir": "state", "spool": {"directory": "state/spool"},
-           "cameras": [{"id": "cam1", "url": "rtsp://127.0.0.1:8554/cam"}],
-           "mqtt": {"host": "127.0.0.1"}, "metrics_address": f"127.0.0.1:{free_port()}", "workers": 1,
-           **changes}
-    path = folder / "edge.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+write = write_edge_config
 
 
-def edge(*args, cwd: Path):
-    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120, env=env)
+edge = edge_cli
 
 
 @pytest.mark.parametrize("setting, value, field", [

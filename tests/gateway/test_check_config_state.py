@@ -3,18 +3,14 @@ issues 12 and 16): a state_dir that cannot be made or a bundle record that canno
 stray unprefixed log line with Python's '[Errno 20] ...' from the bundle pin."""
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from edge_agent.bundle_pin import BundlePin
 from tests.support.gateway_keys import write_key
-from tests.support.mosquitto import free_port
+from tests.support.edge_configs import edge_cli, write_edge_config
 from tests.support.tiny_models import signed_bundle
 
 
@@ -35,20 +31,11 @@ def gateway(tmp_path, owner):
 
 
 def write(folder: Path, **changes) -> Path:
-    cfg = {"gateway_id": "gw-1", "bundle": "model.bundle", "owner_public_key": "owner.pub",
-           "signing_key_file": "signing.key", "state_dir": "state", "spool": {"directory": "spool"},
-           "cameras": [{"id": "cam1", "url": "rtsp://127.0.0.1:8554/cam"}],
-           "mqtt": {"host": "127.0.0.1"}, "metrics_address": f"127.0.0.1:{free_port()}", "workers": 1,
-           **changes}
-    path = folder / "edge.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path
+    return write_edge_config(folder, spool_dir="spool", **changes)
 
 
 def check(path: Path):
-    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
-    return subprocess.run([sys.executable, "-m", "edge_agent.cli", "check-config", "--quick", str(path)],
-                          capture_output=True, text=True, cwd=path.parent, timeout=120, env=env)
+    return edge_cli("check-config", "--quick", str(path), cwd=path.parent)
 
 
 def line_of(path: Path, key: str) -> int:
