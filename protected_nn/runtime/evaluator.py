@@ -41,7 +41,7 @@ class Evaluator:
         self.steps = S.parse_steps(plan["steps"])      # refuses unknown kinds and malformed fields
         inp = plan["input"]
         S.check_references(self.steps, None if inp["free"] else inp["name"], len(weights),
-                           plan["output"]["src"])
+                           plan["output"]["src"], int(inp["num_cts"]))
         self.plan, self.ckks, self.w = plan, ckks, weights
         self.slots = ckks.slots
         self.delta = float(plan["ckks"]["delta"])

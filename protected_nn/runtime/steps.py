@@ -151,6 +151,12 @@ class Step(_Record):
     def to_dict(self) -> dict:
         return {"op": self.KIND} | super().to_dict()
 
+    def weight_indices(self) -> list[int]:
+        return []
+
+    def check_indices(self, w: _Where, n_frame: int) -> None:
+        """Indices between the step's own lists (babies, powers, frame rows) in range."""
+
     def reads(self) -> list[str]:
         """Names of the tensors this step reads (the frame itself is not named)."""
         if hasattr(self, "inputs"):
@@ -160,6 +166,18 @@ class Step(_Record):
 
 _BABY = _fixed(_count, _int, _list(_int))          # (source, built from baby or -1, rotations)
 _TERM = _fixed(_count, _count)                     # (baby index, weight index)
+
+
+def _check_babies(w: _Where, babies, n_sources: int, giants) -> None:
+    for j, (src, built_from, _) in enumerate(babies):
+        if src >= n_sources:
+            w.fail(f"babies[{j}][0]", f"names source {src} of {n_sources}")
+        if not -1 <= built_from < j:
+            w.fail(f"babies[{j}][1]", f"must be -1 or an earlier baby, not {built_from}")
+    for path, giant in giants:
+        for t, (b_idx, _) in enumerate(giant.terms):
+            if b_idx >= len(babies):
+                w.fail(f"{path}.terms[{t}][0]", f"names baby {b_idx} of {len(babies)}")
 
 
 @dataclass(frozen=True)
@@ -213,6 +231,9 @@ class FirstLinear(Step):
     SPEC = {"out": _str, "weights": _list(_count), "tree": _list(_int), "bias": _count,
             "level": _count, "rescale_last": _bool, "layout": _layout}
 
+    def weight_indices(self) -> list[int]:
+        return list(self.weights) + [self.bias]
+
 
 @dataclass(frozen=True)
 class GatherLinear(Step):
@@ -225,6 +246,17 @@ class GatherLinear(Step):
     KIND = "gather_linear"
     SPEC = {"out": _str, "level": _count, "outs": _list(_record(GatherOut)), "tree": _list(_int),
             "rescale_last": _bool}
+
+    def weight_indices(self) -> list[int]:
+        return [i for o in self.outs for i in o.weights] + [o.bias for o in self.outs]
+
+    def check_indices(self, w: _Where, n_frame: int) -> None:
+        for o, out in enumerate(self.outs):
+            if len(out.rows) != len(out.weights):
+                w.fail(f"outs[{o}].weights", f"has {len(out.weights)} entries for {len(out.rows)} rows")
+            for r, row in enumerate(out.rows):
+                if row >= n_frame:
+                    w.fail(f"outs[{o}].rows[{r}]", f"names frame row {row} of {n_frame}")
 
 
 @dataclass(frozen=True)
@@ -243,6 +275,13 @@ class Linear(Step):
     SPEC = {"out": _str, "level": _count, "inputs": _list(_record(LinearInput)),
             "babies": _list(_BABY), "giants": _list(_record(Giant)), "rescale_last": _bool,
             "layout": _layout, "tree": _list(_int), "bias": _count}
+
+    def weight_indices(self) -> list[int]:
+        return [t[1] for g in self.giants for t in g.terms] + [self.bias]
+
+    def check_indices(self, w: _Where, n_frame: int) -> None:
+        _check_babies(w, self.babies, len(self.inputs),
+                      [(f"giants[{g}]", giant) for g, giant in enumerate(self.giants)])
 
 
 @dataclass(frozen=True)
@@ -264,6 +303,17 @@ class MappedLinear(Step):
             "outs": _list(_record(MappedOut)), "tree": _list(_int), "rescale_last": _bool,
             "n_cts": _count, "layout": _layout}
     OPTIONAL = frozenset({"layout"})       # absent when the output is a multi-ciphertext grid
+
+    def weight_indices(self) -> list[int]:
+        return [t[1] for o in self.outs for g in o.giants for t in g.terms] + [o.bias for o in self.outs]
+
+    def check_indices(self, w: _Where, n_frame: int) -> None:
+        for j, (i, _) in enumerate(self.sources):
+            if i >= len(self.inputs):
+                w.fail(f"sources[{j}][0]", f"names input {i} of {len(self.inputs)}")
+        _check_babies(w, self.babies, len(self.sources),
+                      [(f"outs[{o}].giants[{g}]", giant) for o, out in enumerate(self.outs)
+                       for g, giant in enumerate(out.giants)])
 
 
 @dataclass(frozen=True)
@@ -294,6 +344,17 @@ class Poly(Step):
             "top": _count, "terms": _list(_fixed(_count, _float, _float)), "c0": _float,
             "c0_scale": _float, "layout": _nullable(_layout)}
 
+    def check_indices(self, w: _Where, n_frame: int) -> None:
+        powers = {1}
+        for r, (k, a, b, _) in enumerate(self.recipe):
+            for pos, factor in ((1, a), (2, b)):
+                if factor not in powers:
+                    w.fail(f"recipe[{r}][{pos}]", f"multiplies power {factor}, not computed before it")
+            powers.add(k)
+        for t, (k, _, _) in enumerate(self.terms):
+            if k not in powers:
+                w.fail(f"terms[{t}][0]", f"uses power {k}, which the recipe does not compute")
+
 
 STEP_TYPES: dict[str, type[Step]] = {t.KIND: t for t in
                                      (FirstLinear, GatherLinear, Linear, MappedLinear, Square, Poly)}
@@ -310,28 +371,19 @@ def parse_steps(docs) -> list[Step]:
     return [STEP_TYPES[k].from_dict(d, i) for i, (k, d) in enumerate(zip(kinds, docs))]
 
 
-def _weights_of(step: Step) -> list[int]:
-    if isinstance(step, FirstLinear):
-        return list(step.weights) + [step.bias]
-    if isinstance(step, GatherLinear):
-        return [w for o in step.outs for w in o.weights] + [o.bias for o in step.outs]
-    if isinstance(step, Linear):
-        return [t[1] for g in step.giants for t in g.terms] + [step.bias]
-    if isinstance(step, MappedLinear):
-        return [t[1] for o in step.outs for g in o.giants for t in g.terms] + [o.bias for o in step.outs]
-    return []
-
-
-def check_references(steps: list[Step], input_name: str | None, n_weights: int, output: str) -> None:
+def check_references(steps: list[Step], input_name: str | None, n_weights: int, output: str,
+                     n_frame: int) -> None:
     """Every tensor a step reads is written before it, every weight index names a weight of the
-    bundle, and the output is written: a bundle is refused before it runs, not halfway through."""
+    bundle, indices within a step (babies, powers, the `n_frame` laid-out frame rows) are in
+    range, and the output is written: a bundle is refused before it runs, not halfway through."""
     known = {input_name} if input_name else set()
     for i, st in enumerate(steps):
         for name in st.reads():
             if name not in known:
                 raise BundleError(f"plan step {i} ({st.KIND}): reads tensor '{name}', which no "
                                   f"earlier step writes")
-        bad = [w for w in _weights_of(st) if w >= n_weights]
+        st.check_indices(_Where(i, st.KIND), n_frame)
+        bad = [w for w in st.weight_indices() if w >= n_weights]
         if bad:
             raise BundleError(f"plan step {i} ({st.KIND}): weight index {bad[0]} is out of range "
                               f"(the bundle has {n_weights} weights)")

@@ -50,7 +50,7 @@ def test_every_zoo_plan_round_trips(plans):
         assert [s.to_dict() for s in steps] == doc["steps"], name
         assert all(type(s) is STEP_TYPES[d["op"]] for s, d in zip(steps, doc["steps"]))
         check_references(steps, None if doc["input"]["free"] else doc["input"]["name"],
-                         len(doc["weights"]), doc["output"]["src"])
+                         len(doc["weights"]), doc["output"]["src"], doc["input"]["num_cts"])
 
 
 def test_the_zoo_exercises_every_step_kind(samples):
@@ -176,11 +176,11 @@ def test_dangling_references_refused(plans):
     else:
         broken[reader]["inputs"][0]["src"] = "nowhere"
     with pytest.raises(BundleError, match=rf"plan step {reader} .*'nowhere'"):
-        check_references(parse_steps(broken), inp, len(doc["weights"]), doc["output"]["src"])
+        check_references(parse_steps(broken), inp, len(doc["weights"]), doc["output"]["src"], 1)
     with pytest.raises(BundleError, match="weight index .* out of range"):
-        check_references(parse_steps(steps), inp, 1, doc["output"]["src"])
+        check_references(parse_steps(steps), inp, 1, doc["output"]["src"], 1)
     with pytest.raises(BundleError, match="output 'ghost'"):
-        check_references(parse_steps(steps), inp, len(doc["weights"]), "ghost")
+        check_references(parse_steps(steps), inp, len(doc["weights"]), "ghost", 1)
 
 
 def test_evaluator_refuses_malformed_step_before_running(plans):
@@ -190,3 +190,25 @@ def test_evaluator_refuses_malformed_step_before_running(plans):
     del doc["steps"][-1]["bias"]
     with pytest.raises(BundleError, match=rf"plan step {len(doc['steps']) - 1} .*'bias' is missing"):
         Evaluator(doc, None, [])
+
+
+@pytest.mark.parametrize("kind,path,value,needle", [
+    ("linear", "babies[0][0]", 99, "names source 99"),
+    ("linear", "babies[0][1]", 5, "earlier baby"),
+    ("linear", "giants[0].terms[0][0]", 10**6, "names baby"),
+    ("mlinear", "sources[0][0]", 99, "names input 99"),
+    ("mlinear", "outs[0].giants[0].terms[0][0]", 10**6, "names baby"),
+    ("gather_linear", "outs[0].rows[0]", 10**6, "names frame row"),
+    ("poly", "recipe[0][1]", 9, "not computed before"),
+    ("poly", "terms[0][0]", 9, "does not compute")])
+def test_index_out_of_range_refused(plans, kind, path, value, needle):
+    """Indices between a step's own lists: refused by the check the evaluator runs first."""
+    name, index = next((n, i) for n, doc in plans.items() for i, st in enumerate(doc["steps"])
+                       if st["op"] == kind)
+    doc = copy.deepcopy(plans[name])
+    _set(doc["steps"][index], path, value)
+    inp = None if doc["input"]["free"] else doc["input"]["name"]
+    with pytest.raises(BundleError, match=re.escape(f"plan step {index} ({kind}): field '{path}'")
+                       + ".*" + needle):
+        check_references(parse_steps(doc["steps"]), inp, len(doc["weights"]), doc["output"]["src"],
+                         doc["input"]["num_cts"])
