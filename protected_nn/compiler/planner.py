@@ -23,6 +23,7 @@ from protected_nn.compiler.layout import CostModel, Layout, next_pow2
 from protected_nn.compiler.linear import first_layer_free_layout, plan_linear, replication_shifts
 from protected_nn.errors import PlanError
 from protected_nn.runtime.plan_format import PLAN_VERSION, decode_array, encode_array  # noqa: F401
+from protected_nn.runtime.steps import parse_steps
 RESULT_PRIME_BITS = 31  # a result keeps one prime: 2 x 8192 x 31 bits = 63.5 KB bit-packed
 
 
@@ -233,6 +234,7 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
         "weights": [{"level": w.level, "scale": w.scale, "layer": w.layer, "kind": w.kind}
                     for w in plan.weights],
     }
+    parse_steps(steps)    # the gateway's reading of the steps: a malformed one fails at protect time
     return plan
 
 

@@ -1,8 +1,9 @@
 """Gateway side: run a compiled plan on an encrypted frame with public evaluation keys only.
 
 The loop is deliberately short: each step reads named tensors (lists of ciphertexts), writes
-one, and frees what no later step reads. Steps are dispatched by a table of handlers: a plan with
-a step kind or version this gateway does not know is refused before anything runs. Levels are
+one, and frees what no later step reads. Steps are typed (runtime/steps.py: every field checked)
+and dispatched by a table of handlers, one per step type: a plan with a step kind or version this
+gateway does not know, or a malformed step, is refused before anything runs. Levels are
 tracked here (Pyfhel's mod_level counter is reset by deserialization: the last of the traps
 listed in protected_nn/ckks/context.py). Only runtime modules are imported: the gateway never loads the compiler."""
 from __future__ import annotations
@@ -14,6 +15,7 @@ from Pyfhel import PyPtxt
 from protected_nn.ckks.context import Ckks
 from protected_nn.errors import BundleError, InputError
 from protected_nn.runtime.plan_format import check_version, decode_array
+from protected_nn.runtime import steps as S
 
 
 class _Reg:
@@ -32,25 +34,24 @@ class _Reg:
 class Evaluator:
     def __init__(self, plan: dict, ckks: Ckks, weights: list):
         check_version(plan)
-        self._handlers = {"first_linear": self._first_linear_step, "linear": self._linear,
-                          "gather_linear": self._gather_linear,
-                          "mlinear": self._mlinear, "square": self._square, "poly": self._poly_step}
-        unknown = sorted({str(st.get("op")) for st in plan["steps"]} - set(self._handlers))
-        if unknown:
-            raise BundleError(f"the plan has step kinds this gateway does not know: {', '.join(unknown)}")
+        self._handlers = {S.FirstLinear: self._first_linear, S.Linear: self._linear,
+                          S.GatherLinear: self._gather_linear,
+                          S.MappedLinear: self._mlinear, S.Square: self._square, S.Poly: self._poly_step}
+        assert set(self._handlers) == set(S.STEP_TYPES.values()), "a step kind without a handler"
+        self.steps = S.parse_steps(plan["steps"])      # refuses unknown kinds and malformed fields
+        inp = plan["input"]
+        S.check_references(self.steps, None if inp["free"] else inp["name"], len(weights),
+                           plan["output"]["src"], int(inp["num_cts"]))
         self.plan, self.ckks, self.w = plan, ckks, weights
         self.slots = ckks.slots
         self.delta = float(plan["ckks"]["delta"])
-        inp = plan["input"]
         self.input_shape = tuple(inp["shape"])
         self.input_size = int(inp["size"])
         self.gather = decode_array(inp["gather"], (int(inp["num_cts"]), self.slots))
         self.depth = len(plan["ckks"]["qi_sizes"]) - 2
-        self._last_use = self._last_uses(plan["steps"], plan["output"]["src"])
-        self._poly_plain = {}
-        for i, step in enumerate(plan["steps"]):
-            if step["op"] == "poly":
-                self._poly_plain[i] = self._poly_plaintexts(step)
+        self._last_use = self._last_uses(self.steps, plan["output"]["src"])
+        self._poly_plain = {i: self._poly_plaintexts(step) for i, step in enumerate(self.steps)
+                            if isinstance(step, S.Poly)}
 
     # --- input --------------------------------------------------------------------------
     def encrypt_input(self, x: np.ndarray) -> list:
@@ -80,9 +81,9 @@ class Evaluator:
         if not self.plan["input"]["free"]:          # laid-out input, read by name
             regs[self.plan["input"]["name"]] = _Reg(list(input_cts), 0)
         self._input_cts = input_cts
-        for idx, step in enumerate(self.plan["steps"]):
+        for idx, step in enumerate(self.steps):
             self._idx = idx
-            regs[step["out"]] = self._handlers[step["op"]](step, regs)
+            regs[step.out] = self._handlers[type(step)](step, regs)
             for name in [n for n, last in self._last_use.items() if last == idx]:
                 regs.pop(name, None)
         out = regs[self.plan["output"]["src"]]
@@ -101,84 +102,82 @@ class Evaluator:
         return self.serialize(self.run(self.encrypt_input(x)))
 
     # --- steps ----------------------------------------------------------------------------
-    def _first_linear_step(self, step, regs) -> _Reg:
-        return self._first_linear(step, self._input_cts)
+    def _poly_step(self, step: S.Poly, regs) -> _Reg:
+        src = regs[step.src]
+        plain = self._poly_plain[self._idx]
+        outs = [self._poly(_Reg(c, src.level), step, plain) for c in src.cts]
+        return _Reg(outs, step.top + 1)
 
-    def _poly_step(self, step, regs) -> _Reg:
-        return self._poly(regs, step, self._poly_plain[self._idx])
-
-    def _mlinear(self, step, regs) -> _Reg:
+    def _mlinear(self, step: S.MappedLinear, regs) -> _Reg:
         """Tensors over several ciphertexts: babies rotated once per source ciphertext and shared
         by every output ciphertext; per output, Horner over the giant steps (see compiler/mapped.py)."""
         ck = self.ckks
-        level = step["level"]
+        level = step.level
         ins = []
-        for spec in step["inputs"]:
-            reg = regs[spec["src"]]
-            cts = reg.cts
-            if spec["switch"] and not isinstance(cts[0], np.ndarray):   # plaintexts: encoded below
+        for spec in step.inputs:
+            cts = regs[spec.src].cts
+            if spec.switch and not isinstance(cts[0], np.ndarray):   # plaintexts: encoded below
                 cts = [ck.copy(c) for c in cts]
                 for c in cts:
-                    ck.mod_switch(c, spec["switch"])
+                    ck.mod_switch(c, spec.switch)
             ins.append(cts)
-        sources = [ins[i][c] for i, c in step["sources"]]
+        sources = [ins[i][c] for i, c in step.sources]
         babies = []
-        for src, built_from, chain in step["babies"]:
+        for src, built_from, chain in step.babies:
             ct = sources[src] if built_from < 0 else babies[built_from]
             for st in chain:
                 ct = np.roll(ct, -st) if isinstance(ct, np.ndarray) else ck.rotate(ct, st)
             babies.append(ct)
         babies = [self._plaintext(b, level) if isinstance(b, np.ndarray) else b for b in babies]
         outs = []
-        for out in step["outs"]:
+        for out in step.outs:
             acc = None
-            for giant in out["giants"]:
+            for giant in out.giants:
                 inner = None
                 size3 = False
-                for b_idx, widx in giant["terms"]:
+                for b_idx, widx in giant.terms:
                     prod = self._product(babies[b_idx], self.w[widx])
                     size3 |= not isinstance(babies[b_idx], PyPtxt)
                     inner = prod if inner is None else (ck.add_inplace(inner, prod) or inner)
                 if size3:
                     ck.relinearize(inner)
                 acc = inner if acc is None else (ck.add_inplace(acc, inner) or acc)
-                for st in giant["shift"]:
+                for st in giant.shift:
                     acc = ck.rotate(acc, st)
-            outs.append(self._finish(acc, {"tree": step["tree"], "bias": out["bias"],
-                                           "rescale_last": step["rescale_last"]}, level,
-                                     relinearized=True).ct)
+            outs.append(self._finish(acc, step.tree, out.bias, step.rescale_last, level,
+                                     relinearized=True))
         return _Reg(outs, level + 1)
 
-    def _gather_linear(self, step, regs) -> _Reg:
+    def _gather_linear(self, step: S.GatherLinear, regs) -> _Reg:
         """First layer from a frame laid out per product (compiler/first_gather.py): per output
         ciphertext, sum of weight x laid-out frame, rescale, fold, bias."""
         ck = self.ckks
         outs = []
-        for out in step["outs"]:
+        for out in step.outs:
             acc, size3 = None, False
-            for row, widx in zip(out["rows"], out["weights"]):
+            for row, widx in zip(out.rows, out.weights):
                 x = self._input_cts[row]
                 if isinstance(x, np.ndarray):
                     x = self._plaintext(x, 0)
                 size3 |= not isinstance(x, PyPtxt)
                 prod = self._product(x, self.w[widx])
                 acc = prod if acc is None else (ck.add_inplace(acc, prod) or acc)
-            outs.append(self._finish(acc, {"tree": step["tree"], "bias": out["bias"],
-                                           "rescale_last": step["rescale_last"]}, 0,
-                                     relinearized=not size3).ct)
+            outs.append(self._finish(acc, step.tree, out.bias, step.rescale_last, 0,
+                                     relinearized=not size3))
         return _Reg(outs, 1)
 
-    def _first_linear(self, step, input_cts) -> _Reg:
+    def _first_linear(self, step: S.FirstLinear, regs) -> _Reg:
         ck = self.ckks
         acc = None
         size3 = False
-        for ct, widx in zip(input_cts, step["weights"]):
+        for ct, widx in zip(self._input_cts, step.weights):
             if isinstance(ct, np.ndarray):
                 ct = self._plaintext(ct, 0)
             size3 |= not isinstance(ct, PyPtxt)
             prod = self._product(ct, self.w[widx])
             acc = prod if acc is None else (ck.add_inplace(acc, prod) or acc)
-        return self._finish(acc, step, level=0, relinearized=not size3)
+        return _Reg(self._finish(acc, step.tree, step.bias, step.rescale_last, 0,
+                                 relinearized=not size3), 1)
 
     def _plaintext(self, vec: np.ndarray, level: int):
         """The encoding of a laid-out frame; a vector that encodes to zero (a black frame) would
@@ -193,56 +192,57 @@ class Evaluator:
             return self.ckks.multiply_plain(weight, x)
         return self.ckks.multiply_no_relin(x, weight)
 
-    def _linear(self, step, regs) -> _Reg:
+    def _linear(self, step: S.Linear, regs) -> _Reg:
         ck = self.ckks
-        level = step["level"]
+        level = step.level
         sources = []
-        for spec in step["inputs"]:
-            reg = regs[spec["src"]]
-            ct = reg.ct
-            if spec["switch"] or spec["replicate"]:
+        for spec in step.inputs:
+            ct = regs[spec.src].ct
+            if spec.switch or spec.replicate:
                 ct = ck.copy(ct)
-                ck.mod_switch(ct, spec["switch"])
-                for shift in spec["replicate"]:
+                ck.mod_switch(ct, spec.switch)
+                for shift in spec.replicate:
                     ck.add_inplace(ct, ck.rotate(ct, shift))
             sources.append(ct)
         babies = []                       # rot(x_i, b), each built from an earlier one
-        for i, src, chain in step["babies"]:
+        for i, src, chain in step.babies:
             ct = sources[i] if src < 0 else babies[src]
             for st in chain:
                 ct = ck.rotate(ct, st)
             babies.append(ct)
         acc = None                        # Horner over the giant steps: acc = rot(acc, dG) + inner
-        for giant in step["giants"]:
+        for giant in step.giants:
             inner = None
-            for b_idx, widx in giant["terms"]:
+            for b_idx, widx in giant.terms:
                 prod = ck.multiply_no_relin(babies[b_idx], self.w[widx])
                 inner = prod if inner is None else (ck.add_inplace(inner, prod) or inner)
             ck.relinearize(inner)
             acc = inner if acc is None else (ck.add_inplace(acc, inner) or acc)
-            for st in giant["shift"]:
+            for st in giant.shift:
                 acc = ck.rotate(acc, st)
-        return self._finish(acc, step, level, relinearized=True)
+        return _Reg(self._finish(acc, step.tree, step.bias, step.rescale_last, level,
+                                 relinearized=True), level + 1)
 
-    def _finish(self, acc, step, level, relinearized=False) -> _Reg:
+    def _finish(self, acc, tree, bias_idx: int, late: bool, level: int, relinearized=False):
+        """Rescale, fold the tree, add the bias. `late` (output layer): the tree is summed at the
+        large scale, before the rescale."""
         ck = self.ckks
         if not relinearized:
             ck.relinearize(acc)
-        late = step.get("rescale_last", False)   # output layer: tree at the large scale
         if not late:
             ck.rescale(acc)
-        for shift in step["tree"]:
+        for shift in tree:
             ck.add_inplace(acc, ck.rotate(acc, shift))
-        bias = self.w[step["bias"]]
+        bias = self.w[bias_idx]
         bias.set_scale(acc.scale)    # same value up to an ulp of double rounding
         ck.add_inplace(acc, bias)
         if late:
             ck.rescale(acc)
-        return _Reg(acc, level + 1)
+        return acc
 
-    def _square(self, step, regs) -> _Reg:
+    def _square(self, step: S.Square, regs) -> _Reg:
         ck = self.ckks
-        src = regs[step["src"]]
+        src = regs[step.src]
         out = []
         for c in src.cts:
             ct = ck.multiply_no_relin(c, c)
@@ -251,41 +251,38 @@ class Evaluator:
             out.append(ct)
         return _Reg(out, src.level + 1)
 
-    def _poly_plaintexts(self, step):
-        lay = step.get("layout")
+    def _poly_plaintexts(self, step: S.Poly):
+        lay = step.layout
         if lay is None:                 # a tensor over several ciphertexts: nothing reads the rest
             mask = np.ones(self.slots)
         else:
             mask = np.zeros(self.slots)
             for copy in range(0, self.slots, int(lay["period"])):
                 mask[copy + np.arange(int(lay["n"])) * int(lay["unit"])] = 1.0
-        consts = {k: self.ckks.encode(np.full(self.slots, c), scale, step["top"])
-                  for k, c, scale in step["terms"]}
-        c0 = self.ckks.encode(mask * step["c0"], step["c0_scale"], step["top"]) if step["c0"] else None
+        consts = {k: self.ckks.encode(np.full(self.slots, c), scale, step.top)
+                  for k, c, scale in step.terms}
+        c0 = self.ckks.encode(mask * step.c0, step.c0_scale, step.top) if step.c0 else None
         return consts, c0
 
-    def _poly(self, regs, step, plain) -> _Reg:
+    def _poly(self, src: _Reg, step: S.Poly, plain):
+        """One ciphertext through the polynomial."""
         ck = self.ckks
         consts, c0 = plain
-        src = regs[step["src"]]
-        if len(src.cts) > 1:
-            outs = [self._poly({"_": _Reg(c, src.level)}, dict(step, src="_"), plain).ct for c in src.cts]
-            return _Reg(outs, step["top"] + 1)
-        powers = {1: _Reg(src.ct, src.level)}
-        for k, a, b, lvl in step["recipe"]:
+        powers = {1: src}
+        for k, a, b, lvl in step.recipe:
             x, y = self._at_level(powers[a], lvl), self._at_level(powers[b], lvl)
             prod = ck.multiply_no_relin(x, y)
             ck.relinearize(prod)
             ck.rescale(prod)
             powers[k] = _Reg(prod, lvl + 1)
         acc = None
-        for k, _, _ in step["terms"]:
-            term = ck.multiply_plain(self._at_level(powers[k], step["top"]), consts[k])
+        for k, _, _ in step.terms:
+            term = ck.multiply_plain(self._at_level(powers[k], step.top), consts[k])
             acc = term if acc is None else (ck.add_inplace(acc, term) or acc)
         if c0 is not None:
             ck.add_plain_inplace(acc, c0)
         ck.rescale(acc)
-        return _Reg(acc, step["top"] + 1)
+        return acc
 
     def _at_level(self, reg: _Reg, level: int):
         if reg.level == level:
@@ -298,8 +295,7 @@ class Evaluator:
     def _last_uses(steps, output) -> dict[str, int]:
         last: dict[str, int] = {}
         for i, step in enumerate(steps):
-            srcs = [s["src"] for s in step.get("inputs", [])] + ([step["src"]] if "src" in step else [])
-            for s in srcs:
+            for s in step.reads():
                 last[s] = i
         last.pop(output, None)
         return last
