@@ -21,7 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("--degree", type=int, default=2, help="polynomial degree (default 2: one x*x each)")
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (default 30)")
     p.add_argument("--seed", type=int, default=0, help="seed: split, shuffling, torch (default 0)")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    from backend_decryptor.adapt.run import DEFAULT_LR
+    p.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"Adam learning rate (default {DEFAULT_LR:g})")
     p.add_argument("--report-json", metavar="R.json", help="also write the report as JSON")
     p.set_defaults(func=run)
 

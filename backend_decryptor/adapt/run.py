@@ -16,6 +16,10 @@ import onnx
 from backend_decryptor.adapt import AdaptError, require_torch
 
 CALIBRATION_SAMPLES = 16
+# Adam's learning rate: the adapted model should move as little from the original as it must;
+# on the ReLU crowd model 1e-3 followed it better on unseen scenes than 3e-3 (held-out count
+# MAE, median of 3 seeds, 9.34 vs 9.88 people; original 7.55) at equal Digits accuracy.
+DEFAULT_LR = 1e-3
 MIN_INPUTS = 10
 
 
@@ -109,7 +113,7 @@ def onnxruntime_outputs(model: onnx.ModelProto, x: np.ndarray, input_name: str) 
 
 
 def adapt(model_path, x, labels=None, *, out: str | Path, degree: int = 2, epochs: int = 30,
-          seed: int = 0, lr: float = 3e-3, log=print) -> AdaptResult:
+          seed: int = 0, lr: float = DEFAULT_LR, log=print) -> AdaptResult:
     torch = require_torch()
     if not isinstance(degree, int) or not 1 <= degree <= 8:
         raise AdaptError(f"--degree must be an integer in 1..8, got {degree!r}")

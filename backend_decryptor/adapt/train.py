@@ -32,7 +32,7 @@ class TrainConfig:
     degree: int = 2
     epochs: int = 30
     seed: int = 0
-    lr: float = 3e-3
+    lr: float = 1e-3          # run.DEFAULT_LR is what adapt passes
     batch: int = 64
 
 
