@@ -240,7 +240,9 @@ class Publisher:
         if self.connected.is_set():
             info = self.client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
             try:
-                info.wait_for_publish(max(0.1, min(1.0, deadline - time.monotonic())))
+                # up to 1 s even past the deadline: dashboards read this retained word, and a
+                # disconnect before the broker acknowledged it could leave "online" behind
+                info.wait_for_publish(1.0)
             except (RuntimeError, ValueError):
                 pass
         self.client.disconnect()
