@@ -16,9 +16,9 @@ Measures, with a real Mosquitto on loopback and real encrypted results (protecte
   4. the signature check's share of the backend's time per result (issue 15, target < 1%):
      envelope parse + verify per result - version 3 (what exported bundles make gateways send: a
      cached agreement key and an AES-GCM tag) and version 2 (an Ed25519 signature per message) -
-     interleaved with decryptions in one thread (the first AES use after a decryption pays a
-     fixed warm-up of tens of us) and, for v3, back to back as the receiving thread sees a stream - timed interleaved with decrypt (including the
-     decoder's result checks), against the service's wall time per result with 1 process; next to
+     timed interleaved with decrypt (including the decoder's result checks) in one thread and,
+     for v3, also back to back as the receiving thread sees a stream; against the service's wall
+     time per result with 1 process; next to
      it, the floors any authentication of the same bytes pays: SHA-512 of the signed bytes (the
      hash Ed25519 verification itself computes) and HMAC-SHA256 (a symmetric per-gateway MAC,
      which would give up the property that the backend holds only public keys).
