@@ -4,9 +4,9 @@ The loop is deliberately short: each step reads named tensors (lists of cipherte
 one, and frees what no later step reads. The plan is typed (runtime/plan_sections.py, steps.py:
 every section and step checked) and steps are dispatched by a table of handlers, one per step
 type: a plan with a step kind or version this gateway does not know, or a malformed step or
-section, is refused before anything runs. Levels are
-tracked here (Pyfhel's mod_level counter is reset by deserialization: the last of the traps
-listed in protected_nn/ckks/context.py). Only runtime modules are imported: the gateway never loads the compiler."""
+section, is refused before anything runs. Levels are tracked here (Pyfhel's mod_level counter is
+reset by deserialization: the last of the traps listed in protected_nn/ckks/context.py). Only
+runtime modules are imported: the gateway never loads the compiler."""
 from __future__ import annotations
 
 import numpy as np

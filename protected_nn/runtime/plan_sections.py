@@ -4,11 +4,11 @@ degree, primes, scale), `input` (what the gateway lays out or encrypts: shape, g
 `rotation_steps` (the Galois keys the bundle must hold) and `version`.
 
 `read_plan` reads a plan's JSON once into a `PlanDoc`: the version first, then the steps, then
-every section with every field checked, then what ties the sections together (each rotation a
-step does on a ciphertext has a key, layouts and the gather map stay within the ring, levels
-within the modulus chain, every tensor and weight a step names exists). A malformed or hostile
-plan is refused with the section (or step) and field named, before any key or ciphertext is
-parsed. The format on disk is unchanged: `to_dict` gives back exactly the JSON the compiler
+every section with every field checked, then what ties them together (here: the gather map and
+the output decoding within the ring, levels within the modulus chain; plan_links.py for the
+steps: each rotation a step does on a ciphertext has a key, layouts within the ring, every tensor
+and weight a step names exists). A malformed or hostile plan is refused with the section (or
+step) and field named, before any key or ciphertext is parsed. The format on disk is unchanged: `to_dict` gives back exactly the JSON the compiler
 wrote, so old bundles load as they are and no plan version is added."""
 from __future__ import annotations
 
@@ -23,8 +23,9 @@ from protected_nn.ckks.params import MAX_PRIME_BITS, CkksParams, check_128_bit
 from protected_nn.errors import BundleError, PlanError
 from protected_nn.runtime import steps as S
 from protected_nn.runtime.plan_format import check_version, decode_array
-from protected_nn.runtime.steps import (_Record, _Where, _bool, _count, _float, _int, _layout, _list,
-                                        _str, _type_name)
+from protected_nn.runtime.plan_links import check_layout, check_steps
+from protected_nn.runtime.steps import (_Record, _bool, _count, _float, _int, _layout, _list, _str,
+                                        _type_name)
 
 SECTIONS = ("version", "ckks", "input", "steps", "rotation_steps", "output", "weights")
 WEIGHT_KINDS = ("weight", "bias")
@@ -71,17 +72,6 @@ def _weight_kind(v, w, path: str) -> str:
     if v not in WEIGHT_KINDS:
         w.fail(path, f"must be one of {', '.join(WEIGHT_KINDS)}, not {v!r}")
     return v
-
-
-def _check_layout(lay: dict | None, slots: int, w, path: str) -> None:
-    """A layout's copies (every `period` slots, `n` values `unit` apart) inside the ring."""
-    if lay is None:
-        return
-    last = (lay["n"] - 1) * lay["unit"]
-    if last >= lay["period"]:
-        w.fail(path, f"puts value {lay['n'] - 1} at slot {last}, beyond its period {lay['period']}")
-    if lay["period"] > slots or slots % lay["period"]:
-        w.fail(path, f"has a period of {lay['period']} slots, which does not divide the ring's {slots}")
 
 
 @dataclass(frozen=True)
@@ -200,7 +190,7 @@ class OutputSection(_Record):
     def check(self, w: _InSection, ckks: CkksSection) -> None:
         if math.prod(self.shape) != self.layout["n"]:
             w.fail("shape", f"{list(self.shape)} does not hold the layout's {self.layout['n']} values")
-        _check_layout(self.layout, ckks.slots, w, "layout")
+        check_layout(self.layout, ckks.slots, w, "layout")
         if self.level > ckks.depth:
             w.fail("level", f"({self.level}) is beyond the modulus chain's {ckks.depth} levels")
         if math.log2(self.scale) >= ckks.result_bits:
@@ -280,13 +270,13 @@ def parse_plan(doc) -> PlanDoc:
     inp = _section(InputSection, doc, "input")
     out = _section(OutputSection, doc, "output", ckks)
     w = _InSection("input")
-    _check_layout(inp.layout, slots, w, "layout")
+    check_layout(inp.layout, slots, w, "layout")
     gather = inp.gather_rows(slots, w)
     rotations = _rotations(doc["rotation_steps"], slots)
     weights = _weights(doc["weights"], ckks.depth)
     plan = PlanDoc(version=doc["version"], ckks=ckks, input=inp, steps=tuple(steps),
                    rotation_steps=tuple(rotations), output=out, weights=weights, gather=gather)
-    _check_steps(plan)
+    check_steps(plan)
     return plan
 
 
@@ -326,71 +316,3 @@ def _weights(docs, depth: int) -> tuple:
             w.fail(f"[{i}].level", f"({entry.level}) is beyond the modulus chain's {depth} levels")
         out.append(entry)
     return tuple(out)
-
-
-# --- what ties the steps to the sections -------------------------------------------------------
-
-def _mapped_rotations(st: S.MappedLinear, plain_tensor: str | None):
-    """Baby rotations of a clear frame are done in numpy (no key); every other one needs a key."""
-    clear = []
-    for j, (src, built_from, chain) in enumerate(st.babies):
-        spec = st.inputs[st.sources[src][0]] if built_from < 0 else None
-        clear.append(spec.src == plain_tensor if spec is not None else clear[built_from])
-        if not clear[j]:
-            yield from ((f"babies[{j}][2][{i}]", k) for i, k in enumerate(chain))
-    for o, out in enumerate(st.outs):
-        for g, giant in enumerate(out.giants):
-            yield from ((f"outs[{o}].giants[{g}].shift[{i}]", k) for i, k in enumerate(giant.shift))
-    yield from ((f"tree[{i}]", k) for i, k in enumerate(st.tree))
-
-
-def _linear_rotations(st: S.Linear, plain_tensor: str | None):
-    for n, spec in enumerate(st.inputs):
-        yield from ((f"inputs[{n}].replicate[{i}]", k) for i, k in enumerate(spec.replicate))
-    for j, (_, _, chain) in enumerate(st.babies):
-        yield from ((f"babies[{j}][2][{i}]", k) for i, k in enumerate(chain))
-    for g, giant in enumerate(st.giants):
-        yield from ((f"giants[{g}].shift[{i}]", k) for i, k in enumerate(giant.shift))
-    yield from ((f"tree[{i}]", k) for i, k in enumerate(st.tree))
-
-
-def _tree_rotations(st, plain_tensor: str | None):
-    return ((f"tree[{i}]", k) for i, k in enumerate(st.tree))
-
-
-def _no_rotations(st, plain_tensor: str | None):
-    return iter(())
-
-
-# The rotations each step kind does on ciphertexts (the evaluator's handlers, read for keys).
-KEY_ROTATIONS = {S.FirstLinear: _tree_rotations, S.GatherLinear: _tree_rotations,
-                 S.Linear: _linear_rotations, S.MappedLinear: _mapped_rotations,
-                 S.Square: _no_rotations, S.Poly: _no_rotations}
-
-
-def _step_levels(st):
-    """(field, level) a step works at: each must leave a prime to drop (below the depth)."""
-    if isinstance(st, S.Poly):
-        return [(f"recipe[{r}][3]", rec[3]) for r, rec in enumerate(st.recipe)] + [("top", st.top)]
-    return [("level", st.level)] if hasattr(st, "level") else []
-
-
-def _check_steps(plan: PlanDoc) -> None:
-    slots, depth = plan.slots, plan.ckks.depth
-    keys = {k % slots for k in plan.rotation_steps} | {0}
-    plain_tensor = plan.input_tensor if plan.plain_input else None
-    S.check_references(list(plan.steps), plan.input_tensor, len(plan.weights), plan.output.src,
-                       plan.input.num_cts)
-    for i, st in enumerate(plan.steps):
-        w = _Where(i, st.KIND)
-        if plain_tensor is not None and plain_tensor in st.reads() and not isinstance(st, S.MappedLinear):
-            raise BundleError(f"plan step {i} ({st.KIND}): reads the frame '{plain_tensor}', which "
-                              f"this plan keeps in clear (input.plain): only an mlinear step can")
-        _check_layout(getattr(st, "layout", None), slots, w, "layout")
-        for path, level in _step_levels(st):
-            if level >= depth:
-                w.fail(path, f"({level}) leaves no prime to drop: the modulus chain has {depth} levels")
-        for path, k in KEY_ROTATIONS[type(st)](st, plain_tensor):
-            if k % slots not in keys:
-                w.fail(path, f"rotates by {k}, a step the plan's rotation_steps (its Galois keys) "
-                             f"do not cover")

@@ -17,7 +17,8 @@ import pytest
 from protected_nn.errors import BundleError
 from protected_nn.runtime import steps as S
 from protected_nn.runtime.evaluator import Evaluator
-from protected_nn.runtime.plan_sections import KEY_ROTATIONS, read_plan
+from protected_nn.runtime.plan_links import KEY_ROTATIONS
+from protected_nn.runtime.plan_sections import read_plan
 from tests.support.tiny_models import signed_bundle
 
 REPO = Path(__file__).resolve().parents[2]
@@ -100,3 +101,24 @@ def test_evaluator_refuses_an_unknown_step_before_running(bundle_files):
         Evaluator(doc, None, [])
     with pytest.raises(BundleError, match="weight ciphertexts for a plan of"):
         Evaluator(_plan(bundle_files), None, [])
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda d: d.update(version=4), "plan version 4 is not one this gateway knows"),
+    (lambda d: d["output"].update(scale="big"), "plan section 'output': field 'scale'")])
+def test_the_gateway_refuses_a_signed_bundle_whose_plan_it_cannot_read(tmp_path, change, needle):
+    """Refused where the daemon verifies a bundle (before it is pinned or handed to workers, so
+    the running model stays), not by workers that then cannot load it."""
+    import dataclasses
+    from edge_agent.bundle_watch import load_bundle
+    from protected_nn import bundle
+    from tests.support.fake_models import fake_artifacts
+    good = fake_artifacts(1)
+    doc = json.loads(good.plan)
+    change(doc)
+    key = bundle.generate_owner_key()
+    for name, art in (("good", good), ("bad", dataclasses.replace(good, plan=json.dumps(doc).encode()))):
+        bundle.write_bundle(tmp_path / name, "m", art, key)
+    assert load_bundle(tmp_path / "good", key.public_key())[1]["model_id"] == "m"
+    with pytest.raises(BundleError, match=needle):
+        load_bundle(tmp_path / "bad", key.public_key())

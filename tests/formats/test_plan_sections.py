@@ -18,13 +18,14 @@ import pytest
 from protected_nn.artifacts import MEMBERS, ModelArtifacts
 from protected_nn.errors import BundleError
 from protected_nn.runtime import steps as S
-from protected_nn.runtime.plan_sections import (KEY_ROTATIONS, SECTIONS, CkksSection, InputSection,
-                                                OutputSection, PlanDoc, WeightEntry, parse_plan,
-                                                read_plan)
+from protected_nn.runtime.plan_links import KEY_ROTATIONS
+from protected_nn.runtime.plan_sections import (SECTIONS, CkksSection, InputSection, OutputSection,
+                                                PlanDoc, WeightEntry, parse_plan, read_plan)
 
 PLANS = Path(__file__).parent / "plans"
 # Written by `protect` at main 7e2162f (plan version 3): TenSEAL's tutorial CNN (first_linear,
-# square, linear) and a random CNN (gather_linear, mlinear, square, poly).
+# square, linear), a random CNN (gather_linear, mlinear, square, poly) and the tests' frame model
+# (tests/support/tiny_models.py; the plan of tests/support/fake_models.py).
 FIXTURES = sorted(PLANS.glob("main-*.json.gz"))
 SECTION_TYPES = {"ckks": CkksSection, "input": InputSection, "output": OutputSection}
 
@@ -48,7 +49,7 @@ def _refused(doc, *needles: str) -> str:
 
 
 def test_plans_written_by_main_read_and_round_trip():
-    assert len(FIXTURES) == 2
+    assert len(FIXTURES) == 3
     kinds = set()
     for path in FIXTURES:
         raw = gzip.decompress(path.read_bytes())
