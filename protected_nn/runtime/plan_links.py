@@ -4,6 +4,8 @@ within the ring, every level leaves a prime to drop, the frame the gateway keeps
 only by a step that can take it, and the tensors and weights the steps name exist."""
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 from protected_nn.errors import BundleError
 from protected_nn.runtime import steps as S
 from protected_nn.runtime.steps import _Where
@@ -52,17 +54,25 @@ def _no_rotations(st, plain_tensor: str | None):
     return iter(())
 
 
-# The rotations each step kind does on ciphertexts (the evaluator's handlers, read for keys).
-KEY_ROTATIONS = {S.FirstLinear: _tree_rotations, S.GatherLinear: _tree_rotations,
-                 S.Linear: _linear_rotations, S.MappedLinear: _mapped_rotations,
-                 S.Square: _no_rotations, S.Poly: _no_rotations}
+def _at(st):
+    return [("level", st.level)]
 
 
-def _step_levels(st):
-    """(field, level) a step works at: each must leave a prime to drop (below the depth)."""
-    if isinstance(st, S.Poly):
-        return [(f"recipe[{r}][3]", rec[3]) for r, rec in enumerate(st.recipe)] + [("top", st.top)]
-    return [("level", st.level)] if hasattr(st, "level") else []
+def _poly_levels(st: S.Poly):
+    return [(f"recipe[{r}][3]", rec[3]) for r, rec in enumerate(st.recipe)] + [("top", st.top)]
+
+
+class Rules(NamedTuple):
+    """What a step kind does, read from the evaluator's handler: `rotations(step, clear_frame)`
+    -> (field, amount) of each rotation on a ciphertext (each needs a Galois key); `rescales(step)`
+    -> (field, level) of each rescale (each needs a prime left below the depth)."""
+    rotations: Callable
+    rescales: Callable
+
+
+STEP_RULES = {S.FirstLinear: Rules(_tree_rotations, _at), S.GatherLinear: Rules(_tree_rotations, _at),
+              S.Linear: Rules(_linear_rotations, _at), S.MappedLinear: Rules(_mapped_rotations, _at),
+              S.Square: Rules(_no_rotations, _at), S.Poly: Rules(_no_rotations, _poly_levels)}
 
 
 def check_steps(plan) -> None:
@@ -78,10 +88,11 @@ def check_steps(plan) -> None:
             raise BundleError(f"plan step {i} ({st.KIND}): reads the frame '{plain_tensor}', which "
                               f"this plan keeps in clear (input.plain): only an mlinear step can")
         check_layout(getattr(st, "layout", None), slots, w, "layout")
-        for path, level in _step_levels(st):
+        rules = STEP_RULES[type(st)]
+        for path, level in rules.rescales(st):
             if level >= depth:
                 w.fail(path, f"({level}) leaves no prime to drop: the modulus chain has {depth} levels")
-        for path, k in KEY_ROTATIONS[type(st)](st, plain_tensor):
+        for path, k in rules.rotations(st, plain_tensor):
             if k % slots not in keys:
                 w.fail(path, f"rotates by {k}, a step the plan's rotation_steps (its Galois keys) "
                              f"do not cover")

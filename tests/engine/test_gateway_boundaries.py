@@ -17,7 +17,7 @@ import pytest
 from protected_nn.errors import BundleError
 from protected_nn.runtime import steps as S
 from protected_nn.runtime.evaluator import Evaluator
-from protected_nn.runtime.plan_links import KEY_ROTATIONS
+from protected_nn.runtime.plan_links import STEP_RULES
 from protected_nn.runtime.plan_sections import read_plan
 from tests.support.tiny_models import signed_bundle
 
@@ -91,7 +91,7 @@ def test_evaluator_has_one_handler_per_step_type(bundle_files):
     plan = read_plan(json.dumps(doc))
     ev = Evaluator(plan, None, [None] * len(plan.weights))      # no step is run
     assert set(ev._handlers) == set(S.STEP_TYPES.values())
-    assert set(KEY_ROTATIONS) == set(S.STEP_TYPES.values()), "a step kind without its key rule"
+    assert set(STEP_RULES) == set(S.STEP_TYPES.values()), "a step kind without its rules (plan_links.py)"
 
 
 def test_evaluator_refuses_an_unknown_step_before_running(bundle_files):

@@ -18,7 +18,7 @@ import pytest
 from protected_nn.artifacts import MEMBERS, ModelArtifacts
 from protected_nn.errors import BundleError
 from protected_nn.runtime import steps as S
-from protected_nn.runtime.plan_links import KEY_ROTATIONS
+from protected_nn.runtime.plan_links import STEP_RULES
 from protected_nn.runtime.plan_sections import (SECTIONS, CkksSection, InputSection, OutputSection,
                                                 PlanDoc, WeightEntry, parse_plan, read_plan)
 
@@ -140,7 +140,7 @@ def test_weights_and_rotation_steps_typed(doc):
 def _ciphertext_rotation(plan: PlanDoc):
     """(step index, kind, field, amount) of the first rotation a step does on a ciphertext."""
     for i, st in enumerate(plan.steps):
-        for path, k in KEY_ROTATIONS[type(st)](st, None):
+        for path, k in STEP_RULES[type(st)].rotations(st, None):
             if k % plan.slots:
                 return i, st.KIND, path, k
     raise AssertionError("the plan rotates nothing")
@@ -160,8 +160,8 @@ def test_baby_rotations_of_a_clear_frame_need_no_key():
     plan = parse_plan(_load("random-cnn-mixed"))
     st = next(s for s in plan.steps if isinstance(s, S.MappedLinear) and any(b[2] for b in s.babies))
     src = st.inputs[0].src
-    on_ciphertexts = [p for p, _ in KEY_ROTATIONS[S.MappedLinear](st, None)]
-    on_frame = [p for p, _ in KEY_ROTATIONS[S.MappedLinear](st, src)]
+    on_ciphertexts = [p for p, _ in STEP_RULES[S.MappedLinear].rotations(st, None)]
+    on_frame = [p for p, _ in STEP_RULES[S.MappedLinear].rotations(st, src)]
     from_frame = {j for j, (s, built, _) in enumerate(st.babies) if st.sources[s][0] == 0}
     assert from_frame and any(p.startswith("babies") for p in on_ciphertexts)
     assert not any(p.startswith(f"babies[{j}]") for p in on_frame for j in from_frame)
