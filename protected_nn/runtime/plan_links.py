@@ -22,6 +22,9 @@ def check_layout(lay: dict | None, slots: int, w, path: str) -> None:
         w.fail(path, f"has a period of {lay['period']} slots, which does not divide the ring's {slots}")
 
 
+# A rotation's field is yielded as parts, ("babies", j, 2, i), and spelled only for an error:
+# a large plan has thousands of rotations.
+
 def _mapped_rotations(st: S.MappedLinear, plain_tensor: str | None):
     """Baby rotations of a clear frame are done in numpy (no key); every other one needs a key."""
     clear = []
@@ -29,29 +32,37 @@ def _mapped_rotations(st: S.MappedLinear, plain_tensor: str | None):
         spec = st.inputs[st.sources[src][0]] if built_from < 0 else None
         clear.append(spec.src == plain_tensor if spec is not None else clear[built_from])
         if not clear[j]:
-            yield from ((f"babies[{j}][2][{i}]", k) for i, k in enumerate(chain))
+            yield from ((("babies", j, 2, i), k) for i, k in enumerate(chain))
     for o, out in enumerate(st.outs):
         for g, giant in enumerate(out.giants):
-            yield from ((f"outs[{o}].giants[{g}].shift[{i}]", k) for i, k in enumerate(giant.shift))
-    yield from ((f"tree[{i}]", k) for i, k in enumerate(st.tree))
+            yield from ((("outs", o, "giants", g, "shift", i), k) for i, k in enumerate(giant.shift))
+    yield from ((("tree", i), k) for i, k in enumerate(st.tree))
 
 
 def _linear_rotations(st: S.Linear, plain_tensor: str | None):
     for n, spec in enumerate(st.inputs):
-        yield from ((f"inputs[{n}].replicate[{i}]", k) for i, k in enumerate(spec.replicate))
+        yield from ((("inputs", n, "replicate", i), k) for i, k in enumerate(spec.replicate))
     for j, (_, _, chain) in enumerate(st.babies):
-        yield from ((f"babies[{j}][2][{i}]", k) for i, k in enumerate(chain))
+        yield from ((("babies", j, 2, i), k) for i, k in enumerate(chain))
     for g, giant in enumerate(st.giants):
-        yield from ((f"giants[{g}].shift[{i}]", k) for i, k in enumerate(giant.shift))
-    yield from ((f"tree[{i}]", k) for i, k in enumerate(st.tree))
+        yield from ((("giants", g, "shift", i), k) for i, k in enumerate(giant.shift))
+    yield from ((("tree", i), k) for i, k in enumerate(st.tree))
 
 
 def _tree_rotations(st, plain_tensor: str | None):
-    return ((f"tree[{i}]", k) for i, k in enumerate(st.tree))
+    return ((("tree", i), k) for i, k in enumerate(st.tree))
 
 
 def _no_rotations(st, plain_tensor: str | None):
     return iter(())
+
+
+def field_path(parts: tuple) -> str:
+    """("outs", 0, "giants", 1, "shift", 2) -> 'outs[0].giants[1].shift[2]', as steps.py names it."""
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else p)
+    return out
 
 
 def _at(st):
@@ -64,7 +75,7 @@ def _poly_levels(st: S.Poly):
 
 class Rules(NamedTuple):
     """What a step kind does, read from the evaluator's handler: `rotations(step, clear_frame)`
-    -> (field, amount) of each rotation on a ciphertext (each needs a Galois key); `rescales(step)`
+    -> (field parts, amount) of each rotation on a ciphertext (each needs a Galois key); `rescales(step)`
     -> (field, level) of each rescale (each needs a prime left below the depth)."""
     rotations: Callable
     rescales: Callable
@@ -92,7 +103,7 @@ def check_steps(plan) -> None:
         for path, level in rules.rescales(st):
             if level >= depth:
                 w.fail(path, f"({level}) leaves no prime to drop: the modulus chain has {depth} levels")
-        for path, k in rules.rotations(st, plain_tensor):
+        for parts, k in rules.rotations(st, plain_tensor):
             if k % slots not in keys:
-                w.fail(path, f"rotates by {k}, a step the plan's rotation_steps (its Galois keys) "
+                w.fail(field_path(parts), f"rotates by {k}, a step the plan's rotation_steps (its Galois keys) "
                              f"do not cover")

@@ -306,12 +306,26 @@ def _rotations(docs, slots: int) -> tuple:
     return tuple(out)
 
 
+_WEIGHT_FIELDS = frozenset(WeightEntry.SPEC)
+
+
+def _plain_weight(d) -> WeightEntry | None:
+    """The usual entry, read without the per-field parsers (they were a quarter of a large plan's
+    load): it accepts only what they accept; anything else goes through them, to be accepted or
+    refused with its field named."""
+    if (type(d) is dict and d.keys() == _WEIGHT_FIELDS and type(d["level"]) is int and d["level"] >= 0
+            and type(d["scale"]) is float and 0.0 < d["scale"] < math.inf and type(d["layer"]) is str
+            and d["kind"] in WEIGHT_KINDS):
+        return WeightEntry(level=d["level"], scale=d["scale"], layer=d["layer"], kind=d["kind"])
+    return None
+
+
 def _weights(docs, depth: int) -> tuple:
     w = _InSection("weights")
     docs = _listed(docs, "weights")
     out = []
     for i, d in enumerate(docs):
-        entry = WeightEntry.parse(d, w, f"[{i}]")
+        entry = _plain_weight(d) or WeightEntry.parse(d, w, f"[{i}]")
         if entry.level > depth:
             w.fail(f"[{i}].level", f"({entry.level}) is beyond the modulus chain's {depth} levels")
         out.append(entry)

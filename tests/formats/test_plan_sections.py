@@ -18,7 +18,7 @@ import pytest
 from protected_nn.artifacts import MEMBERS, ModelArtifacts
 from protected_nn.errors import BundleError
 from protected_nn.runtime import steps as S
-from protected_nn.runtime.plan_links import STEP_RULES
+from protected_nn.runtime.plan_links import STEP_RULES, field_path
 from protected_nn.runtime.plan_sections import (SECTIONS, CkksSection, InputSection, OutputSection,
                                                 PlanDoc, WeightEntry, parse_plan, read_plan)
 
@@ -137,12 +137,24 @@ def test_weights_and_rotation_steps_typed(doc):
     _refused(dict(doc, rotation_steps=doc["rotation_steps"] + [slots]), f"({slots}) is not a rotation")
 
 
+def test_weight_entries_read_alike_by_the_quick_and_the_field_parsers(doc):
+    """Usual entries skip the per-field parsers (plan_sections._plain_weight); the result is the
+    same, and an unusual but valid entry (an integer scale) or a bad one still goes through them."""
+    from protected_nn.runtime.plan_sections import _InSection
+    slow = tuple(WeightEntry.parse(d, _InSection("weights"), f"[{i}]") for i, d in enumerate(doc["weights"]))
+    assert parse_plan(doc).weights == slow
+    doc["weights"][0]["scale"] = 4
+    assert parse_plan(doc).weights[0].scale == 4
+    doc["weights"][0]["level"] = -1
+    _refused(doc, "field '[0].level' must not be negative")
+
+
 def _ciphertext_rotation(plan: PlanDoc):
     """(step index, kind, field, amount) of the first rotation a step does on a ciphertext."""
     for i, st in enumerate(plan.steps):
-        for path, k in STEP_RULES[type(st)].rotations(st, None):
+        for parts, k in STEP_RULES[type(st)].rotations(st, None):
             if k % plan.slots:
-                return i, st.KIND, path, k
+                return i, st.KIND, field_path(parts), k
     raise AssertionError("the plan rotates nothing")
 
 
@@ -160,8 +172,8 @@ def test_baby_rotations_of_a_clear_frame_need_no_key():
     plan = parse_plan(_load("random-cnn-mixed"))
     st = next(s for s in plan.steps if isinstance(s, S.MappedLinear) and any(b[2] for b in s.babies))
     src = st.inputs[0].src
-    on_ciphertexts = [p for p, _ in STEP_RULES[S.MappedLinear].rotations(st, None)]
-    on_frame = [p for p, _ in STEP_RULES[S.MappedLinear].rotations(st, src)]
+    on_ciphertexts = [field_path(p) for p, _ in STEP_RULES[S.MappedLinear].rotations(st, None)]
+    on_frame = [field_path(p) for p, _ in STEP_RULES[S.MappedLinear].rotations(st, src)]
     from_frame = {j for j, (s, built, _) in enumerate(st.babies) if st.sources[s][0] == 0}
     assert from_frame and any(p.startswith("babies") for p in on_ciphertexts)
     assert not any(p.startswith(f"babies[{j}]") for p in on_frame for j in from_frame)
