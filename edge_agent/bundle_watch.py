@@ -19,6 +19,7 @@ from typing import Callable
 
 from protected_nn.bundle import load_owner_public_key, read_bundle, read_file_bounded
 from protected_nn.errors import ProtectedNNError
+from protected_nn.runtime.plan_sections import read_plan
 
 from edge_agent.bundle_pin import BundlePin, BundleRefused
 from edge_agent.pool import Model
@@ -27,9 +28,13 @@ log = logging.getLogger(__name__)
 
 
 def load_bundle(bundle_path: Path, owner_key) -> tuple[Model, dict]:
-    """Read (bounded) and verify one bundle -> (model, manifest); BundleError when it must not run,
-    CardError when its model card does not fit the schema (protected_nn/model_card.py)."""
+    """Read (bounded) and verify one bundle -> (model, manifest); BundleError when it must not run
+    (a plan this gateway cannot read included: protected_nn/runtime/plan_sections.py), CardError
+    when its model card does not fit the schema (protected_nn/model_card.py)."""
     manifest, artifacts = read_bundle(read_file_bounded(bundle_path), owner_key)
+    # Here, before the bundle is pinned and handed to the workers: a plan of an unknown version or
+    # malformed would otherwise replace a running model by workers that cannot load it.
+    read_plan(artifacts.plan)
     artifacts.card()     # a card that does not fit is refused like any other defect of the bundle
     model = Model(artifacts=artifacts, model_id=str(manifest["model_id"]), key_fingerprint=artifacts.key_fingerprint,
                   result_key=manifest.get("result_key"))

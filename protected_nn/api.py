@@ -20,11 +20,10 @@ import numpy as np
 
 from protected_nn.artifacts import ModelArtifacts
 from protected_nn.ckks.context import Ckks
-from protected_nn.ckks.params import CkksParams
-from protected_nn.errors import ModelError, PlanError, ProtectedNNError, ResultError
+from protected_nn.errors import ModelError, PlanError, ProtectedNNError
 from protected_nn.runtime import params_blob
 from protected_nn.runtime.evaluator import Evaluator
-from protected_nn.runtime.plan_format import check_version
+from protected_nn.runtime.plan_sections import parse_plan, read_plan
 
 # Owner-side modules (key generation, decryption, compiler) are imported inside protect() and
 # OwnerModel only, so a gateway process never even loads them.
@@ -107,11 +106,12 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
         from protected_nn.fidelity_hints import plan_error_hint
         raise PlanError(f"{exc}{plan_error_hint(str(exc), graph, opts.poly_degree)}") from None
     plan.doc["input"]["shape"] = list(input_shape)     # exactly what onnxruntime takes
+    doc = parse_plan(plan.doc)         # the gateway's reading: a planner bug fails here, not there
     t_compile = time.perf_counter() - t0
-    params = CkksParams.from_dict(plan.doc["ckks"])
-    stage.done("plan", f"N={params.n}, {len(plan.weights)} weight ciphertexts, "
-                       f"{len(plan.doc['rotation_steps'])} rotation steps")
-    sk = SecretCkks.generate(params, set(plan.doc["rotation_steps"]), evaluation_keys=not opts.seeded)
+    params = doc.ckks.params
+    stage.done("plan", f"N={params.n}, {len(doc.weights)} weight ciphertexts, "
+                       f"{len(doc.rotation_steps)} rotation steps")
+    sk = SecretCkks.generate(params, set(doc.rotation_steps), evaluation_keys=not opts.seeded)
     t1 = time.perf_counter()
     weight_blobs = encrypt_weights(sk, plan.weights, seeded=opts.seeded)
     t_encrypt = time.perf_counter() - t1
@@ -128,7 +128,7 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
                               cal[:max(1, opts.check_samples)],
                               ref_outputs[:max(1, opts.check_samples)])
     stage.done("self-check", f"max error {fidelity['max_rel_error']:.1e} of the output range")
-    report = build_report(graph, plan, artifacts, fidelity, timings={
+    report = build_report(graph, plan, doc, artifacts, fidelity, timings={
         "compile_s": t_compile, "encrypt_params_s": t_encrypt}, tolerance=opts.tolerance)
     report["data"]["calibration"] = calibrated
     prot = Protected(artifacts=artifacts, secret_key=secret, report=report["data"],
@@ -193,8 +193,9 @@ def estimate_plan(onnx_path, *, calibration: np.ndarray | None = None,
                       input_range=opts.input_range, calibration_samples=opts.calibration_samples)
     cal = _calibration_inputs(_onnx_input_shape(model, graph), calibration, opts)
     plan = compile_graph(graph, output_bits_for(_onnxruntime(model, cal)))
-    params = CkksParams.from_dict(plan.doc["ckks"])
-    rows, est_ms = estimate_latency(plan)
+    doc = parse_plan(plan.doc)
+    params = doc.ckks.params
+    rows, est_ms = estimate_latency(plan.layer_stats, doc)
     return {"depth": params.depth, "ring_dimension": params.n, "estimated_latency_ms": round(est_ms, 1),
             "layers": rows, "warnings": list(graph.warnings)}
 
@@ -237,32 +238,23 @@ def _onnxruntime(model, inputs: np.ndarray) -> np.ndarray:
     return np.stack([sess.run(None, {name: x.astype(np.float32)})[0] for x in inputs])
 
 
-def _plan_of(artifacts: ModelArtifacts) -> dict:
-    try:
-        return artifacts.plan_json()
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ResultError(f"the model plan is not valid JSON: {exc}") from None
-
-
 class EdgeModel:
     """Gateway side: loads public artifacts, encrypts inputs, evaluates, serializes results.
     It never holds a secret key: its CKKS object is built from public bytes only."""
 
     def __init__(self, artifacts: ModelArtifacts):
-        plan = _plan_of(artifacts)
-        check_version(plan)                  # before any key or weight is parsed
-        params = CkksParams.from_dict(plan["ckks"])
-        ckks = Ckks.from_public_bytes(params, artifacts.context, artifacts.public_key,
+        plan = read_plan(artifacts.plan)     # typed and checked before any key or weight is parsed
+        ckks = Ckks.from_public_bytes(plan.ckks.params, artifacts.context, artifacts.public_key,
                                       artifacts.relin_key, artifacts.rotation_keys,
-                                      set(plan["rotation_steps"]))
-        blobs = params_blob.unpack(artifacts.params, len(plan["weights"]))
+                                      set(plan.rotation_steps))
+        blobs = params_blob.unpack(artifacts.params, len(plan.weights))
         weights = [ckks.ct_from_bytes(b) for b in blobs]
         self.artifacts = artifacts
         self.plan = plan
         self.key_fingerprint = artifacts.key_fingerprint
         self._eval = Evaluator(plan, ckks, weights)
         self.input_shape = self._eval.input_shape
-        self.output_shape = tuple(plan["output"]["shape"])
+        self.output_shape = tuple(plan.output.shape)
 
     def encrypt(self, x: np.ndarray) -> list:
         return self._eval.encrypt_input(x)
@@ -287,17 +279,16 @@ class OwnerModel:
     """Backend side: holds the secret key; decrypts payloads to the model's output tensor."""
 
     def __init__(self, artifacts: ModelArtifacts, secret_key: bytes):
-        plan = _plan_of(artifacts)
+        plan = read_plan(artifacts.plan)
         self.plan = plan
         self.key_fingerprint = artifacts.key_fingerprint
         self._card = artifacts.model_card     # only the card: the keys' bytes are not kept
         from protected_nn.ckks.context import SecretCkks
         from protected_nn.runtime.owner import Decoder
 
-        params = CkksParams.from_dict(plan["ckks"])
-        sk = SecretCkks.from_bytes(params, artifacts.context, artifacts.public_key, secret_key)
+        sk = SecretCkks.from_bytes(plan.ckks.params, artifacts.context, artifacts.public_key, secret_key)
         self._decoder = Decoder(plan, sk)
-        self.output_shape = tuple(plan["output"]["shape"])
+        self.output_shape = tuple(plan.output.shape)
 
     def decrypt(self, payload: bytes) -> np.ndarray:
         return self._decoder.decode(payload)

@@ -1,11 +1,12 @@
 """Gateway side: run a compiled plan on an encrypted frame with public evaluation keys only.
 
 The loop is deliberately short: each step reads named tensors (lists of ciphertexts), writes
-one, and frees what no later step reads. Steps are typed (runtime/steps.py: every field checked)
-and dispatched by a table of handlers, one per step type: a plan with a step kind or version this
-gateway does not know, or a malformed step, is refused before anything runs. Levels are
-tracked here (Pyfhel's mod_level counter is reset by deserialization: the last of the traps
-listed in protected_nn/ckks/context.py). Only runtime modules are imported: the gateway never loads the compiler."""
+one, and frees what no later step reads. The plan is typed (runtime/plan_sections.py, steps.py:
+every section and step checked) and steps are dispatched by a table of handlers, one per step
+type: a plan with a step kind or version this gateway does not know, or a malformed step or
+section, is refused before anything runs. Levels are tracked here (Pyfhel's mod_level counter is
+reset by deserialization: the last of the traps listed in protected_nn/ckks/context.py). Only
+runtime modules are imported: the gateway never loads the compiler."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,8 @@ from Pyfhel import PyPtxt
 
 from protected_nn.ckks.context import Ckks
 from protected_nn.errors import BundleError, InputError
-from protected_nn.runtime.plan_format import check_version, decode_array
 from protected_nn.runtime import steps as S
+from protected_nn.runtime.plan_sections import PlanDoc, parse_plan
 
 
 class _Reg:
@@ -32,24 +33,24 @@ class _Reg:
 
 
 class Evaluator:
-    def __init__(self, plan: dict, ckks: Ckks, weights: list):
-        check_version(plan)
+    def __init__(self, plan: PlanDoc | dict, ckks: Ckks, weights: list):
+        if not isinstance(plan, PlanDoc):
+            plan = parse_plan(plan)    # version, steps, sections: refused before anything runs
         self._handlers = {S.FirstLinear: self._first_linear, S.Linear: self._linear,
                           S.GatherLinear: self._gather_linear,
                           S.MappedLinear: self._mlinear, S.Square: self._square, S.Poly: self._poly_step}
         assert set(self._handlers) == set(S.STEP_TYPES.values()), "a step kind without a handler"
-        self.steps = S.parse_steps(plan["steps"])      # refuses unknown kinds and malformed fields
-        inp = plan["input"]
-        S.check_references(self.steps, None if inp["free"] else inp["name"], len(weights),
-                           plan["output"]["src"], int(inp["num_cts"]))
+        if len(weights) != len(plan.weights):
+            raise BundleError(f"{len(weights)} weight ciphertexts for a plan of {len(plan.weights)}")
         self.plan, self.ckks, self.w = plan, ckks, weights
-        self.slots = ckks.slots
-        self.delta = float(plan["ckks"]["delta"])
-        self.input_shape = tuple(inp["shape"])
-        self.input_size = int(inp["size"])
-        self.gather = decode_array(inp["gather"], (int(inp["num_cts"]), self.slots))
-        self.depth = len(plan["ckks"]["qi_sizes"]) - 2
-        self._last_use = self._last_uses(self.steps, plan["output"]["src"])
+        self.steps = plan.steps
+        self.slots = plan.slots
+        self.delta = plan.ckks.delta
+        self.input_shape = tuple(plan.input.shape)
+        self.gather = plan.gather
+        self.depth = plan.ckks.depth
+        self.plain_input = plan.plain_input
+        self._last_use = self._last_uses(self.steps, plan.output.src)
         self._poly_plain = {i: self._poly_plaintexts(step) for i, step in enumerate(self.steps)
                             if isinstance(step, S.Poly)}
 
@@ -65,28 +66,22 @@ class Evaluator:
         if not np.all(np.isfinite(flat)):
             raise InputError("input contains NaN or infinite values")
         padded = np.append(flat, 0.0)          # index -1 (unused slot) reads the trailing zero
-        if self.plain_input:                   # laid out in clear; see run()
+        if self.plain_input:                   # laid out in clear (PlanDoc.plain_input); see run()
             return [np.ascontiguousarray(padded[g]) for g in self.gather]
         return [self.ckks.encrypt(padded[g], self.delta) for g in self.gather]
-
-    @property
-    def plain_input(self) -> bool:
-        """The gateway holds the frame in clear: the first layer multiplies encrypted weights by
-        plaintexts (no input encryption, no relinearization, input rotations done in numpy)."""
-        return bool(self.plan["input"].get("plain"))
 
     # --- evaluation -----------------------------------------------------------------------
     def run(self, input_cts: list):
         regs: dict[str, _Reg] = {}
-        if not self.plan["input"]["free"]:          # laid-out input, read by name
-            regs[self.plan["input"]["name"]] = _Reg(list(input_cts), 0)
+        if self.plan.input_tensor is not None:      # laid-out input, read by name
+            regs[self.plan.input_tensor] = _Reg(list(input_cts), 0)
         self._input_cts = input_cts
         for idx, step in enumerate(self.steps):
             self._idx = idx
             regs[step.out] = self._handlers[type(step)](step, regs)
             for name in [n for n, last in self._last_use.items() if last == idx]:
                 regs.pop(name, None)
-        out = regs[self.plan["output"]["src"]]
+        out = regs[self.plan.output.src]
         self.ckks.mod_switch(out.ct, self.depth - out.level)   # smallest result to send
         if self.plain_input:
             # Re-randomize: without it the result would be a deterministic function of the public
@@ -96,7 +91,7 @@ class Evaluator:
         return out.ct
 
     def serialize(self, ct) -> bytes:
-        return self.ckks.ct_to_packed_bytes(ct, int(self.plan["ckks"]["qi_sizes"][0]))
+        return self.ckks.ct_to_packed_bytes(ct, self.plan.ckks.result_bits)
 
     def infer(self, x: np.ndarray) -> bytes:
         return self.serialize(self.run(self.encrypt_input(x)))

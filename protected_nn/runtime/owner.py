@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from protected_nn.ckks.context import SecretCkks
-from protected_nn.compiler.layout import Layout
 from protected_nn.errors import ResultError
+from protected_nn.runtime.plan_sections import PlanDoc
 from protected_nn.runtime.result_checks import ResultChecks
 
 MAX_RESULT_BYTES = 4 << 20
@@ -20,21 +20,16 @@ def encrypt_weights(sk: SecretCkks, weights, seeded: bool = True) -> list[bytes]
 
 
 class Decoder:
-    def __init__(self, plan: dict, sk: SecretCkks):
+    def __init__(self, plan: PlanDoc, sk: SecretCkks):
         self.sk = sk
-        out = plan["output"]
-        self.shape = tuple(out["shape"])
-        lay = Layout.from_dict(out["layout"])
-        self.slots = lay.slots_of()
+        out = plan.output
+        self.shape = tuple(out.shape)
+        self.slots = out.value_slots()
         # Unit-multiple slots that must decrypt to ~0: with another key they are random, large.
-        zero = []
-        if lay.zero_padded:
-            for copy in range(0, sk.slots, lay.period):
-                zero.extend(copy + j * lay.unit for j in range(lay.n, lay.period // lay.unit))
-        self.zero_slots = np.asarray(zero[:64], dtype=np.int64)
+        self.zero_slots = out.padding_slots(sk.slots)[:64]
         # The first prime holds |value| < 2^(headroom - 1) at the result's scale; a result under
         # another key decrypts to values spread over that whole range, a genuine one to ~1e-4.
-        headroom = int(plan["ckks"]["qi_sizes"][0]) - np.log2(float(plan["output"]["scale"]))
+        headroom = plan.ckks.result_bits - np.log2(out.scale)
         self.zero_bound = max(0.05, 2.0 ** (headroom - 6))
         self.checks = ResultChecks(plan, sk)
 

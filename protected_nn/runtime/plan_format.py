@@ -23,7 +23,7 @@ def decode_array(s: str, shape) -> np.ndarray:
 
 def check_version(plan: dict) -> None:
     version = plan.get("version") if isinstance(plan, dict) else None
-    if version not in KNOWN_VERSIONS:
+    if type(version) is not int or version not in KNOWN_VERSIONS:      # true == 1 in Python
         raise BundleError(f"plan version {version!r} is not one this gateway knows "
                           f"({', '.join(map(str, KNOWN_VERSIONS))}): update the gateway software "
                           f"or re-protect the model with a matching version")

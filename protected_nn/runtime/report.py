@@ -4,45 +4,45 @@ from __future__ import annotations
 
 from protected_nn.ckks.params import HE_STANDARD_128, CkksParams
 from protected_nn.compiler.layout import CostModel
+from protected_nn.runtime.plan_sections import PlanDoc
 
 
-def estimate_latency(plan) -> tuple[list[dict], float]:
+def estimate_latency(layer_stats: list[dict], doc: PlanDoc) -> tuple[list[dict], float]:
     """Per-layer rows with the cost model's milliseconds, and the total (input encryption too)."""
-    params = CkksParams.from_dict(plan.doc["ckks"])
-    cost = CostModel(params.n, params.depth)
+    cost = CostModel(doc.ckks.n, doc.ckks.depth)
     est_ms = 0.0
     rows = []
-    for s in plan.layer_stats:
+    for s in layer_stats:
         lvl = s["level"] - 1
         ms = (s["rotations"] * cost.rot(lvl) + s["relins"] * cost.relin(lvl)
               + s["products"] * cost.mul(lvl))
         est_ms += ms
         rows.append(s | {"est_ms": round(ms, 1)})
-    doc = plan.doc
-    est_ms += cost.encrypt() * (1 if doc["input"].get("plain") else doc["input"]["num_cts"])
+    est_ms += cost.encrypt() * (1 if doc.plain_input else doc.input.num_cts)
     return rows, est_ms
 
 
-def worker_memory(doc: dict) -> dict:
+def worker_memory(params: CkksParams, weight_levels, rotation_steps: int) -> dict:
     """Bytes a gateway worker holds once the bundle is loaded: every weight ciphertext expanded at
     its level (2 polynomials x primes left x N x 8 bytes) and the key-switching keys (one
-    ciphertext over all primes per data prime, for each Galois key and the relinearization key).
-    The bundle bytes come on top while it loads."""
-    n = int(doc["ckks"]["n"])
-    data_primes = len(doc["ckks"]["qi_sizes"]) - 1
-    weights = sum(2 * (data_primes - int(w["level"])) * n * 8 for w in doc["weights"])
+    ciphertext over all primes per data prime, for each of the `rotation_steps` Galois keys and
+    the relinearization key). The bundle bytes come on top while it loads."""
+    n = params.n
+    data_primes = len(params.qi_sizes) - 1
+    weights = sum(2 * (data_primes - int(level)) * n * 8 for level in weight_levels)
     one_key = data_primes * 2 * (data_primes + 1) * n * 8
-    keys = (len(doc["rotation_steps"]) + 1) * one_key
+    keys = (rotation_steps + 1) * one_key
     return {"weight_ciphertexts": weights, "keys": keys, "total": weights + keys}
 
 
-def build_report(graph, plan, artifacts, fidelity: dict, timings: dict, tolerance: float) -> dict:
-    doc = plan.doc
-    params = CkksParams.from_dict(doc["ckks"])
-    n_weights = sum(1 for w in plan.weights if w.kind == "weight")
-    n_bias = sum(1 for w in plan.weights if w.kind == "bias")
+def build_report(graph, plan, doc: PlanDoc, artifacts, fidelity: dict, timings: dict,
+                 tolerance: float) -> dict:
+    """`plan`: the compiler's (weights and per-layer stats); `doc`: its document, typed."""
+    params = doc.ckks.params
+    n_weights = sum(1 for w in doc.weights if w.kind == "weight")
+    n_bias = sum(1 for w in doc.weights if w.kind == "bias")
     sizes = {k: len(v) for k, v in artifacts.as_members().items()}
-    rows, est_ms = estimate_latency(plan)
+    rows, est_ms = estimate_latency(plan.layer_stats, doc)
     data = {
         "ckks": {"ring_dimension": params.n, "slots": params.slots, "qi_bits": list(params.qi_sizes),
                  "scale_bits": params.scale_bits, "log_q": params.log_q,
@@ -51,11 +51,12 @@ def build_report(graph, plan, artifacts, fidelity: dict, timings: dict, toleranc
         "encrypted": {"weight_ciphertexts": n_weights, "bias_ciphertexts": n_bias,
                       "trained_parameters_in_clear": 0,
                       "public_constants": [s["layer"] for s in plan.layer_stats if "fit_range" in s]},
-        "rotation_steps": doc["rotation_steps"],
-        "input_ciphertexts": doc["input"]["num_cts"],
+        "rotation_steps": list(doc.rotation_steps),
+        "input_ciphertexts": doc.input.num_cts,
         "layers": rows,
         "sizes_bytes": sizes | {"bundle_total": sum(sizes.values())},
-        "worker_memory_bytes": worker_memory(doc),
+        "worker_memory_bytes": worker_memory(params, [w.level for w in doc.weights],
+                                             len(doc.rotation_steps)),
         "estimated_latency_ms": round(est_ms, 1),
         "fidelity": fidelity | {"tolerance": tolerance},
         "timings": timings,

@@ -56,12 +56,13 @@ class ResultRejected(ResultError):
 
 
 class ResultChecks:
-    def __init__(self, plan: dict, sk):
+    def __init__(self, plan, sk):
+        """`plan`: a runtime.plan_sections.PlanDoc."""
         self.sk = sk
-        self.n = int(plan["ckks"]["n"])
-        self.scale = float(plan["output"]["scale"])
-        self.q = int(plan["ckks"]["primes"][0])
-        depth = len(plan["ckks"]["qi_sizes"]) - 2        # the result is mod-switched to one prime
+        self.n = plan.ckks.n
+        self.scale = float(plan.output.scale)
+        self.q = plan.ckks.first_prime
+        depth = plan.ckks.depth                           # the result is mod-switched to one prime
         reference = sk.encrypt(np.zeros(sk.slots), self.scale, depth).to_bytes("none")
         self.parms_id = _MEMBERS.unpack_from(reference, _HEADER.size)[0]
         self.header = reference[:SEAL_CT_PREFIX]    # every genuine result's header, byte for byte

@@ -14,7 +14,8 @@ from protected_nn.errors import BundleError
 
 
 class _Where:
-    """The step being read, for error messages."""
+    """The step being read, for error messages (plan_sections.py has the same for a section)."""
+    NOUN = "step kind"
 
     def __init__(self, index: int, kind: str):
         self.index, self.kind = index, kind
@@ -116,7 +117,7 @@ class _Record:
             w.fail(path or "(step)", f"must be an object, not {_type_name(v)}")
         extra = sorted(set(v) - set(cls.SPEC) - allowed_extra)
         if extra:
-            w.fail(prefix + str(extra[0]), "is not a field of this step kind")
+            w.fail(prefix + str(extra[0]), f"is not a field of this {w.NOUN}")
         kwargs: dict[str, Any] = {}
         for name, parser in cls.SPEC.items():
             if name not in v:

@@ -9,15 +9,11 @@ from protected_nn.ckks.context import SecretCkks
 from protected_nn.ckks.params import CkksParams
 from protected_nn.compiler.planner import compile_graph
 from protected_nn.frontend import load_onnx
+from protected_nn.runtime.plan_sections import parse_plan
 from protected_nn.runtime.report import render, worker_memory
 
 PARAMS = CkksParams(n=8192, qi_sizes=(31, 26, 26, 26, 31), scale_bits=26)
 HEADER_SLACK = 4096      # SEAL's headers and parameter ids, per object
-
-
-def _doc(levels, steps):
-    return {"ckks": PARAMS.to_dict(), "weights": [{"level": lv} for lv in levels],
-            "rotation_steps": sorted(steps)}
 
 
 def test_worker_memory_matches_seal_sizes():
@@ -25,7 +21,7 @@ def test_worker_memory_matches_seal_sizes():
     levels = [0, 1, 3]
     raw = sum(len(sk.encrypt(np.ones(PARAMS.slots), 2.0 ** 26, lv).to_bytes("none")) for lv in levels)
     keys = len(sk.he.to_bytes_rotate_key("none")) + len(sk.he.to_bytes_relin_key("none"))
-    mem = worker_memory(_doc(levels, {1, 4}))
+    mem = worker_memory(PARAMS, levels, 2)
     assert raw - len(levels) * HEADER_SLACK <= mem["weight_ciphertexts"] <= raw
     assert keys - 3 * HEADER_SLACK * 8 <= mem["keys"] <= keys
     assert mem["total"] == mem["weight_ciphertexts"] + mem["keys"]
@@ -35,6 +31,7 @@ def test_report_lists_floor_and_ciphertexts_per_layer():
     graph = load_onnx(zoo.crowd_cnn(0), calibration=None, poly_degree=4, input_range=(0.0, 1.0),
                       calibration_samples=2)
     plan = compile_graph(graph, 8)
+    doc = parse_plan(plan.doc)
     rows = [dict(s, est_ms=0.0) for s in plan.layer_stats]
     data = {"ckks": {"ring_dimension": 16384, "slots": 8192, "qi_bits": [], "scale_bits": 0,
                      "log_q": 0, "max_log_q_128": 438, "security": ""},
@@ -42,7 +39,8 @@ def test_report_lists_floor_and_ciphertexts_per_layer():
             "input_ciphertexts": 1, "rotation_steps": [], "layers": rows, "estimated_latency_ms": 0.0,
             "sizes_bytes": {"bundle_total": 0, "params": 0, "rotation_keys": 0, "relin_key": 0,
                             "public_key": 0},
-            "worker_memory_bytes": worker_memory(plan.doc),
+            "worker_memory_bytes": worker_memory(doc.ckks.params, [w.level for w in doc.weights],
+                                                 len(doc.rotation_steps)),
             "fidelity": {"result_bytes": 0, "latency_s": 0, "max_abs_error": 0, "samples": 1,
                          "max_rel_error": 0, "tolerance": 0.01}, "warnings": []}
     text = render(data)

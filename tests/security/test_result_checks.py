@@ -23,7 +23,7 @@ def owner(tmp_path_factory):
     crowd_model(path)
     prot = api.protect(path)
     model = api.OwnerModel(prot.artifacts, prot.secret_key)
-    return model, api.EdgeModel(prot.artifacts), Forger(model.plan)
+    return model, api.EdgeModel(prot.artifacts), Forger(model.plan.to_dict())
 
 
 def unchecked(model, payload: bytes) -> np.ndarray:

@@ -1,18 +1,25 @@
 """Stand-ins made of random bytes for the tests of what only stores, signs and ships artifacts
-(bundles, the owner store, catalogs): nothing here can be decrypted or evaluated."""
+(bundles, the owner store, catalogs): nothing here can be decrypted or evaluated. `fake_artifacts`
+carries a real plan (one `protect` wrote, tests/formats/plans/), since a gateway reads the plan
+when it loads a bundle."""
 from __future__ import annotations
 
+import gzip
 import json
 import random
+from pathlib import Path
 from types import SimpleNamespace
 
 from protected_nn.artifacts import MEMBERS, ModelArtifacts
+
+REAL_PLAN = gzip.decompress((Path(__file__).parents[1] / "formats" / "plans" /
+                             "main-7e2162f-frame-model.json.gz").read_bytes())
 
 
 def fake_artifacts(seed=0) -> ModelArtifacts:
     rng = random.Random(seed)
     members = {m: rng.randbytes(rng.randint(50, 400)) for m in MEMBERS}
-    members["plan"] = json.dumps({"layers": [], "seed": seed}).encode()
+    members["plan"] = REAL_PLAN
     members["model_card"] = json.dumps({"outputs": [{"name": "a", "index": 0, "kind": "count"}]}).encode()
     return ModelArtifacts(**members)
 
