@@ -67,12 +67,12 @@ class Pipeline:
         self._stopping = threading.Event()
         self._abandon = threading.Event()
         self._last_prune = 0.0
+        self._outbox: list = []
         self._carry = None   # taken from the queue, not decrypted in time for the last batch: next batch's first
         self.thread = threading.Thread(target=self._run, name="decide", daemon=True)
 
     def start(self) -> None:
-        for stored in self.db.pending_alerts():  # outbox: alerts stored but never acknowledged
-            self.publisher.alert(stored)
+        self._outbox = self.db.pending_alerts()   # alerts stored but never acknowledged: published once connected
         self.thread.start()
 
     # -- network thread -------------------------------------------------------------------------
@@ -293,6 +293,10 @@ class Pipeline:
             published_now[env.camera_id] = now
 
     def _housekeeping(self) -> None:
+        if self._outbox and self.publisher.transport.connected.is_set():
+            for stored in self._outbox:
+                self.publisher.alert(stored)
+            self._outbox = []
         self.db.mark_published(self.publisher.poll())
         for stored in self.db.take_over_alerts():  # other replicas' alerts whose outbox lease ran out
             self.publisher.alert(stored)
