@@ -60,6 +60,7 @@ class Pipeline:
         if self.checker.limiter is not None:  # the storage's bucket: shared by all replicas on PostgreSQL
             lim = self.checker.limiter
             self.checker.limiter = db.rate_limiter(lim.rate, int(lim.burst), cfg.checks.max_clock_skew)
+            self.checker.in_flight = self._is_in_flight
         self.drop_log = LogLimiter(log)
         self._queue: queue.Queue = queue.Queue()
         self._in_flight: set[tuple[str, str, int]] = set()
@@ -76,11 +77,12 @@ class Pipeline:
         self.thread.start()
 
     # -- network thread -------------------------------------------------------------------------
-    def _seen(self, gateway: str, camera: str, sequence: int) -> bool:
+    def _is_in_flight(self, gateway: str, camera: str, sequence: int) -> bool:
         with self._lock:
-            if (gateway, camera, sequence) in self._in_flight:
-                return True
-        return self.db.is_seen(gateway, camera, sequence)
+            return (gateway, camera, sequence) in self._in_flight
+
+    def _seen(self, gateway: str, camera: str, sequence: int) -> bool:
+        return self._is_in_flight(gateway, camera, sequence) or self.db.is_seen(gateway, camera, sequence)
 
     def on_message(self, topic: str, payload: bytes, mid: int, qos: int) -> None:
         if self._stopping.is_set():

@@ -64,7 +64,7 @@ RULES = {"crowd": {"threshold": 10, "hysteresis": 2, "consecutive": 2, "levels":
          "incident": {"probability": 0.8, "consecutive": 2, "clear_consecutive": 2, "cooldown": "10s"}}
 CLI = [sys.executable, "-m", "backend_decryptor.cli"]
 TIMED_CLI = [sys.executable, str(ROOT / "bench" / "replica_storage_timer.py")]
-NETWORK_THREAD_CALLS = {"is_seen", "bind_camera", "rate_limit"}
+NETWORK_THREAD_CALLS = {"is_seen", "bind_camera", "rate_limit", "seen_and_rate_limit"}
 
 
 def cli(*args: str) -> None:
@@ -188,7 +188,9 @@ def per_result(before: dict, after: dict, processed: int) -> dict:
         if n > n0:
             wall[k] = round(1000 * (sec - s0) / processed, 3)
             cpu += 1000 * (c - c0) / processed
-    return {"total": round(sum(wall.values()), 3),
+    n0, n1 = before["calls"].get("apply_batch", (0,))[0], after["calls"].get("apply_batch", (0,))[0]
+    return {"results_per_batch": round(processed / (n1 - n0), 2) if n1 > n0 else 1.0,
+            "total": round(sum(wall.values()), 3),
             "network_thread": round(sum(v for k, v in wall.items() if k in NETWORK_THREAD_CALLS), 3),
             "decision_thread": round(sum(v for k, v in wall.items() if k not in NETWORK_THREAD_CALLS), 3),
             "client_cpu": round(cpu, 3), "by_call": wall}
@@ -316,7 +318,9 @@ def scaling(bench, pg, broker, args, spacing) -> dict:
         db = {k: [v["storage_ms_per_result"]["total"] for v in by[k]] for k in by}
         db_cpu = {k: [v["storage_ms_per_result"]["client_cpu"] for v in by[k]] for k in by}
         db_server = {k: [v["cpu_ms_per_result"]["postgresql"] for v in by[k]] for k in by}
+        per_batch = {k: [v["storage_ms_per_result"]["results_per_batch"] for v in by[k]] for k in by}
         out[backend] = {
+            "results_per_batch": {k: med(x) for k, x in per_batch.items()},
             "results_per_s": {k: med(x) for k, x in rps.items()}, "results_per_s_runs": rps,
             "speedup_median_of_pairs": med(t / o for o, t in zip(rps["one"], rps["two"])),
             "speedup_pairs": [round(t / o, 2) for o, t in zip(rps["one"], rps["two"])],

@@ -61,6 +61,8 @@ class TimedStorage:
             def make(*a, **kw):
                 limiter = attr(*a, **kw)
                 limiter.allow = self._timed("rate_limit", limiter.allow)
+                if getattr(limiter, "checks_seen", False):   # the replay check and the debit in one call
+                    limiter.allow_unseen = self._timed("seen_and_rate_limit", limiter.allow_unseen)
                 return limiter
             return make
         if name == "close":

@@ -43,6 +43,11 @@ _MIGRATION_LOCK = 0x6668_6564_6765  # pg_advisory_xact_lock key: one migrating r
 # republication, which MQTT's at-least-once allows): committed without waiting for the disk.
 # The next durable commit (the next result's) flushes them too, the WAL being sequential.
 _SOFT = "SET LOCAL synchronous_commit TO OFF"
+# The token bucket's refill, cap and debit (rate_limit.py); the WHERE leaves the row untouched
+# (and returns nothing) when no token is left.
+_REFILLED = "LEAST(%(burst)s, b.tokens + GREATEST(0, %(t)s - b.horizon) * %(rate)s)"
+_DEBIT = (f"ON CONFLICT (gateway) DO UPDATE SET tokens = {_REFILLED} - 1, horizon = GREATEST(b.horizon, %(t)s) "
+          f"WHERE {_REFILLED} >= 1")
 
 
 def _rollback(conn: psycopg.Connection) -> None:
@@ -190,17 +195,27 @@ class PostgresStateDB:
                          "DO UPDATE SET count = rejections.count + 1", (reason,))
 
     def rate_limiter(self, rate: float, burst: int, max_clock_skew: float) -> StoredRateLimiter:
-        return StoredRateLimiter(rate, burst, max_clock_skew, self._take_token, self._forget_buckets)
+        return StoredRateLimiter(rate, burst, max_clock_skew, self._take_token, self._forget_buckets,
+                                 take_unseen=self._take_token_unless_seen)
 
     def _take_token(self, gateway: str, capture_time: float, rate: float, burst: float) -> bool:
-        # One statement: refill by how far capture time advanced, cap at burst, debit one token;
-        # the WHERE leaves the row untouched (and returns nothing) when no token is left.
-        refilled = "LEAST(%(burst)s, b.tokens + GREATEST(0, %(t)s - b.horizon) * %(rate)s)"
-        sql = ("INSERT INTO rate_buckets AS b (gateway, tokens, horizon) VALUES (%(g)s, %(burst)s - 1, %(t)s) "
-               f"ON CONFLICT (gateway) DO UPDATE SET tokens = {refilled} - 1, horizon = GREATEST(b.horizon, %(t)s) "
-               f"WHERE {refilled} >= 1 RETURNING 1")
+        # One statement: refill by how far capture time advanced, cap at burst, debit one token.
+        sql = (f"INSERT INTO rate_buckets AS b (gateway, tokens, horizon) VALUES (%(g)s, %(burst)s - 1, %(t)s) "
+               f"{_DEBIT} RETURNING 1")
         args = {"g": gateway, "t": capture_time, "rate": rate, "burst": burst}
         return self._soft_write(sql, args, lambda cur: cur.fetchone() is not None)
+
+    def _take_token_unless_seen(self, gateway: str, camera: str, sequence: int, capture_time: float, rate: float,
+                                burst: float) -> str | None:
+        """The replay check and the token debit in ONE round trip (the network thread's two per
+        message otherwise): "replayed" (no token spent), "rate_limited", or None (go on)."""
+        sql = ("WITH hit AS (SELECT EXISTS (SELECT 1 FROM seen WHERE gateway=%(g)s AND camera=%(c)s AND "
+               "sequence=%(s)s) AS seen), took AS (INSERT INTO rate_buckets AS b (gateway, tokens, horizon) "
+               f"SELECT %(g)s, %(burst)s - 1, %(t)s WHERE NOT (SELECT seen FROM hit) {_DEBIT} RETURNING 1) "
+               "SELECT (SELECT seen FROM hit), EXISTS (SELECT 1 FROM took)")
+        args = {"g": gateway, "c": camera, "s": sequence, "t": capture_time, "rate": rate, "burst": burst}
+        seen, took = self._soft_write(sql, args, lambda cur: cur.fetchone())
+        return "replayed" if seen else None if took else "rate_limited"
 
     def _forget_buckets(self, horizon_before: float) -> None:
         self._soft_write("DELETE FROM rate_buckets WHERE horizon < %s", (horizon_before,))
