@@ -4,7 +4,10 @@ real Mosquitto, the replica in its own process):
   redelivers every message of it to the restarted replica, which handles each once;
 - after the commit, before any acknowledgement: the redeliveries are refused as replays.
 Either way each result is counted once and the alerts per camera are those of one uninterrupted
-replica. PLUMBING: IdentityCodec instead of CKKS (tests/support/replica.py)."""
+replica. After the commit the batch's alerts are in the outbox unpublished: the restarted replica
+publishes them once its connection is up (publishing them before used to kill its decision
+thread: paho raises for a message sent while not connected).
+PLUMBING: IdentityCodec instead of CKKS (tests/support/replica.py)."""
 from __future__ import annotations
 
 import json
