@@ -62,7 +62,7 @@ def apply_batch(db, decisions: list[Decision]) -> list[Applied | None | Exceptio
     for attempt in range(RETRIES):
         missing = [c for c in cameras if c not in db._known_cameras]
         if missing:   # once per camera and process, committed on its own: its row must exist to be locked
-            db._run(lambda c: c.execute(_CREATE_ROWS, (missing, [zones[c] for c in missing])), transaction=False)
+            db._run(lambda conn: conn.execute(_CREATE_ROWS, (missing, [zones[c] for c in missing])), transaction=False)
             db._known_cameras.update(missing)
         with db._marks_lock:
             marks = dict(db._state_marks)
