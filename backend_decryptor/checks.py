@@ -64,6 +64,9 @@ class MessageChecker:
         # envelope v3: a MAC key agreed once per (gateway, model key) - the catalog holds the keys
         self.results = ResultVerifier(catalog.result_key) if hasattr(catalog, "result_key") else None
         self.seen = seen
+        # in_flight(gateway, camera, sequence): the in-process half of `seen`; when set and the
+        # limiter can check the stored half itself (checks_seen), both go in one call
+        self.in_flight: Callable[[str, str, int], bool] | None = None
         self.clock = clock
 
     def topic_ids(self, topic: str) -> tuple[str, str]:
@@ -133,9 +136,27 @@ class MessageChecker:
         if abs(skew) > self.cfg.max_clock_skew:
             raise Rejected("clock_skew", f"{env.gateway_id}/{env.camera_id} #{env.sequence}: capture time is "
                                          f"{skew:+.0f} s from the backend clock (limit {self.cfg.max_clock_skew:.0f} s)")
+        if self.in_flight is not None and getattr(self.limiter, "checks_seen", False):
+            # the stored bucket answers "seen?" too, in the same round trip (storage/postgres.py)
+            if self.in_flight(env.gateway_id, env.camera_id, env.sequence):
+                self._replayed(env)
+            verdict = self.limiter.allow_unseen(env.gateway_id, env.camera_id, env.sequence, env.capture_time,
+                                                self.clock())
+            if verdict == "replayed":
+                self._replayed(env)
+            if verdict == "rate_limited":
+                self._rate_limited(env)
+            return env
         if self.seen(env.gateway_id, env.camera_id, env.sequence):
-            raise Rejected("replayed", f"{env.gateway_id}/{env.camera_id} #{env.sequence} was already handled")
+            self._replayed(env)
         if self.limiter is not None and not self.limiter.allow(env.gateway_id, env.capture_time, self.clock()):
-            raise Rejected("rate_limited", f"{env.gateway_id}/{env.camera_id} #{env.sequence}: gateway over "
-                                           f"{self.limiter.rate:g} msg/s (burst {self.limiter.burst:g})")
+            self._rate_limited(env)
         return env
+
+    @staticmethod
+    def _replayed(env: env_mod.Envelope):
+        raise Rejected("replayed", f"{env.gateway_id}/{env.camera_id} #{env.sequence} was already handled")
+
+    def _rate_limited(self, env: env_mod.Envelope):
+        raise Rejected("rate_limited", f"{env.gateway_id}/{env.camera_id} #{env.sequence}: gateway over "
+                                       f"{self.limiter.rate:g} msg/s (burst {self.limiter.burst:g})")

@@ -192,6 +192,15 @@ class DatabaseConfig(StrictModel):
     retention: Seconds | None = Field(
         None, gt=0, description="delete published alert history older than this (by the alert's capture time), "
                                 "a batch at a time from the housekeeping; unset = keep it all")
+    batch_max: int = Field(
+        32, ge=1, le=1024,
+        description="group commit: results decided and committed in ONE transaction at most (the ones already "
+                    "decrypted, in arrival order; each acknowledged only after that commit); 1 = a transaction per "
+                    "result. mqtt.max_in_flight bounds it too (no more are ever delivered at once)")
+    batch_wait: Seconds = Field(
+        0.0, ge=0, le=0.1,
+        description="how long a batch may wait for more results to be decrypted once its first is ready "
+                    "(adds at most this to a result's latency); 0 = take only those already decrypted")
     outbox_lease: Seconds = Field(30.0, ge=1, le=3600,
                                   description="an unacknowledged alert stays with the replica that stored it this "
                                               "long after that replica stops renewing it; then another replica "

@@ -61,7 +61,7 @@ class Publisher:
         self.drops = drops or DropWindow()
         self.clock = clock or self.drops.clock
         self._announced: dict[str, str | None] = {}   # camera -> gateway its discovery names
-        self._pending: list[tuple[object, int]] = []  # (MQTTMessageInfo, history row)
+        self._pending: list[tuple[object, StoredAlert]] = []  # (MQTTMessageInfo or None: to publish again, alert)
         self._last_state: dict[str, dict] = {}        # camera -> last public state (without `dropped`)
         self._gateway: dict[str, str] = {}            # camera -> gateway it was last seen from
         self._drop_published: dict[str, tuple[float, frozenset]] = {}
@@ -74,7 +74,7 @@ class Publisher:
 
     def alert(self, stored: StoredAlert) -> None:
         info = self.transport.publish(self.alert_topic(stored.event.camera), json.dumps(alert_json(stored.event)), qos=1)
-        self._pending.append((info, stored.row))
+        self._pending.append((info, stored))
 
     def state(self, camera: str, state: dict, gateway: str | None = None) -> None:
         """Publish the retained state (with the camera's current `dropped` summary)."""
@@ -103,9 +103,22 @@ class Publisher:
         self.state(camera, state, gateway)
 
     def poll(self) -> list[int]:
-        """History rows of alerts the broker has acknowledged since the last call."""
-        done = [row for info, row in self._pending if info.is_published()]
-        self._pending = [(info, row) for info, row in self._pending if not info.is_published()]
+        """History rows of alerts the broker has acknowledged since the last call. An alert whose
+        publication failed (the client was not connected: paho says so by raising) is published
+        again once connected - never given up (its outbox row stays unpublished meanwhile)."""
+        done, pending = [], []
+        for info, stored in self._pending:
+            try:
+                if info is not None and info.is_published():
+                    done.append(stored.row)
+                    continue
+            except (RuntimeError, ValueError):
+                info = None
+            if info is None and self.transport.connected.is_set():
+                info = self.transport.publish(self.alert_topic(stored.event.camera),
+                                              json.dumps(alert_json(stored.event)), qos=1)
+            pending.append((info, stored))
+        self._pending = pending
         return done
 
     def _availability(self, camera: str) -> dict:

@@ -82,21 +82,36 @@ class StoredRateLimiter:
 
     def __init__(self, rate: float, burst: int, max_clock_skew: float,
                  take: Callable[[str, float, float, float], bool], forget: Callable[[float], None],
-                 prune_every: float = 60.0):
+                 prune_every: float = 60.0, take_unseen: Callable | None = None):
         if rate <= 0 or burst < 1:
             raise ValueError("rate must be > 0 and burst >= 1")
         self.rate = rate
         self.burst = float(burst)
         self._take, self._forget = take, forget
+        # take_unseen(gateway, camera, sequence, capture_time, rate, burst) -> "replayed" |
+        # "rate_limited" | None: the stored replay check and the debit in one round trip
+        self._take_unseen = take_unseen
         self._forget_after = max_clock_skew + self.burst / rate
         self._prune_every = prune_every
         self._last_prune = float("-inf")
 
-    def allow(self, gateway: str, capture_time: float, now: float) -> bool:
+    def _maybe_forget(self, now: float) -> None:
         if now - self._last_prune >= self._prune_every:
             self._last_prune = now
             self._forget(now - self._forget_after)
+
+    def allow(self, gateway: str, capture_time: float, now: float) -> bool:
+        self._maybe_forget(now)
         return self._take(gateway, capture_time, self.rate, self.burst)
+
+    @property
+    def checks_seen(self) -> bool:
+        return self._take_unseen is not None
+
+    def allow_unseen(self, gateway: str, camera: str, sequence: int, capture_time: float, now: float) -> str | None:
+        """The replay check against the storage, then (only if not seen) allow(): one round trip."""
+        self._maybe_forget(now)
+        return self._take_unseen(gateway, camera, sequence, capture_time, self.rate, self.burst)
 
 
 class LogLimiter:

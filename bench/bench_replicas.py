@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_replicas.py [--gateways 20] [--cameras 5] [--results 2000]
         [--rate 40] [--no-pin] [--only scaling] [--repeat 3] [--backends postgresql,sqlite]
-        [--synchronous-commit on|off]
+        [--synchronous-commit on|off] [--compare /work/main] [--batch-max N] [--batch-wait S]
 
 Real parts only: `backend-decryptor run` processes (the real CLI, store, decryption pool), a real
 Mosquitto, a throwaway durable PostgreSQL (tests/support/postgres.py), real encrypted results of
@@ -27,6 +27,8 @@ only the broker and the database with the other.
    children included), whose 1-vs-2 ratio is what carries over to replicas on their own hosts
    (1.0 = a second replica costs no extra work per result), and the database time per result:
    wall time in the storage's calls, measured inside each replica (replica_storage_timer.py).
+   --compare TREE runs the same, interleaved, with replicas of another source tree (before vs
+   after a change, in one session on one loaded machine).
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ RULES = {"crowd": {"threshold": 10, "hysteresis": 2, "consecutive": 2, "levels":
          "incident": {"probability": 0.8, "consecutive": 2, "clear_consecutive": 2, "cooldown": "10s"}}
 CLI = [sys.executable, "-m", "backend_decryptor.cli"]
 TIMED_CLI = [sys.executable, str(ROOT / "bench" / "replica_storage_timer.py")]
-NETWORK_THREAD_CALLS = {"is_seen", "bind_camera", "rate_limit"}
+NETWORK_THREAD_CALLS = {"is_seen", "bind_camera", "rate_limit", "seen_and_rate_limit"}
 
 
 def cli(*args: str) -> None:
@@ -97,12 +99,16 @@ class Bench:
         self.rounds = rounds
         self.total = rounds * len(self.cameras)
 
-    def replica_dir(self, name: str, broker, database: dict | str, group: str) -> Path:
+    def replica_dir(self, name: str, broker, database: dict | str, group: str, tree: Path = ROOT) -> Path:
         d = self.work / name
         shutil.rmtree(d, ignore_errors=True)
         d.mkdir()
         cli("models", "--store", str(d / "store"), "import-keys", str(self.work / "bench.keys"))
         (d / "alert-rules.yaml").write_text(yaml.safe_dump(RULES, sort_keys=False))  # levels in order
+        if tree == ROOT and (self.args.batch_max is not None or self.args.batch_wait is not None):
+            database = {"url": database} if isinstance(database, str) else dict(database)
+            database.update({k: v for k, v in (("batch_max", self.args.batch_max),
+                                               ("batch_wait", self.args.batch_wait)) if v is not None})
         cfg = {"store": str(d / "store"), "database": database,
                "mqtt": {"host": broker.host, "port": broker.port, "client_id": name, "max_in_flight": 32,
                         "session_expiry": 600, "shared_group": group},
@@ -115,12 +121,13 @@ class Bench:
         (d / "backend.yaml").write_text(yaml.safe_dump(cfg))
         return d
 
-    def start(self, d: Path, core: int | None) -> subprocess.Popen:
+    def start(self, d: Path, core: int | None, tree: Path = ROOT) -> subprocess.Popen:
+        """A replica; `tree` = the source tree it runs (this one, or --compare's)."""
         pin = ["taskset", "-c", str(core)] if core is not None and shutil.which("taskset") else []
         return subprocess.Popen([*pin, *TIMED_CLI, str(d / "storage-timings.json"), "run", "--config",
-                                 str(d / "backend.yaml")], cwd=ROOT,
+                                 str(d / "backend.yaml")], cwd=tree,
                                 stdout=subprocess.DEVNULL, stderr=open(d / "log", "a"),
-                                env={**os.environ, "PYTHONPATH": str(ROOT)})
+                                env={**os.environ, "PYTHONPATH": str(tree)})
 
     def messages(self, t0: float, spacing: float):
         for r in range(self.rounds):
@@ -181,20 +188,24 @@ def per_result(before: dict, after: dict, processed: int) -> dict:
         if n > n0:
             wall[k] = round(1000 * (sec - s0) / processed, 3)
             cpu += 1000 * (c - c0) / processed
-    return {"total": round(sum(wall.values()), 3),
+    n0, n1 = before["calls"].get("apply_batch", (0,))[0], after["calls"].get("apply_batch", (0,))[0]
+    return {"results_per_batch": round(processed / (n1 - n0), 2) if n1 > n0 else 1.0,
+            "total": round(sum(wall.values()), 3),
             "network_thread": round(sum(v for k, v in wall.items() if k in NETWORK_THREAD_CALLS), 3),
             "decision_thread": round(sum(v for k, v in wall.items() if k not in NETWORK_THREAD_CALLS), 3),
             "client_cpu": round(cpu, 3), "by_call": wall}
 
 
-def run_stream(bench, pg, broker, names, *, spacing, pace, kill_at=None, cores=(None, None), backend="postgresql"):
-    """Start replicas, publish the input, wait until all is handled; returns (result dict, alert shapes)."""
+def run_stream(bench, pg, broker, names, *, spacing, pace, kill_at=None, cores=(None, None), backend="postgresql",
+               tree: Path = ROOT):
+    """Start replicas (of source tree `tree`), publish the input, wait until all is handled;
+    returns (result dict, alert shapes)."""
     database, state = storage_for(bench, pg, backend, names[0])
     # each run its own shared group: a finished run's replicas keep their sessions (docs/backend.md)
-    dirs = [bench.replica_dir(n, broker, database, group=names[0]) for n in names]
+    dirs = [bench.replica_dir(n, broker, database, group=names[0], tree=tree) for n in names]
     timing_files = [d / "storage-timings.json" for d in dirs]
     watch = mqtt_client(broker, ["fhe-edge/backend/+/availability", "fhe-edge/alerts/#"])
-    procs = [bench.start(d, cores[i]) for i, d in enumerate(dirs)]
+    procs = [bench.start(d, cores[i], tree) for i, d in enumerate(dirs)]
     pub = None
 
     def cpu():
@@ -227,7 +238,7 @@ def run_stream(bench, pg, broker, names, *, spacing, pace, kill_at=None, cores=(
                 time.sleep(2)
                 if state.progress()[0] == processed:
                     break
-            procs[0] = bench.start(dirs[0], cores[0])
+            procs[0] = bench.start(dirs[0], cores[0], tree)
         deadline = time.monotonic() + 900
         while True:
             processed, unpublished = state.progress()
@@ -278,23 +289,27 @@ def run_stream(bench, pg, broker, names, *, spacing, pace, kill_at=None, cores=(
 
 
 def scaling(bench, pg, broker, args, spacing) -> dict:
-    """--repeat x (one replica, then two) per backend; medians and ratios."""
+    """--repeat x (one replica, then two) per backend and per source tree (this one, and
+    --compare's if given: side by side, interleaved); medians and ratios."""
     cores = (None, None) if args.no_pin else (0, 1)
-    runs: dict[str, dict[str, list]] = {b: {"one": [], "two": []} for b in args.backends}
+    trees = [("this", ROOT)] + ([("compare", Path(args.compare).resolve())] if args.compare else [])
+    runs: dict[str, dict[str, list]] = {f"{b}@{t}": {"one": [], "two": []} for b in args.backends for t, _ in trees}
     for r in range(args.repeat):
         for backend in args.backends:
-            tag = f"{backend[:2]}{r}"
-            one, _ = run_stream(bench, pg, broker, [f"solo-{tag}"], spacing=spacing, pace=0,
-                                cores=(cores[0],), backend=backend)
-            two, _ = run_stream(bench, pg, broker, [f"a-{tag}", f"b-{tag}"], spacing=spacing, pace=0,
-                                cores=cores, backend=backend)
-            for k, v in (("one", one), ("two", two)):
-                if v["lost"] or v["rejected"]:
-                    raise RuntimeError(f"scaling run lost or rejected results: {v}")
-                runs[backend][k].append(v)
-            print(json.dumps({"repeat": r, "backend": backend, "one": one, "two": two}, default=str),
-                  file=sys.stderr, flush=True)
-    out: dict = {"pinned": not args.no_pin, "repeat": args.repeat, "load_average_after": os.getloadavg()}
+            for label, tree in trees:
+                tag = f"{backend[:2]}{label[0]}{r}"
+                one, _ = run_stream(bench, pg, broker, [f"solo-{tag}"], spacing=spacing, pace=0,
+                                    cores=(cores[0],), backend=backend, tree=tree)
+                two, _ = run_stream(bench, pg, broker, [f"a-{tag}", f"b-{tag}"], spacing=spacing, pace=0,
+                                    cores=cores, backend=backend, tree=tree)
+                for k, v in (("one", one), ("two", two)):
+                    if v["lost"] or v["rejected"]:
+                        raise RuntimeError(f"scaling run lost or rejected results: {v}")
+                    runs[f"{backend}@{label}"][k].append(v)
+                print(json.dumps({"repeat": r, "backend": backend, "tree": str(tree), "one": one, "two": two},
+                                 default=str), file=sys.stderr, flush=True)
+    out: dict = {"pinned": not args.no_pin, "repeat": args.repeat, "load_average_after": os.getloadavg(),
+                 "trees": {label: str(tree) for label, tree in trees}}
     med = statistics.median
     for backend, by in runs.items():
         rps = {k: [v["results_per_s"] for v in by[k]] for k in by}
@@ -303,9 +318,12 @@ def scaling(bench, pg, broker, args, spacing) -> dict:
         db = {k: [v["storage_ms_per_result"]["total"] for v in by[k]] for k in by}
         db_cpu = {k: [v["storage_ms_per_result"]["client_cpu"] for v in by[k]] for k in by}
         db_server = {k: [v["cpu_ms_per_result"]["postgresql"] for v in by[k]] for k in by}
+        per_batch = {k: [v["storage_ms_per_result"]["results_per_batch"] for v in by[k]] for k in by}
         out[backend] = {
+            "results_per_batch": {k: med(x) for k, x in per_batch.items()},
             "results_per_s": {k: med(x) for k, x in rps.items()}, "results_per_s_runs": rps,
             "speedup_median_of_pairs": med(t / o for o, t in zip(rps["one"], rps["two"])),
+            "speedup_pairs": [round(t / o, 2) for o, t in zip(rps["one"], rps["two"])],
             "replica_cpu_ms_per_result": {k: med(x) for k, x in cpu.items()},
             "all_cpu_ms_per_result": {k: med(x) for k, x in cpu_all.items()},
             # >= 1.7 wanted: results/s two replicas on their own hosts would reach vs one
@@ -330,6 +348,10 @@ def main() -> int:
                     help="scaling: postgresql and/or sqlite")
     ap.add_argument("--synchronous-commit", default="on", choices=("on", "off"),
                     help="PostgreSQL: database.synchronous_commit of the replicas (default on, the config default)")
+    ap.add_argument("--compare", help="scaling: also run replicas of this source tree (e.g. /work/main), "
+                                      "interleaved with this one's, with its default config")
+    ap.add_argument("--batch-max", type=int, help="this tree's replicas: database.batch_max (default: config's)")
+    ap.add_argument("--batch-wait", type=float, help="this tree's replicas: database.batch_wait in s")
     args = ap.parse_args()
     args.synchronous_commit = args.synchronous_commit == "on"
     work = Path(tempfile.mkdtemp(prefix="bench-replicas-"))

@@ -1,16 +1,18 @@
 """Where the storage's time per result goes, before vs after a change (not part of the tests).
 
     .venv/bin/python bench/bench_storage_profile.py [--before REF] [--results 300] [--rounds 5]
+        [--batches 1,8,32]
 
 Per result it makes the storage calls the service makes (pipeline.py): the replay check and the
-token bucket (network thread), `apply` (one alert event every 3rd result), `mark_state_published`
-and `mark_published` of the previous result's alerts (decision thread). For every call it reports
+token bucket (network thread), `apply` (one alert event every 3rd result) - for this worktree
+`apply_batch` of 1, 8 or 32 results (group commit: one transaction per batch) -,
+`mark_state_published` and `mark_published` of the previous batch's alerts (decision thread). For every call it reports
 wall ms, round trips to the server (from libpq's protocol trace: each time the client sent and
 then read), and for the whole result the write transactions (transaction ids the server assigned)
 and the CPU ms of the client thread and of the connection's server process.
 synchronous_commit on minus off = the time spent waiting for the disk. Contenders, interleaved per round so a loaded machine hits all
 alike: SQLite and PostgreSQL (synchronous_commit on and off), each as of git REF (default: the
-storage before the round-trip work) and as in this worktree. PostgreSQL: a throwaway durable
+storage before group commit) and as in this worktree per batch size. PostgreSQL: a throwaway durable
 server (fsync on) on loopback, tests/support/postgres.py.
 """
 from __future__ import annotations
@@ -99,10 +101,15 @@ def process_cpu(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one_round(db, n: int, seq0: int, trace: Trace | None, limiter, server_pid=None) -> dict[str, list[float]]:
+def one_round(db, n: int, seq0: int, trace: Trace | None, limiter, server_pid=None,
+              batch: int | None = None) -> dict[str, list[float]]:
     """Per call: [ms per result, round trips per result] over n results of 8 cameras; and the CPU
     ms per result of this thread (client) and of the connection's server process (not waiting
-    for a CPU or the disk, so steadier than wall time on a loaded machine)."""
+    for a CPU or the disk, so steadier than wall time on a loaded machine). batch=None: one
+    `apply` per result (a storage without apply_batch); else `apply_batch` of `batch` results
+    (the replay check and token bucket still once per result, as the network thread does; with a
+    storage whose bucket checks "seen?" too, both in one call, counted as take_token)."""
+    from backend_decryptor.storage.base import Decision
     ms = dict.fromkeys(CALLS, 0.0)
     trips = dict.fromkeys(CALLS, 0)
     previous_alerts: list[int] = []
@@ -117,14 +124,25 @@ def one_round(db, n: int, seq0: int, trace: Trace | None, limiter, server_pid=No
     if trace is not None:
         trace.round_trips()
     cpu0, server0 = time.thread_time(), process_cpu(server_pid)
-    for seq in range(seq0, seq0 + n):
-        camera, now = f"cam-{seq % 8}", time.time()
-        timed("is_seen", db.is_seen, "gw-1", camera, seq)
-        timed("take_token", limiter.allow, "gw-1", now, now)
-        _, stored, _ = timed("apply", db.apply, "gw-1", camera, seq, now, None, decide(seq))
-        timed("mark_state_published", db.mark_state_published, camera, now)
+    step = batch or 1
+    for first in range(seq0, seq0 + n, step):
+        seqs = range(first, min(first + step, seq0 + n))
+        now = time.time()
+        for seq in seqs:
+            if batch is not None and getattr(limiter, "checks_seen", False):   # both in one round trip
+                timed("take_token", limiter.allow_unseen, "gw-1", f"cam-{seq % 8}", seq, now, now)
+                continue
+            timed("is_seen", db.is_seen, "gw-1", f"cam-{seq % 8}", seq)
+            timed("take_token", limiter.allow, "gw-1", now, now)
+        if batch is None:
+            outs = [timed("apply", db.apply, "gw-1", f"cam-{seq % 8}", seq, now, None, decide(seq))]
+        else:
+            outs = timed("apply", db.apply_batch, [Decision("gw-1", f"cam-{seq % 8}", seq, now, None, decide(seq))
+                                                   for seq in seqs])
+        for seq in seqs:
+            timed("mark_state_published", db.mark_state_published, f"cam-{seq % 8}", now)
         timed("mark_published", db.mark_published, previous_alerts)
-        previous_alerts = [s.row for s in stored]
+        previous_alerts = [s.row for out in outs for s in out[1]]
     out = {c: [ms[c] / n, trips[c] / n] for c in CALLS}
     out["cpu"] = [1000 * (time.thread_time() - cpu0) / n, 1000 * (process_cpu(server_pid) - server0) / n]
     return out
@@ -138,7 +156,10 @@ def next_xid(admin) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--before", default="0d9e3aa", help="git ref of the storage to compare with")
+    ap.add_argument("--before", default="7e2162f", help="git ref of the storage to compare with (one apply per "
+                                                          "result; default: before group commit)")
+    ap.add_argument("--batches", default="1,8,32", type=lambda v: [int(x) for x in v.split(",")],
+                    help="batch sizes of this worktree's apply_batch to measure")
     ap.add_argument("--results", type=int, default=300, help="results per contender per round")
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
@@ -150,12 +171,15 @@ def main() -> int:
     server = PostgresServer(durable=True).start()
     admin = server.connect()
     work = Path(tempfile.mkdtemp(prefix="bench-profile-"))
-    dbs, dbnames, limiters = {}, {}, {}
-    for version, classes in (("before", before), ("after", after)):
+    dbs, dbnames, limiters, batch_of = {}, {}, {}, {}
+    contenders = [("before", before, None)] + [(f"after_b{b}", after, b) for b in args.batches]
+    for version, classes, batch in contenders:
         dbs[f"sqlite_{version}"] = classes["sqlite"](work / f"{version}.db", replica=f"sqlite-{version}")
+        batch_of[f"sqlite_{version}"] = batch
         for sync in (True, False):
             name = f"postgres_sync_{'on' if sync else 'off'}_{version}"
             dbnames[name] = server.fresh_database()
+            batch_of[name] = batch
             cfg = BackendConfig.model_validate({"database": {**server.database_config(dbnames[name]),
                                                              "synchronous_commit": sync}})
             dbs[name] = classes["postgres"](cfg.database.conninfo(name), replica=name, password=PASSWORD)
@@ -168,10 +192,11 @@ def main() -> int:
         # for the round trips per call (tracing costs time)
         for name, db in dbs.items():
             limiters[name] = db.rate_limiter(1e6, 1_000_000, 300.0)
-            one_round(db, args.results, seq0, None, limiters[name])
+            one_round(db, args.results, seq0, None, limiters[name], batch=batch_of[name])
             if name in dbnames:
                 trace = Trace(db._conn())
-                trips[name] = one_round(db, args.results, seq0 + args.results, trace, limiters[name])
+                trips[name] = one_round(db, args.results, seq0 + args.results, trace, limiters[name],
+                                        batch=batch_of[name])
                 db._conn().pgconn.untrace()
                 os.close(trace.fd)
                 trace.path.unlink()
@@ -181,7 +206,7 @@ def main() -> int:
                 x0 = next_xid(admin) if name in dbnames else 0
                 pid = db._conn().info.backend_pid if name in dbnames else None
                 per_round[name].append(one_round(db, args.results, seq0 + r * args.results, None,
-                                                 limiters[name], pid))
+                                                 limiters[name], pid, batch=batch_of[name]))
                 if name in dbnames:
                     totals[name][0] += args.results
                     totals[name][1] += next_xid(admin) - x0

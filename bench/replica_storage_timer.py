@@ -13,12 +13,15 @@ in them is the client's own work (psycopg, SQLite), which no remote database hos
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# The tree named by PYTHONPATH (bench_replicas.py --compare runs another one's replicas), else this one.
+if not os.environ.get("PYTHONPATH"):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 class TimedStorage:
@@ -46,6 +49,9 @@ class TimedStorage:
             if name == "apply" and out is not None:
                 with self._lock:
                     self._processed += 1
+            if name == "apply_batch":   # group commit: per result, None = replay, an exception = failed
+                with self._lock:
+                    self._processed += sum(1 for o in out if o is not None and not isinstance(o, Exception))
             return out
         return call
 
@@ -55,6 +61,8 @@ class TimedStorage:
             def make(*a, **kw):
                 limiter = attr(*a, **kw)
                 limiter.allow = self._timed("rate_limit", limiter.allow)
+                if getattr(limiter, "checks_seen", False):   # the replay check and the debit in one call
+                    limiter.allow_unseen = self._timed("seen_and_rate_limit", limiter.allow_unseen)
                 return limiter
             return make
         if name == "close":

@@ -1,8 +1,9 @@
 """Where the backend keeps its state: SQLite (one host, the default) or PostgreSQL (several hosts).
 
 `open_storage(cfg)` picks the implementation from the config's `database:` section; both follow
-base.Storage (their guarantees are described in base.py, the SQL in sqlite.py / postgres.py, the
-schema and its migrations in schema.py).
+base.Storage (their guarantees are described in base.py, the SQL in sqlite.py / postgres.py - whose
+group commit, a batch of results in one transaction, is postgres_batch.py -, the schema and its
+migrations in schema.py).
 """
 from __future__ import annotations
 

@@ -1,10 +1,14 @@
 """The storage interface the backend uses (one implementation per database) and what they share.
 
 Both implementations keep the same guarantees:
-- `apply` is ONE transaction per result: mark the sequence seen (a sequence already seen makes it
-  return None: a replay, or another replica was first), read the camera's rule state with the row
-  locked, run the rules, write the new state, the alert events (the outbox) and the counters. So a
-  message is either fully handled or not at all, and two replicas never interleave on one camera.
+- `apply_batch` is ONE transaction for a batch of results (group commit: one disk flush for all
+  of them; `apply` is a batch of one): lock the batch's cameras' rule state rows (in camera
+  order, so two replicas locking overlapping sets cannot deadlock), mark each sequence seen (one
+  already seen gives None for that result: a replay, or another replica was first), run the rules
+  for each result in batch order (a camera appearing twice sees its first result's new state),
+  write the new states, the alert events (the outbox) and the counters. So a result is either
+  fully handled or not at all, and two replicas never interleave on one camera. A result whose
+  `decide` raises gets its exception back and leaves no trace; the others commit.
 - The outbox: alert rows start unpublished, leased to the replica that stored them for
   `outbox_lease` seconds, which that replica renews while it lives. `mark_published` closes a
   row once the broker acknowledged it. A row whose lease ran out (its replica died or lost the
@@ -25,8 +29,23 @@ from typing import Callable, Protocol
 from backend_decryptor.alerts import AlertEvent
 
 Decide = Callable[[dict | None], tuple[dict, list[AlertEvent]]]
+# What apply gives back per result: (new state, stored alert events, when the camera's state was
+# last published), None for a replay, or the exception its decide() raised.
+Applied = tuple[dict, list["StoredAlert"], float | None]
 # The alert columns in the order _stored reads them (explicit: migrations append columns).
 ALERT_COLUMNS = "row, id, camera, zone, type, event, level, time, raised_at, meta, published"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One result to apply: where it came from and `decide(old state) -> (new state, events)`,
+    which must be pure (a retried transaction runs it again)."""
+    gateway: str
+    camera: str
+    sequence: int
+    capture_time: float
+    zone: str | None
+    decide: Decide
 
 
 @dataclass(frozen=True)
@@ -49,9 +68,10 @@ class Storage(Protocol):
     def unbind_camera(self, camera: str) -> bool: ...
     def count_rejection(self, reason: str) -> None: ...
     def rate_limiter(self, rate: float, burst: int, max_clock_skew: float): ...
-    # the one transaction per result (decision thread)
+    # the one transaction per batch of results (decision thread)
+    def apply_batch(self, decisions: list[Decision]) -> list[Applied | None | Exception]: ...
     def apply(self, gateway: str, camera: str, sequence: int, capture_time: float, zone: str | None,
-              decide: Decide) -> tuple[dict, list[StoredAlert], float | None] | None: ...
+              decide: Decide) -> Applied | None: ...
     # outbox
     def mark_published(self, rows: list[int]) -> None: ...
     def mark_state_published(self, camera: str, when: float) -> None: ...
@@ -66,6 +86,15 @@ class Storage(Protocol):
     def alerts(self, since: float | None = None, camera: str | None = None) -> list[StoredAlert]: ...
     def counters(self) -> dict[str, dict]: ...
     def rejections(self) -> dict[str, int]: ...
+
+
+def apply_one(db, gateway: str, camera: str, sequence: int, capture_time: float, zone: str | None,
+              decide: Decide) -> Applied | None:
+    """`apply`: a batch of one; the exception decide() raised is raised (nothing was stored)."""
+    [out] = db.apply_batch([Decision(gateway, camera, sequence, capture_time, zone, decide)])
+    if isinstance(out, Exception):
+        raise out
+    return out
 
 
 def event_counts(events: list[AlertEvent]) -> dict[str, int]:

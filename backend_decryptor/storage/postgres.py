@@ -4,15 +4,16 @@ How each guarantee of base.py holds across hosts:
 - replay window: `INSERT INTO seen ... ON CONFLICT DO NOTHING` inside `apply`'s transaction; a
   second replica inserting the same sequence waits for the first one's commit and then inserts
   nothing, which tells it the result was a replay (or already handled by the other).
-- rule state: `SELECT ... FOR UPDATE` on the camera's row, so two replicas handling results of
-  one camera take turns on the whole read-decide-write.
+- rule state: `SELECT ... ORDER BY camera FOR UPDATE` on the batch's camera rows, so two replicas
+  handling results of one camera take turns on the whole read-decide-write, and batches sharing
+  cameras lock them in one order (no deadlock; one would be retried: postgres_batch.py).
 - outbox: leases taken with `FOR UPDATE SKIP LOCKED`, so two replicas looking for expired rows
   at once take disjoint sets.
 - rate limit: one row per gateway, refilled and debited by a single atomic upsert (rate_limit.py
   explains the bucket).
-Round trips: statements go out in psycopg's pipeline mode, so `apply` costs two (BEGIN + seen +
-row lock; then state + alerts + counters + deferred state marks + COMMIT) and every other write
-one; psycopg prepares a statement on the server from its 5th use. Durability per write: _SOFT.
+Round trips: statements go out in psycopg's pipeline mode, so `apply_batch` costs two per batch
+of results (BEGIN + row locks + seen; then states + alerts + counters + deferred state marks +
+COMMIT: ONE commit, one disk flush, for the batch) and every other write one; psycopg prepares a statement on the server from its 5th use. Durability per write: _SOFT.
 Each thread has its own connection (autocommit; explicit transactions). A lost connection is
 re-opened and the operation retried for up to `retry_for` seconds (backpressure: the decision
 thread waits, and the broker stops delivering beyond mqtt.max_in_flight); after that the error
@@ -27,37 +28,26 @@ import time
 
 import psycopg
 
-from backend_decryptor.alerts import AlertEvent
 from backend_decryptor.rate_limit import StoredRateLimiter
-from backend_decryptor.storage import schema
-from backend_decryptor.storage.base import (ALERT_COLUMNS, Decide, LeaseClock, StoredAlert, event_counts,
-                                            prune_in_batches, stored_alert)
+from backend_decryptor.storage import postgres_batch, schema
+from backend_decryptor.storage.base import (ALERT_COLUMNS, Applied, Decide, Decision, LeaseClock, StoredAlert,
+                                            apply_one, prune_in_batches, stored_alert)
+from backend_decryptor.storage.postgres_batch import WRITE_STATE_MARKS
 
 log = logging.getLogger(__name__)
 _MIGRATION_LOCK = 0x6668_6564_6765  # pg_advisory_xact_lock key: one migrating replica at a time
 
 
-_MARK_SEEN = ("INSERT INTO seen (gateway, camera, sequence, capture_time, replica) VALUES (%s, %s, %s, %s, %s) "
-              "ON CONFLICT DO NOTHING RETURNING 1")
-_LOCK_STATE = "SELECT state, published_at FROM camera_state WHERE camera=%s FOR UPDATE"
-_WRITE_STATE = ("UPDATE camera_state SET zone=%s, state=%s, published_at=GREATEST(published_at, %s::float8) "
-                "WHERE camera=%s")
-# Other cameras' deferred "state published at" marks, riding on a result's transaction. SKIP
-# LOCKED: a row another replica holds is left for a later transaction, never waited for (waiting
-# for a second camera's row while holding one could deadlock two replicas).
-_WRITE_STATE_MARKS = ("UPDATE camera_state s SET published_at=GREATEST(s.published_at, m.t) "
-                      "FROM unnest(%s::text[], %s::float8[]) AS m(c, t) WHERE s.camera = m.c AND s.camera IN "
-                      "(SELECT camera FROM camera_state WHERE camera = ANY(%s) FOR UPDATE SKIP LOCKED) "
-                      "RETURNING s.camera")
-_COUNT = ("INSERT INTO counters AS c (camera, messages, raised, updated, cleared, last_time) "
-          "VALUES (%s, 1, %s, %s, %s, %s) ON CONFLICT (camera) DO UPDATE SET messages=c.messages+1, "
-          "raised=c.raised+excluded.raised, updated=c.updated+excluded.updated, "
-          "cleared=c.cleared+excluded.cleared, last_time=excluded.last_time")
 # Writes whose loss in a crash of PostgreSQL costs nothing the guarantees need (a token debit, a
 # rejection count, when a state was last published, an alert's "published" mark: at worst one
 # republication, which MQTT's at-least-once allows): committed without waiting for the disk.
 # The next durable commit (the next result's) flushes them too, the WAL being sequential.
 _SOFT = "SET LOCAL synchronous_commit TO OFF"
+# The token bucket's refill, cap and debit (rate_limit.py); the WHERE leaves the row untouched
+# (and returns nothing) when no token is left.
+_REFILLED = "LEAST(%(burst)s, b.tokens + GREATEST(0, %(t)s - b.horizon) * %(rate)s)"
+_DEBIT = (f"ON CONFLICT (gateway) DO UPDATE SET tokens = {_REFILLED} - 1, horizon = GREATEST(b.horizon, %(t)s) "
+          f"WHERE {_REFILLED} >= 1")
 
 
 def _rollback(conn: psycopg.Connection) -> None:
@@ -76,6 +66,7 @@ class PostgresStateDB:
         self._password = password
         self._lease_clock = LeaseClock(outbox_lease)
         self._state_marks: dict[str, float] = {}   # camera -> state published at, not yet written
+        self._known_cameras: set[str] = set()      # cameras whose camera_state row exists
         self._marks_lock = threading.Lock()
         self._local = threading.local()
         self._all: list[psycopg.Connection] = []
@@ -155,7 +146,7 @@ class PostgresStateDB:
             marks, self._state_marks = self._state_marks, {}
         if marks:
             try:
-                self._soft_write(_WRITE_STATE_MARKS.replace(" SKIP LOCKED", ""), (list(marks), list(marks.values()),
+                self._soft_write(WRITE_STATE_MARKS.replace(" SKIP LOCKED", ""), (list(marks), list(marks.values()),
                                                                                   list(marks)))
             except psycopg.Error:   # the database is gone: the states are republished once, no more
                 log.warning("could not record when %d camera states were published", len(marks))
@@ -204,82 +195,44 @@ class PostgresStateDB:
                          "DO UPDATE SET count = rejections.count + 1", (reason,))
 
     def rate_limiter(self, rate: float, burst: int, max_clock_skew: float) -> StoredRateLimiter:
-        return StoredRateLimiter(rate, burst, max_clock_skew, self._take_token, self._forget_buckets)
+        return StoredRateLimiter(rate, burst, max_clock_skew, self._take_token, self._forget_buckets,
+                                 take_unseen=self._take_token_unless_seen)
 
     def _take_token(self, gateway: str, capture_time: float, rate: float, burst: float) -> bool:
-        # One statement: refill by how far capture time advanced, cap at burst, debit one token;
-        # the WHERE leaves the row untouched (and returns nothing) when no token is left.
-        refilled = "LEAST(%(burst)s, b.tokens + GREATEST(0, %(t)s - b.horizon) * %(rate)s)"
-        sql = ("INSERT INTO rate_buckets AS b (gateway, tokens, horizon) VALUES (%(g)s, %(burst)s - 1, %(t)s) "
-               f"ON CONFLICT (gateway) DO UPDATE SET tokens = {refilled} - 1, horizon = GREATEST(b.horizon, %(t)s) "
-               f"WHERE {refilled} >= 1 RETURNING 1")
+        # One statement: refill by how far capture time advanced, cap at burst, debit one token.
+        sql = (f"INSERT INTO rate_buckets AS b (gateway, tokens, horizon) VALUES (%(g)s, %(burst)s - 1, %(t)s) "
+               f"{_DEBIT} RETURNING 1")
         args = {"g": gateway, "t": capture_time, "rate": rate, "burst": burst}
         return self._soft_write(sql, args, lambda cur: cur.fetchone() is not None)
+
+    def _take_token_unless_seen(self, gateway: str, camera: str, sequence: int, capture_time: float, rate: float,
+                                burst: float) -> str | None:
+        """The replay check and the token debit in ONE round trip (the network thread's two per
+        message otherwise): "replayed" (no token spent), "rate_limited", or None (go on)."""
+        sql = ("WITH hit AS (SELECT EXISTS (SELECT 1 FROM seen WHERE gateway=%(g)s AND camera=%(c)s AND "
+               "sequence=%(s)s) AS seen), took AS (INSERT INTO rate_buckets AS b (gateway, tokens, horizon) "
+               f"SELECT %(g)s, %(burst)s - 1, %(t)s WHERE NOT (SELECT seen FROM hit) {_DEBIT} RETURNING 1) "
+               "SELECT (SELECT seen FROM hit), EXISTS (SELECT 1 FROM took)")
+        args = {"g": gateway, "c": camera, "s": sequence, "t": capture_time, "rate": rate, "burst": burst}
+        seen, took = self._soft_write(sql, args, lambda cur: cur.fetchone())
+        return "replayed" if seen else None if took else "rate_limited"
 
     def _forget_buckets(self, horizon_before: float) -> None:
         self._soft_write("DELETE FROM rate_buckets WHERE horizon < %s", (horizon_before,))
 
-    # -- the one transaction per inference ------------------------------------------------------
+    # -- the one transaction per batch of results (postgres_batch.py) ---------------------------
     def apply(self, gateway: str, camera: str, sequence: int, capture_time: float, zone: str | None,
-              decide: Decide) -> tuple[dict, list[StoredAlert], float | None] | None:
-        # Two round trips in pipeline mode (psycopg sends the queued statements together):
-        # 1) BEGIN + mark seen + lock and read the camera's row; 2) after decide(): the state,
-        # the alert rows, the counters, the deferred state marks and COMMIT. A new camera costs
-        # one more (create its row).
-        with self._marks_lock:
-            marks = dict(self._state_marks)
-        mine = marks.pop(camera, None)
+              decide: Decide) -> Applied | None:
+        return apply_one(self, gateway, camera, sequence, capture_time, zone, decide)
 
-        def run(conn):
-            try:
-                return decide_in_pipeline(conn)
-            except BaseException:
-                _rollback(conn)
-                raise
-
-        def decide_in_pipeline(conn):
-            with conn.pipeline():
-                conn.execute("BEGIN")
-                fresh = conn.execute(_MARK_SEEN, (gateway, camera, sequence, capture_time, self.replica))
-                locked = conn.execute(_LOCK_STATE, (camera,))
-                if fresh.fetchone() is None:  # a replay, or another replica committed it first
-                    conn.execute("ROLLBACK")
-                    return None
-                row = locked.fetchone()
-                if row is None:  # a new camera: create its row (or wait for a racing creator), then lock it
-                    conn.execute("INSERT INTO camera_state (camera, zone, state) VALUES (%s, %s, 'null') "
-                                 "ON CONFLICT (camera) DO NOTHING", (camera, zone))
-                    row = conn.execute(_LOCK_STATE, (camera,)).fetchone()
-                new_state, events = decide(json.loads(row[0]))
-                conn.execute(_WRITE_STATE, (zone, json.dumps(new_state), mine, camera))
-                inserts = [self._insert_alert(conn, ev) for ev in events]
-                counts = event_counts(events)
-                conn.execute(_COUNT, (camera, counts["raised"], counts["updated"], counts["cleared"], capture_time))
-                others = conn.execute(_WRITE_STATE_MARKS, (list(marks), list(marks.values()), list(marks))
-                                      ) if marks else None
-                conn.execute("COMMIT")
-            # the pipeline's sync at the end of `with` waited for COMMIT: the rows are committed
-            stored = [StoredAlert(cur.fetchone()[0], ev, False) for cur, ev in zip(inserts, events)]
-            written = {camera: mine} if mine is not None else {}
-            written.update((c, marks[c]) for c, in (others.fetchall() if others else []))
-            self._forget_state_marks(written)
-            published_at = row[1] if mine is None or (row[1] is not None and row[1] > mine) else mine
-            return new_state, stored, published_at
-        return self._run(run, transaction=False)
+    def apply_batch(self, decisions: list[Decision]) -> list[Applied | None | Exception]:
+        return postgres_batch.apply_batch(self, decisions)
 
     def _forget_state_marks(self, written: dict[str, float]) -> None:
         with self._marks_lock:
             for c, t in written.items():
                 if self._state_marks.get(c) == t:   # not marked again meanwhile
                     del self._state_marks[c]
-
-    def _insert_alert(self, conn, ev: AlertEvent):
-        now = time.time()
-        return conn.execute(
-            "INSERT INTO alerts (id, camera, zone, type, event, level, time, raised_at, meta, recorded_at, replica, "
-            "lease_until) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) RETURNING row",
-            (ev.id, ev.camera, ev.zone, ev.type, ev.event, ev.level, ev.time, ev.raised_at,
-             json.dumps(ev.meta), now, self.replica, now + self.outbox_lease))
 
     # -- outbox ---------------------------------------------------------------------------------
     def mark_published(self, rows: list[int]) -> None:
@@ -354,4 +307,5 @@ class PostgresStateDB:
 
     def camera_state(self, camera: str) -> tuple[str | None, dict] | None:
         row = self._one("SELECT zone, state FROM camera_state WHERE camera=%s", (camera,))
-        return None if row is None else (row[0], json.loads(row[1]))
+        # 'null': the row was created to be locked (postgres_batch.py) but no result decided yet
+        return None if row is None or row[1] == "null" else (row[0], json.loads(row[1]))

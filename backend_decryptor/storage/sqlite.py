@@ -1,7 +1,8 @@
 """The embedded default: all state in one SQLite file, WAL mode, shared by the replicas on ONE host.
 
-Each write is a `BEGIN IMMEDIATE` transaction (SQLite has one writer at a time, so the camera's
-row is as good as locked for the whole of `apply`). The per-gateway rate limit stays in-process
+Each write is a `BEGIN IMMEDIATE` transaction (SQLite has one writer at a time, so the cameras'
+rows are as good as locked for the whole of `apply_batch`; one transaction per batch is also one
+WAL commit instead of one per result). The per-gateway rate limit stays in-process
 (per replica, as before this storage layer): replicas on one host are few, and a write per message
 in the network thread would contend with the decisions. See base.py for the guarantees.
 """
@@ -16,8 +17,8 @@ from pathlib import Path
 from backend_decryptor.alerts import AlertEvent
 from backend_decryptor.rate_limit import GatewayRateLimiter
 from backend_decryptor.storage import schema
-from backend_decryptor.storage.base import (ALERT_COLUMNS, Decide, LeaseClock, StoredAlert, event_counts,
-                                            prune_in_batches, stored_alert)
+from backend_decryptor.storage.base import (ALERT_COLUMNS, Applied, Decide, Decision, LeaseClock, StoredAlert,
+                                            apply_one, event_counts, prune_in_batches, stored_alert)
 
 
 class StateDB:
@@ -115,31 +116,50 @@ class StateDB:
     def rate_limiter(self, rate: float, burst: int, max_clock_skew: float) -> GatewayRateLimiter:
         return GatewayRateLimiter(rate, burst, max_clock_skew)
 
-    # -- the one transaction per inference ------------------------------------------------------
+    # -- the one transaction per batch of results ----------------------------------------------
     def apply(self, gateway: str, camera: str, sequence: int, capture_time: float, zone: str | None,
-              decide: Decide) -> tuple[dict, list[StoredAlert], float | None] | None:
-        """Mark seen, run `decide(old_state) -> (new_state, events)`, store all; None if already seen
-        (another replica or an earlier run handled it). Returns (new state, stored events, time the
-        camera's state was last published)."""
+              decide: Decide) -> Applied | None:
+        return apply_one(self, gateway, camera, sequence, capture_time, zone, decide)
+
+    def apply_batch(self, decisions: list[Decision]) -> list[Applied | None | Exception]:
+        """One BEGIN IMMEDIATE transaction for the batch (SQLite's one writer: every camera row is
+        as good as locked throughout); each result in a savepoint, so one whose decide() raises is
+        undone alone. Per result (new state, stored events, time the camera's state was last
+        published), None if already seen, or decide()'s exception."""
         def run(conn):
+            return [self._apply_one(conn, d) for d in decisions]
+        return self._write(run) if decisions else []
+
+    def _apply_one(self, conn: sqlite3.Connection, d: Decision):
+        conn.execute("SAVEPOINT result")
+        out = None
+        try:
             if conn.execute("INSERT INTO seen (gateway, camera, sequence, capture_time, replica) "
                             "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                            (gateway, camera, sequence, capture_time, self.replica)).rowcount == 0:
-                return None
-            row = conn.execute("SELECT state, published_at FROM camera_state WHERE camera=?", (camera,)).fetchone()
-            new_state, events = decide(json.loads(row[0]) if row else None)
-            conn.execute("INSERT INTO camera_state (camera, zone, state) VALUES (?, ?, ?) ON CONFLICT(camera) "
-                         "DO UPDATE SET zone=excluded.zone, state=excluded.state",
-                         (camera, zone, json.dumps(new_state)))
-            stored = [StoredAlert(self._insert_alert(conn, ev), ev, False) for ev in events]
-            counts = event_counts(events)
-            conn.execute(
-                "INSERT INTO counters (camera, messages, raised, updated, cleared, last_time) VALUES (?, 1, ?, ?, ?, ?) "
-                "ON CONFLICT(camera) DO UPDATE SET messages=messages+1, raised=raised+excluded.raised, "
-                "updated=updated+excluded.updated, cleared=cleared+excluded.cleared, last_time=excluded.last_time",
-                (camera, counts["raised"], counts["updated"], counts["cleared"], capture_time))
-            return new_state, stored, row[1] if row else None
-        return self._write(run)
+                            (d.gateway, d.camera, d.sequence, d.capture_time, self.replica)).rowcount != 0:
+                row = conn.execute("SELECT state, published_at FROM camera_state WHERE camera=?",
+                                   (d.camera,)).fetchone()
+                try:
+                    new_state, events = d.decide(json.loads(row[0]) if row else None)
+                except Exception as exc:   # this result only: undo its seen mark, keep the batch
+                    conn.execute("ROLLBACK TO result")
+                    return exc
+                conn.execute("INSERT INTO camera_state (camera, zone, state) VALUES (?, ?, ?) ON CONFLICT(camera) "
+                             "DO UPDATE SET zone=excluded.zone, state=excluded.state",
+                             (d.camera, d.zone, json.dumps(new_state)))
+                stored = [StoredAlert(self._insert_alert(conn, ev), ev, False) for ev in events]
+                counts = event_counts(events)
+                conn.execute(
+                    "INSERT INTO counters (camera, messages, raised, updated, cleared, last_time) "
+                    "VALUES (?, 1, ?, ?, ?, ?) ON CONFLICT(camera) DO UPDATE SET messages=messages+1, "
+                    "raised=raised+excluded.raised, updated=updated+excluded.updated, "
+                    "cleared=cleared+excluded.cleared, last_time=excluded.last_time",
+                    (d.camera, counts["raised"], counts["updated"], counts["cleared"], d.capture_time))
+                out = new_state, stored, row[1] if row else None
+        finally:   # (a database error propagates: _write rolls the whole batch back)
+            if conn.in_transaction:
+                conn.execute("RELEASE result")
+        return out
 
     def _insert_alert(self, conn: sqlite3.Connection, ev: AlertEvent) -> int:
         now = time.time()

@@ -1,6 +1,6 @@
 """Two backend replicas in separate processes, sharing only a real Mosquitto and a real PostgreSQL:
-results of the same cameras reach both (shared subscription) and together they raise exactly the
-alerts one replica would; replays are refused whichever replica gets them; the per-gateway rate
+results of the same cameras reach both (shared subscription), each decides them in batches (group
+commit), and together they raise exactly the alerts one replica would; replays are refused whichever replica gets them; the per-gateway rate
 limit holds for the pair; a replica killed between storing alerts and publishing them leaves
 them to the other, which publishes each exactly once (and not while the first still lives).
 
@@ -139,7 +139,8 @@ def stored_shape(pg, dbname: str) -> dict[str, list[tuple]]:
 @pytest.fixture
 def pg_db(postgres_server):
     name = postgres_server.fresh_database()
-    return name, postgres_server.database_config(name, outbox_lease=2)
+    # batch_wait: a round's results reach a replica within ms of each other: they are decided in batches
+    return name, postgres_server.database_config(name, outbox_lease=2, batch_wait=0.02)
 
 
 def test_two_replicas_raise_exactly_the_alerts_of_one_and_share_replays_and_the_rate_limit(
@@ -159,6 +160,9 @@ def test_two_replicas_raise_exactly_the_alerts_of_one_and_share_replays_and_the_
         # both replicas decided results of every camera (the stream was split, not partitioned)
         by = dict(query(postgres_server, dbname, "SELECT camera, COUNT(DISTINCT replica) FROM seen GROUP BY camera"))
         assert by == {cam: 2 for _, cam in CAMERAS}, by
+        # ... in batches: results committed together share their transaction id
+        batch = query(postgres_server, dbname, "SELECT MAX(n) FROM (SELECT COUNT(*) AS n FROM seen GROUP BY xmin::text) x")
+        assert batch[0][0] > 1, "no result was committed in a batch: group commit untested"
         # replays, whichever replica they reach, change nothing
         for r in range(6):
             gw, cam = CAMERAS[r % len(CAMERAS)]

@@ -108,3 +108,20 @@ def test_tls_verify_full_against_the_servers_ca_and_a_wrong_ca_is_refused(tmp_pa
     wrong = {**section, "sslrootcert": str(other / "ca.crt")}
     with pytest.raises(psycopg.OperationalError, match="certificate verify failed"):
         open_storage(BackendConfig.model_validate({"database": wrong}))
+
+
+def test_group_commit_settings_default_and_errors_name_file_line_and_field(tmp_path):
+    from backend_decryptor.config import ConfigError
+    (tmp_path / "g.yaml").write_text("database:\n  batch_max: 8\n  batch_wait: 3ms\n")
+    cfg = load_config(tmp_path / "g.yaml")
+    assert cfg.database.batch_max == 8 and cfg.database.batch_wait == pytest.approx(0.003)
+    defaults = BackendConfig().database
+    assert defaults.batch_max == 32 and defaults.batch_wait == 0.0
+    for body, field in (("database:\n  url: x.db\n  batch_max: 0\n", "database.batch_max"),
+                        ("database:\n  batch_wait: 2s\n", "database.batch_wait"),
+                        ("database:\n  batch_size: 8\n", "database.batch_size")):
+        (tmp_path / "bad.yaml").write_text(body)
+        with pytest.raises(ConfigError) as err:
+            load_config(tmp_path / "bad.yaml")
+        line = body.count("\n", 0, body.index(field.split(".")[1])) + 1
+        assert f"bad.yaml:{line}: {field}" in str(err.value), str(err.value)

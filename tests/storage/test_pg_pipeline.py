@@ -67,6 +67,17 @@ def test_apply_costs_two_round_trips_and_soft_writes_one(pg_db, tmp_path):
     rt.since_last()
     assert limiter.allow("gw-1", 100.0, 100.0)
     assert rt.since_last() == 1
+    # the network thread's replay check and debit in ONE round trip; a replay spends no token
+    pg_db.apply("gw-2", "cam-9", 1, 100.0, None, lambda old: ({"n": 1}, []))
+    two = pg_db.rate_limiter(1.0, 2, 300.0)
+    assert two.checks_seen
+    assert two.allow_unseen("gw-2", "cam-9", 2, 100.0, 100.0) is None
+    rt.since_last()
+    assert two.allow_unseen("gw-2", "cam-9", 1, 100.0, 100.0) == "replayed"
+    assert rt.since_last() == 1
+    assert two.allow_unseen("gw-2", "cam-9", 3, 100.0, 100.0) is None          # the 2nd token: not spent above
+    assert two.allow_unseen("gw-2", "cam-9", 4, 100.0, 100.0) == "rate_limited"
+    assert two.allow_unseen("gw-2", "cam-9", 5, 101.0, 100.0) is None           # refilled by capture time
     assert all(a.published for a in pg_db.alerts()) and pg_db.apply(
         "gw-1", "cam-1", 3, 102.0, None, lambda old: (old, []))[2] == 5.0
     rt.since_last()
