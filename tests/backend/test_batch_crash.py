@@ -21,7 +21,7 @@ import pytest
 
 from backend_decryptor.config import BackendConfig
 from backend_decryptor.storage import open_storage
-from tests.backend.test_replicas_pg import CAMERAS, ROOT, Replica, one_replica, readings, shape, spec
+from tests.support.replicas import CAMERAS, ROOT, Replica, one_replica, readings, shape, spec
 from tests.support.backend import MQTTTestClient, message
 from tests.support.pipeline import until
 
@@ -31,7 +31,7 @@ TOTAL = ROUNDS * len(CAMERAS)
 
 def crashing_replica(mode: str, keys_path, spec_path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "tests.backend.crashing_replica", mode, "4", str(keys_path),
+    proc = subprocess.Popen([sys.executable, "-m", "tests.support.crashing_replica", mode, "4", str(keys_path),
                              str(spec_path)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     ready, _, _ = select.select([proc.stdout], [], [], 90)

@@ -1,6 +1,6 @@
 """A backend replica (tests/support/replica.py) that dies inside group commit, for test_batch_crash.py:
 
-    python -m tests.backend.crashing_replica before|after MIN_BATCH KEYS.json SPEC.json
+    python -m tests.support.crashing_replica before|after MIN_BATCH KEYS.json SPEC.json
 
 On the first batch of at least MIN_BATCH results it writes the batch's (gateway, camera, sequence)
 to KEYS.json and exits at once (os._exit: no cleanup, no acknowledgement, as a SIGKILL would):
