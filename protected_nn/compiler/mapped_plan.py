@@ -13,6 +13,7 @@ from protected_nn.compiler import graph as G
 from protected_nn.compiler.first_gather import gather_cost
 from protected_nn.compiler.layout import Layout
 from protected_nn.compiler.linear import ZERO_HOMES
+from protected_nn.compiler.pooling import orders, pooled_map, rotsum_cost
 from protected_nn.compiler.mapped import (MappedPacking, _best_beta, _decode_key, _terms_grid,
                                           _terms_residue, pack_mapped, residue_period_for)
 from protected_nn.compiler.structure import chw
@@ -27,7 +28,7 @@ def wants_mapped(nodes: list[G.Node], input_name: str, slots: int) -> bool:
     if any(n.size > slots for n in nodes):
         return True
     for n in nodes:
-        if isinstance(n, G.MLinear) and input_name not in n.inputs:
+        if isinstance(n, G.MLinear) and input_name not in n.inputs and not n.pool:
             if any(g is not None and not g.is_dense for g in n.geometries):
                 return True
     return False
@@ -110,7 +111,7 @@ def _poly_candidates(geo, in_maps, slots) -> list[TensorMap]:
     if sy != sx or factor % sy:
         return []
     out = []
-    for order in ("ch", "ph") if factor // sy > 1 else ("ch",):
+    for order in orders(factor // sy):
         tm = polyphase_map(geo.out_chw, factor // sy, row, order, slots)
         if tm is not None:
             out += period_variants(tm, slots)
@@ -128,7 +129,7 @@ def first_layer_candidates(node: G.MLinear, slots: int, max_factor: int) -> list
     out, factor = [], 1
     while factor <= max(1, max_factor):
         pw = -(-w // factor)
-        for order in ("ch", "ph") if factor > 1 else ("ch",):
+        for order in orders(factor):
             tm = polyphase_map(geo.out_chw, factor, pw, order, slots)
             if tm is not None:
                 out += period_variants(tm, slots)
@@ -164,11 +165,32 @@ def _choose(cands, own, slots, level, cost, consumer):
         c = own(tm)
         if consumer is not None:
             nxt, nxt_output = consumer
-            nxt_cands = _candidates(nxt, [tm], slots, nxt_output) or [None]
-            c += min(_own_cost(nxt, [tm], t2, slots, level + 2, cost) for t2 in nxt_cands)
+            c += reader_cost(nxt, tm, slots, level + 2, cost, nxt_output)
         if best is None or c < best[0]:
             best = (c, tm)
     return best
+
+
+def reader_cost(nxt, tm, slots, level, cost, is_output) -> float:
+    """The cheapest cost of `nxt` reading `tm` at `level`; a pool is charged the cheaper of its
+    rotate-and-add sum (then its reader on the pooled map) and its reader with it fused."""
+    if nxt.pool:
+        return pool_choice(nxt, tm, slots, level, cost)[0]
+    cands = _candidates(nxt, [tm], slots, is_output) or [None]
+    return min(_own_cost(nxt, [tm], t2, slots, level, cost) for t2 in cands)
+
+
+def pool_choice(pool, tm, slots, level, cost):
+    """(cost, None) to fuse the pool into its reader, or (cost, (tree, pooled map)) to sum it."""
+    fused = reader_cost(pool.fused, tm, slots, level, cost, pool.reader_is_output)
+    summed = pooled_map(pool, tm, slots) if tm is not None else None
+    if summed is not None:
+        tree, pm = summed
+        c = (rotsum_cost(tree, tm.n_cts, level, cost)
+             + reader_cost(pool.reader, pm, slots, level, cost, pool.reader_is_output))
+        if c < fused:
+            return c, summed
+    return fused, None
 
 
 def choose_first_layer(node, in_map, slots, cost, max_factor, consumer):

@@ -21,6 +21,7 @@ from protected_nn.compiler.direct_steps import direct_long_chains
 from protected_nn.compiler.first_gather import gather_step
 from protected_nn.compiler.layout import CostModel, Layout, next_pow2
 from protected_nn.compiler.linear import first_layer_free_layout, plan_linear, replication_shifts
+from protected_nn.compiler.pooling import rotsum_step
 from protected_nn.errors import PlanError
 from protected_nn.runtime.plan_format import PLAN_VERSION, decode_array, encode_array  # noqa: F401
 from protected_nn.runtime.steps import parse_steps
@@ -75,6 +76,8 @@ def node_depths(nodes: list[G.Node]) -> dict[str, int]:
             depth[node.name] = depth[node.inputs[0]] + 1
         elif isinstance(node, G.PolyNode):
             depth[node.name] = depth[node.inputs[0]] + poly_depth(node.coeffs)
+        if getattr(node, "pool", False):   # a rotate-and-add sum or fused: no level of its own
+            depth[node.name] = depth[node.inputs[0]]
     return depth
 
 
@@ -165,7 +168,20 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
         return final_delta if node.name == output else delta
 
     input_doc = None
+    replaced: dict[str, G.MLinear] = {}       # readers of fused pools -> the fused map
     for node in nodes:
+        node = replaced.get(node.name, node)
+        if isinstance(node, G.MLinear) and node.pool:
+            src = states[node.inputs[0]]
+            summed = MP.pool_choice(node, src.tmap, slots, src.level, cost)[1] if src.tmap else None
+            if summed is None:
+                replaced[node.reader.name] = node.fused
+            else:
+                steps.append(rotsum_step(node, summed[0], src.level, plan.layer_stats, src.tmap))
+                rot_steps.update(summed[0])
+                src = _State(None, src.level, src.scale, summed[1])
+            states[node.name] = src
+            continue
         if node.size > slots and not mapped:
             raise PlanError(f"layer {node.name} has {node.size} values, more than {slots} slots")
         if isinstance(node, G.InputNode):
