@@ -353,10 +353,11 @@ def engine_test_cnn(seed: int, *, size: int = 12, channels: int = 3) -> onnx.Mod
     return _limit_preactivations(model, seed)
 
 
-def pooled_cnn(seed: int, *, size: int = 16, in_channels: int = 1) -> onnx.ModelProto:
+def pooled_cnn(seed: int, *, size: int = 16, in_channels: int = 1, hidden: int = 0) -> onnx.ModelProto:
     """conv (3x3 or 5x5, stride 1, pad 0-2) -> BatchNorm -> x*x -> AveragePool 2 -> conv 3x3
-    (stride 1 or 2, pad 0 or 1) -> x*x -> AveragePool 2 or GlobalAveragePool -> dense to 3:
-    the pools the compiler may run as rotate-and-add sums (compiler/pooling.py). `size` even."""
+    (stride 1 or 2, pad 0 or 1) -> x*x -> AveragePool 2 or GlobalAveragePool [-> dense to
+    `hidden` -> x*x] -> dense to 3: the pools the compiler may run as rotate-and-add sums
+    (compiler/pooling.py), a hidden dense layer reading replicated input (replicate.py)."""
     rng = np.random.default_rng(seed)
     b = _Builder(rng)
     c1, k1 = int(rng.integers(2, 6)), int(rng.choice([3, 5]))
@@ -372,6 +373,8 @@ def pooled_cnn(seed: int, *, size: int = 16, in_channels: int = 1) -> onnx.Model
     else:
         h, feat = b.node("GlobalAveragePool", [h], "gap"), c2
     h = b.node("Flatten", [h], "flatten", axis=1)
+    if hidden:
+        h, feat = b.square(b.gemm(h, "fc0", feat, hidden)), hidden
     y = b.gemm(h, "fc", feat, 3)
     model = _finish(b, y, (1, in_channels, size, size), (1, 3), f"pooled_cnn_{seed}", None)
     return _limit_preactivations(model, seed)

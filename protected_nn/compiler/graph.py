@@ -30,6 +30,7 @@ class MLinear(Node):
     fused: "MLinear | None" = None   # on a pool: its reader with the pool folded in
     reader: "MLinear | None" = None  # on a pool: the linear map that reads it
     reader_is_output: bool = False
+    floor_of: "MLinear | None" = None   # on a fused reader: the map whose trained weights count
 
 
 @dataclass
@@ -126,6 +127,7 @@ def _keep_pools(nodes: list[Node], output: str, input_name: str) -> None:
         alt = MLinear(user.name, list(user.inputs), user.size, list(user.sources),
                       weights=list(user.weights), bias=user.bias.copy())
         _absorb(alt, k, p)
+        alt.floor_of = user
         p.fused, p.reader, p.reader_is_output = alt, user, user.name == output
 
 

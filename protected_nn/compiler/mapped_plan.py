@@ -14,6 +14,7 @@ from protected_nn.compiler.first_gather import gather_cost
 from protected_nn.compiler.layout import Layout
 from protected_nn.compiler.linear import ZERO_HOMES
 from protected_nn.compiler.pooling import orders, pooled_map, rotsum_cost
+from protected_nn.compiler.replicate import replicas
 from protected_nn.compiler.mapped import (MappedPacking, _best_beta, _decode_key, _terms_grid,
                                           _terms_residue, pack_mapped, residue_period_for)
 from protected_nn.compiler.structure import chw
@@ -176,8 +177,25 @@ def reader_cost(nxt, tm, slots, level, cost, is_output) -> float:
     rotate-and-add sum (then its reader on the pooled map) and its reader with it fused."""
     if nxt.pool:
         return pool_choice(nxt, tm, slots, level, cost)[0]
-    cands = _candidates(nxt, [tm], slots, is_output) or [None]
+    cands = _candidates(nxt, [tm], slots, is_output)
+    if not cands:
+        return dense_input(nxt, [tm], slots, level, cost, is_output)[0]
     return min(_own_cost(nxt, [tm], t2, slots, level, cost) for t2 in cands)
+
+
+def dense_input(node, in_maps, slots, level, cost, is_output=False):
+    """(cost, tree, input map) of a dense (residue) layer, its input replicated into shifted
+    copies by `tree` (compiler/replicate.py) when that is cheaper; tree [] keeps it as it is."""
+    best = (_own_cost(node, in_maps, None, slots, level, cost), [], in_maps[0])
+    if len(in_maps) != 1 or is_output or in_maps[0] is None:
+        return best
+    period = residue_period_for(node.size, 0, slots)
+    for tree, rep in replicas(in_maps[0], period, slots):
+        c = (_own_cost(node, [rep], None, slots, level, cost)
+             + len(tree) * rep.n_cts * (cost.rot(level) + cost.step_penalty))
+        if c < best[0]:
+            best = (c, tree, rep)
+    return best
 
 
 def pool_choice(pool, tm, slots, level, cost):
@@ -213,7 +231,10 @@ def plan_mapped_linear(node: G.MLinear, ins, slots, level, cost, known_steps, is
                        consumer=None):
     in_maps = [as_map(s) for s in ins]
     out_map = choose_output(node, in_maps, slots, level, cost, is_output, consumer)
-    period = 0
+    period, tree = 0, []
+    if out_map is None and not is_output and all(getattr(s, "tmap", None) is not None for s in ins):
+        _, tree, rep = dense_input(node, in_maps, slots, level, cost)
+        in_maps = [rep] if tree else in_maps
     if out_map is None:
         period = residue_period_for(node.size, ZERO_HOMES if is_output else 0, slots)
         if node.size + (ZERO_HOMES if is_output else 0) > slots:
@@ -221,11 +242,11 @@ def plan_mapped_linear(node: G.MLinear, ins, slots, level, cost, known_steps, is
     pack: MappedPacking = pack_mapped(node.weights, node.bias, in_maps, out_map, slots, level, cost,
                                       known_steps, residue_period=period)
     out_layout = Layout(n=node.size, unit=1, period=period, zero_padded=True) if out_map is None else None
-    return pack, out_map, out_layout, in_maps
+    return pack, out_map, out_layout, tree
 
 
 def step_doc(node, pack: MappedPacking, ins, level, late, add_weight, t_scale, out_scale,
-             out_map, out_layout) -> dict:
+             out_map, out_layout, names=None) -> dict:
     outs = []
     for o, horner in enumerate(pack.outs):
         giants = [{"shift": [int(x) for x in shift],
@@ -236,7 +257,8 @@ def step_doc(node, pack: MappedPacking, ins, level, late, add_weight, t_scale, o
                           node.name, "bias")
         outs.append({"giants": giants, "bias": bidx})
     doc = {"op": "mlinear", "out": node.name, "level": level,
-           "inputs": [{"src": name, "switch": level - s.level} for name, s in zip(node.inputs, ins)],
+           "inputs": [{"src": name, "switch": level - s.level}
+                      for name, s in zip(names or node.inputs, ins)],
            "sources": [[int(i), int(c)] for i, c in pack.sources],
            "babies": [[int(s), int(src), [int(x) for x in sts]] for s, _, src, sts in pack.babies],
            "outs": outs, "tree": [int(t) for t in pack.tree], "rescale_last": late,
@@ -247,9 +269,11 @@ def step_doc(node, pack: MappedPacking, ins, level, late, add_weight, t_scale, o
 
 
 def floor_products(node: G.MLinear, slots: int) -> float:
-    """(trained weights x output positions they are applied at) / slots, from the structure."""
+    """(trained weights x output positions they are applied at) / slots, from the structure. A
+    layer with a public pool fused into it counts its own trained weights, not the composition
+    (a 5x5 convolution after a 2x2 pool has 25 weights per channel pair, not a 10x10 kernel's)."""
     total = 0.0
-    for W in node.weights:
+    for W in (node.floor_of or node).weights:
         total += W.nnz
     return total / slots
 

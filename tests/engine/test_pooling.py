@@ -14,6 +14,7 @@ from protected_nn.api import EdgeModel, OwnerModel, ProtectOptions, protect
 from protected_nn.compiler import graph as G
 from protected_nn.compiler import mapped_plan, planner
 from protected_nn.compiler.pooling import pooled_map
+from protected_nn.compiler.replicate import replicas
 from protected_nn.compiler.structure import close_pattern
 from protected_nn.compiler.tensor_map import input_map, polyphase_map
 from protected_nn.frontend import load_onnx
@@ -83,6 +84,26 @@ def test_pooled_map_refuses_a_window_split_over_ciphertexts():
     assert pooled_map(node, tm, SLOTS) is None
 
 
+def test_replicas_are_shifted_clean_copies():
+    """Each doubling adds copies in a new residue class of the reader's period, on free slots."""
+    tm = polyphase_map((4, 5, 5), 1, 5, "ch", SLOTS)        # 100 values in 4 blocks of 32
+    period = 128
+    reps = replicas(tm, period, SLOTS)
+    assert len(reps) >= 3
+    x = np.random.default_rng(1).normal(size=tm.n)
+    for tree, rep in reps:
+        ct = _simulate(tm, tree, x)[0]
+        residues = set()
+        for _, slot in rep.all_copies():
+            assert np.allclose(ct[slot], x)
+            residues.add(int((slot[0] - tm.slot[0]) % period))
+        assert len(residues) == 2 ** len(tree)
+        held = np.zeros(SLOTS, bool)
+        for _, slot in rep.all_copies():
+            held[slot] = True
+        assert np.allclose(ct[~held], 0.0)
+
+
 def _plan(model):
     graph = load_onnx(model, calibration=None, poly_degree=4, input_range=(0.0, 1.0),
                       calibration_samples=2)
@@ -96,8 +117,10 @@ def test_lenet5_sums_its_first_pool():
     stats = {s["layer"]: s for s in plan.layer_stats}
     conv2 = next(s for name, s in stats.items() if name.startswith("conv2"))
     assert conv2["floor_products"] < 30                  # the unfused 5x5 kernel's floor
-    assert conv2["products"] <= 200
-    assert sum(s["products"] for s in plan.layer_stats) <= 400
+    assert conv2["products"] <= 210                      # 400 with the pool fused into it
+    fc1 = next(s for name, s in stats.items() if name.startswith("fc1"))
+    assert fc1["products"] <= 64                          # 128 without shifted input copies
+    assert sum(s["products"] for s in plan.layer_stats) <= 330
 
 
 def test_crowd_cnn_keeps_its_global_pool_fused():
@@ -121,15 +144,19 @@ def _always_sum(pool, tm, slots, level, cost, real=mapped_plan.pool_choice):
     return (0.0, summed) if summed is not None else real(pool, tm, slots, level, cost)
 
 
-@pytest.mark.parametrize("seed,force", [(0, False), (5, False), (2, True), (3, True)])
-def test_pooled_cnn_matches_onnxruntime(seed, force, forced_mapped, monkeypatch):
+@pytest.mark.parametrize("seed,force,hidden", [(0, False, 0), (5, False, 0), (2, True, 0),
+                                               (3, True, 0), (4, False, 24), (5, False, 24)])
+def test_pooled_cnn_matches_onnxruntime(seed, force, hidden, forced_mapped, monkeypatch):
     """Seeds 0 and 5: the planner sums the first pool by itself; 2 and 3: every pool that can
-    be summed is (gapped grids, a second pool, a global pool), whatever the cost."""
+    be summed is (gapped grids, a second pool, a global pool), whatever the cost; with a hidden
+    dense layer, 4 sums its global pool and 5 replicates the hidden layer's input."""
     if force:
         monkeypatch.setattr(mapped_plan, "pool_choice", _always_sum)
-    model = zoo.pooled_cnn(seed)
+    model = zoo.pooled_cnn(seed, hidden=hidden)
     prot = protect(model, options=ProtectOptions(check_samples=1, progress=False))
     assert "rotsum" in [s["op"] for s in prot.artifacts.plan_json()["steps"]]
+    if hidden and seed == 5:
+        assert any(s["out"].endswith("~copies") for s in prot.artifacts.plan_json()["steps"])
     edge, owner = EdgeModel(prot.artifacts), OwnerModel(prot.artifacts, prot.secret_key)
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(seed + 5).uniform(0, 1, (1, 1, 16, 16)).astype(np.float32)
