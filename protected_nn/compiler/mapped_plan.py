@@ -11,7 +11,7 @@ import numpy as np
 
 from protected_nn.compiler import graph as G
 from protected_nn.compiler.first_gather import gather_cost
-from protected_nn.compiler.layout import Layout
+from protected_nn.compiler.layout import Layout, next_pow2
 from protected_nn.compiler.linear import ZERO_HOMES
 from protected_nn.compiler.pooling import orders, pooled_map, rotsum_cost
 from protected_nn.compiler.replicate import replicas
@@ -130,10 +130,13 @@ def first_layer_candidates(node: G.MLinear, slots: int, max_factor: int) -> list
     out, factor = [], 1
     while factor <= max(1, max_factor):
         pw = -(-w // factor)
-        for order in orders(factor):
-            tm = polyphase_map(geo.out_chw, factor, pw, order, slots)
-            if tm is not None:
-                out += period_variants(tm, slots)
+        # a power-of-two row first (ties go to it): a kernel offset dy*row + dx of the next
+        # convolution is then a shorter chain of the shared power-of-two rotations
+        for row in dict.fromkeys((next_pow2(pw), pw)):
+            for order in orders(factor):
+                tm = polyphase_map(geo.out_chw, factor, row, order, slots)
+                if tm is not None:
+                    out += period_variants(tm, slots)
         factor *= 2
     return out
 
