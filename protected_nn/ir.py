@@ -35,9 +35,12 @@ class Input(Layer):
 
 @dataclass
 class Linear(Layer):
-    """y = W @ x + b. W: (out, in) sparse; trained parameters -> encrypted."""
+    """y = W @ x + b. W: (out, in) sparse; trained parameters -> encrypted. `pool`: W is a
+    public window mean (AveragePool, GlobalAveragePool, the MaxPool stand-in): the compiler may
+    run it as a rotate-and-add sum instead of fusing it into the next layer (compiler/pooling.py)."""
     W: sp.csr_matrix = None
     b: np.ndarray = None
+    pool: bool = False
 
 
 @dataclass
@@ -110,7 +113,9 @@ def evaluate_plain(graph: Graph, x: np.ndarray) -> np.ndarray:
 
 def fuse_linear(graph: Graph) -> Graph:
     """Compose chains Linear -> Linear when the first has no other consumer:
-    W2 (W1 x + b1) + b2 = (W2 W1) x + (W2 b1 + b2). Fewer layers = fewer levels."""
+    W2 (W1 x + b1) + b2 = (W2 W1) x + (W2 b1 + b2). Fewer layers = fewer levels. A public pool
+    is fused into a linear layer before it, never into the one after it: whether that pays
+    depends on the layouts, and the compiler decides (compiler/pooling.py)."""
     layers = list(graph.layers)
     changed = True
     while changed:
@@ -124,7 +129,8 @@ def fuse_linear(graph: Graph) -> Graph:
             if not isinstance(layer, Linear):
                 continue
             prev = by_name.get(layer.inputs[0])
-            if isinstance(prev, Linear) and consumers[prev.name] == 1 and prev.name != graph.output:
+            if (isinstance(prev, Linear) and consumers[prev.name] == 1 and prev.name != graph.output
+                    and not prev.pool):
                 fused = Linear(name=layer.name, inputs=list(prev.inputs), shape=layer.shape,
                                sources=prev.sources + layer.sources,
                                W=sp.csr_matrix(layer.W @ prev.W),

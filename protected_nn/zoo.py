@@ -351,3 +351,30 @@ def engine_test_cnn(seed: int, *, size: int = 12, channels: int = 3) -> onnx.Mod
     y = b.gemm(h, "fc", c2 * n * n, 3)
     model = _finish(b, y, (1, 1, size, size), (1, 3), f"engine_test_cnn_{seed}", None)
     return _limit_preactivations(model, seed)
+
+
+def pooled_cnn(seed: int, *, size: int = 16, in_channels: int = 1, hidden: int = 0) -> onnx.ModelProto:
+    """conv (3x3 or 5x5, stride 1, pad 0-2) -> BatchNorm -> x*x -> AveragePool 2 -> conv 3x3
+    (stride 1 or 2, pad 0 or 1) -> x*x -> AveragePool 2 or GlobalAveragePool [-> dense to
+    `hidden` -> x*x] -> dense to 3: the pools the compiler may run as rotate-and-add sums
+    (compiler/pooling.py), a hidden dense layer reading replicated input (replicate.py)."""
+    rng = np.random.default_rng(seed)
+    b = _Builder(rng)
+    c1, k1 = int(rng.integers(2, 6)), int(rng.choice([3, 5]))
+    p1 = int(rng.integers(0, k1 // 2 + 1))
+    n = _conv_out(size, k1, 1, 2 * p1)          # even for an even size (odd kernel, stride 1)
+    h = b.square(b.batchnorm(b.conv("input", "conv1", in_channels, c1, k1, 1, (p1,) * 4), "bn1", c1))
+    h, n = _avgpool(b, h, 2), n // 2
+    c2, s2, p2 = int(rng.integers(2, 9)), int(rng.integers(1, 3)), int(rng.integers(0, 2))
+    h = b.square(b.conv(h, "conv2", c1, c2, 3, s2, (p2,) * 4))
+    n = _conv_out(n, 3, s2, 2 * p2)
+    if n % 2 == 0 and rng.random() < 0.6:
+        h, feat = _avgpool(b, h, 2), c2 * (n // 2) ** 2
+    else:
+        h, feat = b.node("GlobalAveragePool", [h], "gap"), c2
+    h = b.node("Flatten", [h], "flatten", axis=1)
+    if hidden:
+        h, feat = b.square(b.gemm(h, "fc0", feat, hidden)), hidden
+    y = b.gemm(h, "fc", feat, 3)
+    model = _finish(b, y, (1, in_channels, size, size), (1, 3), f"pooled_cnn_{seed}", None)
+    return _limit_preactivations(model, seed)

@@ -95,9 +95,16 @@ def _terms_residue(weights, in_maps, period, slots):
     for i, (W, tm) in enumerate(zip(weights, in_maps)):
         coo = W.tocoo()
         r, j, v = coo.row.astype(np.int64), coo.col.astype(np.int64), coo.data
-        k = (tm.slot[j] - r) % period
-        w = (tm.slot[j] - k) % slots
-        keys.append(((0 * (len(in_maps) + 1) + i) * (tm.n_cts + 1) + tm.ct[j]) * slots + k)
+        # every copy may serve: the one with the smallest rotation (compiler/replicate.py puts
+        # copies in other residue classes; periodic copies all tie, and the canonical one wins)
+        cts = np.stack([ct[j] for ct, _ in tm.all_copies()], axis=1)
+        src = np.stack([slot[j] for _, slot in tm.all_copies()], axis=1)
+        pick = np.argmin((src - r[:, None]) % period, axis=1)
+        at = np.arange(j.size)
+        ct_j, slot_j = cts[at, pick], src[at, pick]
+        k = (slot_j - r) % period
+        w = (slot_j - k) % slots
+        keys.append(((0 * (len(in_maps) + 1) + i) * (tm.n_cts + 1) + ct_j) * slots + k)
         works.append(w)
         vals.append(v)
     return keys, works, vals

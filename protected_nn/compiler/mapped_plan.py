@@ -11,8 +11,10 @@ import numpy as np
 
 from protected_nn.compiler import graph as G
 from protected_nn.compiler.first_gather import gather_cost
-from protected_nn.compiler.layout import Layout
+from protected_nn.compiler.layout import Layout, next_pow2
 from protected_nn.compiler.linear import ZERO_HOMES
+from protected_nn.compiler.pooling import orders, pooled_map, rotsum_cost
+from protected_nn.compiler.replicate import replicas
 from protected_nn.compiler.mapped import (MappedPacking, _best_beta, _decode_key, _terms_grid,
                                           _terms_residue, pack_mapped, residue_period_for)
 from protected_nn.compiler.structure import chw
@@ -27,7 +29,7 @@ def wants_mapped(nodes: list[G.Node], input_name: str, slots: int) -> bool:
     if any(n.size > slots for n in nodes):
         return True
     for n in nodes:
-        if isinstance(n, G.MLinear) and input_name not in n.inputs:
+        if isinstance(n, G.MLinear) and input_name not in n.inputs and not n.pool:
             if any(g is not None and not g.is_dense for g in n.geometries):
                 return True
     return False
@@ -110,7 +112,7 @@ def _poly_candidates(geo, in_maps, slots) -> list[TensorMap]:
     if sy != sx or factor % sy:
         return []
     out = []
-    for order in ("ch", "ph") if factor // sy > 1 else ("ch",):
+    for order in orders(factor // sy):
         tm = polyphase_map(geo.out_chw, factor // sy, row, order, slots)
         if tm is not None:
             out += period_variants(tm, slots)
@@ -128,10 +130,13 @@ def first_layer_candidates(node: G.MLinear, slots: int, max_factor: int) -> list
     out, factor = [], 1
     while factor <= max(1, max_factor):
         pw = -(-w // factor)
-        for order in ("ch", "ph") if factor > 1 else ("ch",):
-            tm = polyphase_map(geo.out_chw, factor, pw, order, slots)
-            if tm is not None:
-                out += period_variants(tm, slots)
+        # a power-of-two row first (ties go to it): a kernel offset dy*row + dx of the next
+        # convolution is then a shorter chain of the shared power-of-two rotations
+        for row in dict.fromkeys((next_pow2(pw), pw)):
+            for order in orders(factor):
+                tm = polyphase_map(geo.out_chw, factor, row, order, slots)
+                if tm is not None:
+                    out += period_variants(tm, slots)
         factor *= 2
     return out
 
@@ -164,11 +169,49 @@ def _choose(cands, own, slots, level, cost, consumer):
         c = own(tm)
         if consumer is not None:
             nxt, nxt_output = consumer
-            nxt_cands = _candidates(nxt, [tm], slots, nxt_output) or [None]
-            c += min(_own_cost(nxt, [tm], t2, slots, level + 2, cost) for t2 in nxt_cands)
+            c += reader_cost(nxt, tm, slots, level + 2, cost, nxt_output)
         if best is None or c < best[0]:
             best = (c, tm)
     return best
+
+
+def reader_cost(nxt, tm, slots, level, cost, is_output) -> float:
+    """The cheapest cost of `nxt` reading `tm` at `level`; a pool is charged the cheaper of its
+    rotate-and-add sum (then its reader on the pooled map) and its reader with it fused."""
+    if nxt.pool:
+        return pool_choice(nxt, tm, slots, level, cost)[0]
+    cands = _candidates(nxt, [tm], slots, is_output)
+    if not cands:
+        return dense_input(nxt, [tm], slots, level, cost, is_output)[0]
+    return min(_own_cost(nxt, [tm], t2, slots, level, cost) for t2 in cands)
+
+
+def dense_input(node, in_maps, slots, level, cost, is_output=False):
+    """(cost, tree, input map) of a dense (residue) layer, its input replicated into shifted
+    copies by `tree` (compiler/replicate.py) when that is cheaper; tree [] keeps it as it is."""
+    best = (_own_cost(node, in_maps, None, slots, level, cost), [], in_maps[0])
+    if len(in_maps) != 1 or is_output or in_maps[0] is None:
+        return best
+    period = residue_period_for(node.size, 0, slots)
+    for tree, rep in replicas(in_maps[0], period, slots):
+        c = (_own_cost(node, [rep], None, slots, level, cost)
+             + len(tree) * rep.n_cts * (cost.rot(level) + cost.step_penalty))
+        if c < best[0]:
+            best = (c, tree, rep)
+    return best
+
+
+def pool_choice(pool, tm, slots, level, cost):
+    """(cost, None) to fuse the pool into its reader, or (cost, (tree, pooled map)) to sum it."""
+    fused = reader_cost(pool.fused, tm, slots, level, cost, pool.reader_is_output)
+    summed = pooled_map(pool, tm, slots) if tm is not None else None
+    if summed is not None:
+        tree, pm = summed
+        c = (rotsum_cost(tree, tm.n_cts, level, cost)
+             + reader_cost(pool.reader, pm, slots, level, cost, pool.reader_is_output))
+        if c < fused:
+            return c, summed
+    return fused, None
 
 
 def choose_first_layer(node, in_map, slots, cost, max_factor, consumer):
@@ -191,7 +234,10 @@ def plan_mapped_linear(node: G.MLinear, ins, slots, level, cost, known_steps, is
                        consumer=None):
     in_maps = [as_map(s) for s in ins]
     out_map = choose_output(node, in_maps, slots, level, cost, is_output, consumer)
-    period = 0
+    period, tree = 0, []
+    if out_map is None and not is_output and all(getattr(s, "tmap", None) is not None for s in ins):
+        _, tree, rep = dense_input(node, in_maps, slots, level, cost)
+        in_maps = [rep] if tree else in_maps
     if out_map is None:
         period = residue_period_for(node.size, ZERO_HOMES if is_output else 0, slots)
         if node.size + (ZERO_HOMES if is_output else 0) > slots:
@@ -199,11 +245,11 @@ def plan_mapped_linear(node: G.MLinear, ins, slots, level, cost, known_steps, is
     pack: MappedPacking = pack_mapped(node.weights, node.bias, in_maps, out_map, slots, level, cost,
                                       known_steps, residue_period=period)
     out_layout = Layout(n=node.size, unit=1, period=period, zero_padded=True) if out_map is None else None
-    return pack, out_map, out_layout, in_maps
+    return pack, out_map, out_layout, tree
 
 
 def step_doc(node, pack: MappedPacking, ins, level, late, add_weight, t_scale, out_scale,
-             out_map, out_layout) -> dict:
+             out_map, out_layout, names=None) -> dict:
     outs = []
     for o, horner in enumerate(pack.outs):
         giants = [{"shift": [int(x) for x in shift],
@@ -214,7 +260,8 @@ def step_doc(node, pack: MappedPacking, ins, level, late, add_weight, t_scale, o
                           node.name, "bias")
         outs.append({"giants": giants, "bias": bidx})
     doc = {"op": "mlinear", "out": node.name, "level": level,
-           "inputs": [{"src": name, "switch": level - s.level} for name, s in zip(node.inputs, ins)],
+           "inputs": [{"src": name, "switch": level - s.level}
+                      for name, s in zip(names or node.inputs, ins)],
            "sources": [[int(i), int(c)] for i, c in pack.sources],
            "babies": [[int(s), int(src), [int(x) for x in sts]] for s, _, src, sts in pack.babies],
            "outs": outs, "tree": [int(t) for t in pack.tree], "rescale_last": late,
@@ -225,9 +272,11 @@ def step_doc(node, pack: MappedPacking, ins, level, late, add_weight, t_scale, o
 
 
 def floor_products(node: G.MLinear, slots: int) -> float:
-    """(trained weights x output positions they are applied at) / slots, from the structure."""
+    """(trained weights x output positions they are applied at) / slots, from the structure. A
+    layer with a public pool fused into it counts its own trained weights, not the composition
+    (a 5x5 convolution after a 2x2 pool has 25 weights per channel pair, not a 10x10 kernel's)."""
     total = 0.0
-    for W in node.weights:
+    for W in (node.floor_of or node).weights:
         total += W.nnz
     return total / slots
 

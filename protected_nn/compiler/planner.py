@@ -21,6 +21,9 @@ from protected_nn.compiler.direct_steps import direct_long_chains
 from protected_nn.compiler.first_gather import gather_step
 from protected_nn.compiler.layout import CostModel, Layout, next_pow2
 from protected_nn.compiler.linear import first_layer_free_layout, plan_linear, replication_shifts
+from protected_nn.compiler.pooling import rotsum_step
+from protected_nn.compiler.poly_plan import plan_poly as _poly, trim_coeffs
+from protected_nn.compiler.state import PlanState as _State
 from protected_nn.errors import PlanError
 from protected_nn.runtime.plan_format import PLAN_VERSION, decode_array, encode_array  # noqa: F401
 from protected_nn.runtime.steps import parse_steps
@@ -50,14 +53,6 @@ class Plan:
     layer_stats: list[dict] = field(default_factory=list)
 
 
-def trim_coeffs(coeffs) -> np.ndarray:
-    """Coefficients that round to zero at the plaintext scale would make SEAL produce a
-    "transparent" ciphertext (an error): drop them, the loss is below the encoding precision."""
-    c = np.asarray(coeffs, float).copy()
-    c[1:][np.abs(c[1:]) < 1e-9 * max(1e-300, float(np.max(np.abs(c[1:])) if c.size > 1 else 0))] = 0.0
-    return c
-
-
 def poly_depth(coeffs: np.ndarray) -> int:
     c = trim_coeffs(coeffs)
     deg = max(1, int(np.max(np.nonzero(c)[0])) if np.any(c[1:]) else 1)
@@ -75,6 +70,8 @@ def node_depths(nodes: list[G.Node]) -> dict[str, int]:
             depth[node.name] = depth[node.inputs[0]] + 1
         elif isinstance(node, G.PolyNode):
             depth[node.name] = depth[node.inputs[0]] + poly_depth(node.coeffs)
+        if getattr(node, "pool", False):   # a rotate-and-add sum or fused: no level of its own
+            depth[node.name] = depth[node.inputs[0]]
     return depth
 
 
@@ -128,13 +125,6 @@ def _node(nodes, name):
     return next(n for n in nodes if n.name == name)
 
 
-class _State:
-    """A tensor during planning: a single-ciphertext Layout, or a TensorMap over several."""
-
-    def __init__(self, layout: Layout | None, level: int, scale: float, tmap=None):
-        self.layout, self.level, self.scale, self.tmap = layout, level, scale, tmap
-
-
 def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
              plain_input: bool = True) -> Plan:
     slots = params.slots
@@ -165,7 +155,20 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
         return final_delta if node.name == output else delta
 
     input_doc = None
+    replaced: dict[str, G.MLinear] = {}       # readers of fused pools -> the fused map
     for node in nodes:
+        node = replaced.get(node.name, node)
+        if isinstance(node, G.MLinear) and node.pool:
+            src = states[node.inputs[0]]
+            summed = MP.pool_choice(node, src.tmap, slots, src.level, cost)[1] if src.tmap else None
+            if summed is None:
+                replaced[node.reader.name] = node.fused
+            else:
+                steps.append(rotsum_step(node, summed[0], src.level, plan.layer_stats, src.tmap))
+                rot_steps.update(summed[0])
+                src = _State(None, src.level, src.scale, summed[1])
+            states[node.name] = src
+            continue
         if node.size > slots and not mapped:
             raise PlanError(f"layer {node.name} has {node.size} values, more than {slots} slots")
         if isinstance(node, G.InputNode):
@@ -331,13 +334,20 @@ def _mapped_linear(node, states, slots, cost, plan, steps, add_weight, drop_prim
                    is_output, consumer=None):
     ins = [states[i] for i in node.inputs]
     level = max(s.level for s in ins)
-    pack, out_map, out_layout, _ = MP.plan_mapped_linear(node, ins, slots, level, cost, rot_steps,
-                                                         is_output, consumer)
+    pack, out_map, out_layout, tree = MP.plan_mapped_linear(node, ins, slots, level, cost,
+                                                            rot_steps, is_output, consumer)
     q = drop_prime(level)
     t_scale = delta * q
     out_scale = t_scale / q
+    names = list(node.inputs)
+    if tree:      # shifted copies of the input first (compiler/replicate.py)
+        names = [f"{node.inputs[0]}~copies"]
+        steps.append({"op": "rotsum", "src": node.inputs[0], "out": names[0],
+                      "level": ins[0].level, "tree": tree})
+        rot_steps.update(tree)
+        pack.rotations += len(tree) * as_cts(ins[0])
     steps.append(MP.step_doc(node, pack, ins, level, is_output, add_weight, t_scale, out_scale,
-                             out_map, out_layout))
+                             out_map, out_layout, names))
     rot_steps.update(pack.steps)
     floor = MP.floor_products(node, slots)
     plan.layer_stats.append({"layer": node.name, "op": "conv (grid)" if out_map is not None else
@@ -354,38 +364,3 @@ def _mapped_linear(node, states, slots, cost, plan, steps, add_weight, drop_prim
 
 def as_cts(state) -> int:
     return state.tmap.n_cts if state.tmap is not None else 1
-
-
-def _poly(node, states, steps, plan, drop_prime, delta):
-    """Powers by repeated squaring/products, then one plaintext-coefficient combination.
-    `delta` is the scale the output returns to (smaller for the model's result)."""
-    src = states[node.inputs[0]]
-    coeffs = trim_coeffs(node.coeffs)
-    if not np.any(coeffs[1:]):
-        raise PlanError(f"activation {node.name} fits to a constant: nothing to evaluate")
-    deg = int(np.max(np.nonzero(coeffs)[0]))
-    level0 = src.level
-    pw_level = {1: level0}
-    pw_scale = {1: src.scale}
-    recipe = []
-    for k in range(2, deg + 1):
-        a, b = (k // 2, k // 2) if k % 2 == 0 else (k - 1, 1)
-        lvl = max(pw_level[a], pw_level[b])
-        q = drop_prime(lvl)
-        pw_level[k] = lvl + 1
-        pw_scale[k] = pw_scale[a] * pw_scale[b] / q
-        recipe.append([k, a, b, lvl])
-    top = max(pw_level.values())
-    q = drop_prime(top)
-    t_scale = delta * q
-    terms = [[k, float(coeffs[k]), t_scale / pw_scale[k]] for k in range(1, deg + 1) if coeffs[k] != 0]
-    lay = src.layout
-    steps.append({"op": "poly", "src": node.inputs[0], "out": node.name, "recipe": recipe,
-                  "top": top, "terms": terms, "c0": float(coeffs[0]), "c0_scale": t_scale,
-                  "layout": lay.to_dict() if lay is not None else None})
-    plan.layer_stats.append({"layer": node.name, "op": f"poly deg {deg} ({node.op})", "level": top + 1,
-                             "shape": [node.size, node.size],
-                             "products": len(recipe) + len(terms), "rotations": 0,
-                             "relins": len(recipe), "sources": node.sources,
-                             "fit_range": list(node.fit_range), "fit_max_error": node.fit_max_error})
-    return _State(lay, top + 1, t_scale / q, src.tmap)

@@ -187,7 +187,9 @@ def polyphase_map(chw, factor: int, row: int, order: str, slots: int) -> TensorM
     (y // F, x // F) on `row`. A convolution of stride s reading phases F writes phases F/s on the
     same row with the same rotation for every output position (a stride-s conv on F phases is a
     stride-1 conv on phase-channels), so strided outputs stay dense: no gaps, no anchors.
-    `order` "ch" puts a channel's phases next to each other, "ph" a phase's channels."""
+    `order` "ch" puts a channel's phases next to each other, "ph" a phase's channels, ("top", k)
+    makes (y mod k, x mod k) the top bits of each ciphertext's block index: a k x k pool is then
+    a rotate-and-add fold leaving k^2 clean copies (compiler/pooling.py)."""
     c, h, w = chw
     ph, pw = -(-h // factor), -(-w // factor)
     if row < pw:
@@ -200,8 +202,16 @@ def polyphase_map(chw, factor: int, row: int, order: str, slots: int) -> TensorM
     qy, qx = yy % factor, xx % factor
     if order == "ch":
         b = (cc * factor + qy) * factor + qx
-    else:
+    elif order == "ph":
         b = (qy * factor + qx) * c + cc
+    else:
+        k = int(order[1])
+        group = per_ct // (k * k)
+        if factor % k or group == 0:
+            return None
+        f2 = factor // k
+        inner = ((qy // k) * f2 + qx // k) * c + cc          # the pooled phase's block
+        b = (inner // group) * per_ct + ((qy % k) * k + qx % k) * group + inner % group
     b = b.reshape(-1).astype(np.int64)
     slot = (b % per_ct) * block + ((yy // factor) * row + xx // factor).reshape(-1)
     n_blocks = c * factor * factor

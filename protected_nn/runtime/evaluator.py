@@ -38,7 +38,8 @@ class Evaluator:
             plan = parse_plan(plan)    # version, steps, sections: refused before anything runs
         self._handlers = {S.FirstLinear: self._first_linear, S.Linear: self._linear,
                           S.GatherLinear: self._gather_linear,
-                          S.MappedLinear: self._mlinear, S.Square: self._square, S.Poly: self._poly_step}
+                          S.MappedLinear: self._mlinear, S.Square: self._square, S.Poly: self._poly_step,
+                          S.RotSum: self._rotsum}
         assert set(self._handlers) == set(S.STEP_TYPES.values()), "a step kind without a handler"
         if len(weights) != len(plan.weights):
             raise BundleError(f"{len(weights)} weight ciphertexts for a plan of {len(plan.weights)}")
@@ -234,6 +235,20 @@ class Evaluator:
         if late:
             ck.rescale(acc)
         return acc
+
+    def _rotsum(self, step: S.RotSum, regs) -> _Reg:
+        """A public pool: x + rot(x, t) per tree shift, per ciphertext (compiler/pooling.py)."""
+        ck = self.ckks
+        src = regs[step.src]
+        outs = []
+        for c in src.cts:
+            acc = None
+            for shift in step.tree:
+                rotated = ck.rotate(c if acc is None else acc, shift)
+                acc = ck.copy(c) if acc is None else acc
+                ck.add_inplace(acc, rotated)
+            outs.append(ck.copy(c) if acc is None else acc)
+        return _Reg(outs, src.level)
 
     def _square(self, step: S.Square, regs) -> _Reg:
         ck = self.ckks

@@ -357,8 +357,21 @@ class Poly(Step):
                 w.fail(f"terms[{t}][0]", f"uses power {k}, which the recipe does not compute")
 
 
+@dataclass(frozen=True)
+class RotSum(Step):
+    """A public sum (an average pool, its 1/count in the next layer's weights): every ciphertext
+    of `src` through the rotate-and-add `tree` (compiler/pooling.py); no product, no level."""
+    src: str
+    out: str
+    level: int
+    tree: tuple
+    KIND = "rotsum"
+    SPEC = {"src": _str, "out": _str, "level": _count, "tree": _list(_int)}
+
+
 STEP_TYPES: dict[str, type[Step]] = {t.KIND: t for t in
-                                     (FirstLinear, GatherLinear, Linear, MappedLinear, Square, Poly)}
+                                     (FirstLinear, GatherLinear, Linear, MappedLinear, Square, Poly,
+                                      RotSum)}
 
 
 def parse_steps(docs) -> list[Step]:

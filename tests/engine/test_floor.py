@@ -67,8 +67,10 @@ def test_crowd_cnn_within_twice_the_floor():
     _check(_layers(zoo.crowd_cnn(0)))
 
 
-@pytest.mark.xfail(strict=True, reason="LeNet-5's conv2 (avgpool fused: 10x10 kernel, stride 2) "
-                   "and fc1 read one ciphertext whose values each serve one product term per "
-                   "rotation: 400 and 128 products against floors 117 and 23 (bench/results/engine.md)")
+@pytest.mark.xfail(strict=True, reason="LeNet-5's conv2 reads the 6x14x14 pooled tensor (its pool "
+                   "a rotate-and-add sum) as 4 clean copies that all repeat every 2,048 slots, so a "
+                   "product still serves at most one input channel per output channel: ~200 products "
+                   "against the unfused floor 29.3; fc1 reads 2 shifted copies: 64 against 5.9 "
+                   "(bench/results/engine.md, round 4)")
 def test_lenet5_within_twice_the_floor():
     _check(_layers(zoo.lenet5(0)))

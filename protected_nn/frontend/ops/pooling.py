@@ -66,6 +66,7 @@ def _window_pool(node: onnx.NodeProto, ctx: LoweringContext, count_include_pad: 
     win = make_window(node, attrs, (H, W), tuple(attrs["kernel_shape"]),
                       ceil_mode=bool(attrs.get("ceil_mode", 0)))
     ctx.linear(node, x, _pool_matrix(C, win, count_include_pad), None, (1, C, *win.out_hw))
+    _mark_pool(ctx)
 
 
 def lower_average_pool(node: onnx.NodeProto, ctx: LoweringContext) -> None:
@@ -82,6 +83,13 @@ def lower_global_average_pool(node: onnx.NodeProto, ctx: LoweringContext) -> Non
     mat = sp.kron(sp.identity(C, format="csr"), sp.csr_matrix(np.full((1, per), 1.0 / per)),
                   format="csr")
     ctx.linear(node, x, mat, None, (1, C) + (1,) * (len(x.shape) - 2))
+    _mark_pool(ctx)
+
+
+def _mark_pool(ctx: LoweringContext) -> None:
+    """The layer just emitted is a public window mean (no trained weight): the compiler may run
+    it as a rotate-and-add sum (compiler/pooling.py) instead of fusing it into the next layer."""
+    ctx.layers[-1].pool = True
 
 
 def lower_global_max_pool(node: onnx.NodeProto, ctx: LoweringContext) -> None:

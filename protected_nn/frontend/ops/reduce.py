@@ -46,6 +46,8 @@ def _reduce(node, ctx: LoweringContext, x: Tensor, mean: bool) -> None:
     mat = sp.csr_matrix((vals, (rows, np.arange(x.size))), shape=(n_out, x.size))
     out_shape = kept_shape if keep else tuple(n for d, n in enumerate(x.shape) if d not in axes)
     ctx.linear(node, x, mat, None, out_shape)
+    if axes and min(axes) >= 2:        # over space only: a global pool (compiler/pooling.py)
+        ctx.layers[-1].pool = True
 
 
 def lower_reduce_mean(node: onnx.NodeProto, ctx: LoweringContext) -> None:
