@@ -83,7 +83,8 @@ class Rules(NamedTuple):
 
 STEP_RULES = {S.FirstLinear: Rules(_tree_rotations, _at), S.GatherLinear: Rules(_tree_rotations, _at),
               S.Linear: Rules(_linear_rotations, _at), S.MappedLinear: Rules(_mapped_rotations, _at),
-              S.Square: Rules(_no_rotations, _at), S.Poly: Rules(_no_rotations, _poly_levels)}
+              S.Square: Rules(_no_rotations, _at), S.Poly: Rules(_no_rotations, _poly_levels),
+              S.RotSum: Rules(_tree_rotations, lambda st: [])}   # a sum: rotations, no rescale
 
 
 def check_steps(plan) -> None:
