@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if "--adapt-src" in sys.argv:     # another checkout's backend_decryptor (old adapt code), side by side
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--adapt-src") + 1]).resolve()))
 
 import torch  # noqa: E402
 
@@ -130,7 +132,7 @@ def crowd(work: Path, args, log) -> dict:
     def loss(out, idx):
         return torch.nn.functional.smooth_l1_loss(out[:, 0] / 10.0, yc[idx], beta=0.2) \
             + 0.5 * bce(out[:, 1], yi[idx])
-    am.fit(net, data.x, loss, epochs=args.crowd_epochs, batch=128, log=log)
+    am.fit(net, data.x, loss, epochs=args.crowd_epochs or 30, batch=128, log=log)
     original = am.to_onnx(net, (1, 2, 32, 32), work / "crowd_relu.onnx",
                           {"fhe_edge.model_card": "crowd model, ReLU version"})
     out_o = onnxruntime_outputs(_load(original), held.x, "input")
@@ -160,6 +162,114 @@ def crowd(work: Path, args, log) -> dict:
         "count_mae_adapted_encrypted": mae(enc, sel),
         "fidelity_rel_error": prot.report["fidelity"]["max_rel_error"],
         "held_back": res.report["held_back"], "depth": res.report["plan_adapted"],
+        "estimated_ms_adapted": prot.report["estimated_latency_ms"],
+        "estimated_ms_square": prot_sq.report["estimated_latency_ms"], "median_ms": lat,
+    }
+
+
+SHIPPED_STEPS = 8520          # the shipped trainer's steps (models/README.md): the ReLU original gets as many
+
+
+def _rendered(args, log):
+    """The rendered training scenes (incident output; training.train's sizes and chunks), cached."""
+    from training.dataset import LabelledSet, synthetic_set
+    from training.train import CHUNK_LEN, CHUNKS, TRAIN_SIZES
+    cache = Path(args.cache) / f"rendered-{args.crowd_sequences}.npz" if args.cache else None
+    if cache and cache.is_file():        # rendering is deterministic: a cached set is the same data
+        z = np.load(cache, allow_pickle=False)
+        return LabelledSet(z["x"], z["count"], z["incident"], z["kind"])
+    t0 = time.perf_counter()
+    d = synthetic_set(range(args.crowd_sequences), n_frames=100, sizes=TRAIN_SIZES, chunks=CHUNKS,
+                      chunk_len=CHUNK_LEN, workers=2)
+    log(f"crowd-real: rendered {len(d)} frames ({time.perf_counter() - t0:.0f} s)")
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, x=d.x, count=d.count, incident=d.incident, kind=d.kind)
+    return d
+
+
+def _real_original(work: Path, args, arch, rendered, log) -> tuple[Path, int]:
+    """The ReLU version of the shipped model trained by the shipped loop (training.fit.train) on
+    the Mall training frames (count) and the rendered scenes (incident); cached as ONNX."""
+    from training.train import real_set
+    from training.fit import Weights
+    w = Weights()
+    per_epoch = max(-(-640 // w.real_per_batch), -(-len(rendered) // w.synthetic_per_batch))
+    epochs = args.crowd_epochs or max(1, round(SHIPPED_STEPS / per_epoch))
+    name = f"crowd-real-relu-{args.crowd_sequences}-{epochs}-{args.crowd_train_seed}.onnx"
+    path = Path(args.cache) / name if args.cache else work / name
+    if path.is_file():
+        return path, epochs
+    t0 = time.perf_counter()
+    log(f"crowd-real: training the ReLU original ({epochs} epochs x {per_epoch} steps)")
+    net = am.train_crowd_relu(arch, real_set(arch), rendered, epochs=epochs, seed=args.crowd_train_seed, log=log)
+    am.to_onnx(am.crowd_relu_sequential(net), (1, 2) + tuple(arch.size), path,
+               {"fhe_edge.model_card": "crowd model, ReLU version (shipped architecture and trainer)"})
+    log(f"crowd-real: original trained in {time.perf_counter() - t0:.0f} s")
+    return path, epochs
+
+
+def crowd_real(work: Path, args, log) -> dict:
+    """The ReLU version of the shipped model trained the shipped way on real Mall frames; the
+    owner adapts with his training inputs (real frames with and without motion, rendered scenes)
+    and the real frames' count labels (--labels; the incident column unknown: NaN); count MAE on
+    the held-out real frames 641-800 (training.eval_real's split)."""
+    from training import mall
+    from training.model import Arch
+    arch = Arch()
+    rendered = _rendered(args, log)
+    original, train_epochs = _real_original(work, args, arch, rendered, log)
+    tr, va = mall.load(arch.size, "train"), mall.load(arch.size, "validation")
+    x_real = np.concatenate([mall.inputs(tr, False), mall.inputs(tr, True)])
+    pick = np.linspace(0, len(rendered) - 1, min(args.crowd_adapt_rendered, len(rendered))).astype(int)
+    x = np.concatenate([x_real, rendered.x[pick]])
+    y = np.full((len(x), 2), np.nan, np.float32)
+    y[:len(x_real), 0] = np.tile(tr.count, 2)
+    labels = y if args.crowd_labels else None
+    held = {"no_motion": mall.inputs(va, False), "motion_0.5s": mall.inputs(va, True)}
+    mae = lambda o, idx=slice(None): float(np.abs(o[:, 0] - va.count[idx]).mean())  # noqa: E731
+    out_o = {k: onnxruntime_outputs(_load(original), v, "input") for k, v in held.items()}
+    log(f"crowd-real: original count MAE {', '.join(f'{k} {mae(v):.3f}' for k, v in out_o.items())}")
+    by_seed, seconds = {}, {}
+    for seed in reversed(args.seeds):     # the last one run is the first seed: its model is kept
+        t0 = time.perf_counter()
+        res = adapt(original, x, labels, out=work / "crowd_real_adapted.onnx", epochs=args.epochs, seed=seed,
+                    lr=args.lr, log=log)
+        seconds[seed] = time.perf_counter() - t0
+        out_a = {k: onnxruntime_outputs(res.model, v, "input") for k, v in held.items()}
+        by_seed[seed] = {k: mae(v) for k, v in out_a.items()}
+        log(f"crowd-real: seed {seed}: adapted count MAE {by_seed[seed]} ({seconds[seed]:.0f} s)")
+    log(res.text)
+    med = {k: float(np.median([v[k] for v in by_seed.values()])) for k in held}
+    r = {
+        "train": len(x), "train_real": len(x_real), "train_rendered": len(pick), "labels": bool(labels is not None),
+        "original": str(original.name), "original_epochs": train_epochs, "heldout": len(va),
+        "adapt_seconds": seconds[args.seeds[0]], "adapt_seconds_by_seed": seconds,
+        "count_mae_original": {k: mae(v) for k, v in out_o.items()},
+        "count_mae_adapted": by_seed[args.seeds[0]], "adapt_seed": args.seeds[0],
+        "count_mae_adapted_by_seed": by_seed, "count_mae_adapted_median": med,
+        "kept_epoch": res.report.get("kept_epoch"), "epochs": args.epochs, "held_back": res.report["held_back"],
+        "depth": res.report["plan_adapted"],
+    }
+    from protected_nn.errors import ProtectedNNError
+    try:
+        prot = api.protect(work / "crowd_real_adapted.onnx")
+    except ProtectedNNError as exc:         # the old adapt code's far vertices overflow here
+        log(f"crowd-real: protect failed: {exc}")
+        return r | {"protect_error": str(exc).splitlines()[0]}
+    shipped = Path(__file__).resolve().parents[1] / "models" / "crowd_incident.onnx"
+    prot_sq = api.protect(shipped)
+    sel = np.linspace(0, len(va) - 1, min(args.crowd_encrypted, len(va))).astype(int)
+    enc, _ = encrypted_outputs(prot, held["no_motion"][sel], (1, 2) + tuple(arch.size))
+    lat = alternate_latency({"adapted": prot, "square (shipped)": prot_sq}, held["no_motion"],
+                            (1, 2) + tuple(arch.size), args.latency_rounds)
+    return r | {
+        "encrypted_frames": len(sel),
+        "count_mae_original_encrypted_frames": mae(out_o["no_motion"][sel], sel),
+        "count_mae_adapted_plain_encrypted_frames": mae(out_a["no_motion"][sel], sel),
+        "count_mae_adapted_encrypted": mae(enc, sel),
+        "max_abs_count_encrypted_minus_plain": float(np.abs(enc[:, 0] - out_a["no_motion"][sel, 0]).max()),
+        "fidelity_rel_error": prot.report["fidelity"]["max_rel_error"],
         "estimated_ms_adapted": prot.report["estimated_latency_ms"],
         "estimated_ms_square": prot_sq.report["estimated_latency_ms"], "median_ms": lat,
     }
@@ -200,6 +310,31 @@ def markdown(results: dict, argv: list[str]) -> str:
                   f"| encrypted latency, median ms: adapted / shipped square model | {r['median_ms']['adapted']:.0f} / {r['median_ms']['square (shipped)']:.0f} | adapted <= square |",
                   f"| estimated ms: adapted / shipped square | {r['estimated_ms_adapted']:.0f} / {r['estimated_ms_square']:.0f} | |",
                   "", f"held-back report: `{json.dumps(r['held_back'])}`", ""]
+    if "crowd-real" in results:
+        r = results["crowd-real"]
+        o, a, m = r["count_mae_original"], r["count_mae_adapted"], r["count_mae_adapted_median"]
+        pct = lambda v, k: f"{100 * (v / o[k] - 1):+.1f}%"  # noqa: E731
+        seeds = "; ".join(f"seed {s}: " + " / ".join(f"{v[k]:.3f}" for k in o) for s, v in sorted(r["count_mae_adapted_by_seed"].items()))
+        lines += ["## Crowd model, ReLU version trained the shipped way on real Mall frames", "",
+                  f"Original `{r['original']}` ({r['original_epochs']} epochs of training.fit.train); adapt with "
+                  f"{r['train']} inputs ({r['train_real']} real, {r['train_rendered']} rendered), labels: {r['labels']}; "
+                  f"held-out real frames 641-800 ({r['heldout']}), motion zero / 0.5 s.", "",
+                  "| figure | value | target |", "|---|---:|---|",
+                  f"| count MAE, original (zero / 0.5 s motion) | {o['no_motion']:.3f} / {o['motion_0.5s']:.3f} | |",
+                  f"| count MAE, adapted seed {r['adapt_seed']} (plaintext) | {a['no_motion']:.3f} ({pct(a['no_motion'], 'no_motion')}) / {a['motion_0.5s']:.3f} ({pct(a['motion_0.5s'], 'motion_0.5s')}) | within 5% |",
+                  f"| adapted by seed ({seeds}): median | {m['no_motion']:.3f} ({pct(m['no_motion'], 'no_motion')}) / {m['motion_0.5s']:.3f} ({pct(m['motion_0.5s'], 'motion_0.5s')}) | |",
+                  f"| kept epoch (lowest held-back loss) | {r['kept_epoch']} of {r['epochs']} | |",
+                  f"| adapt wall time ({r['train']} inputs) | {r['adapt_seconds']:.0f} s | <= 300 s |"]
+        if "protect_error" in r:
+            lines += [f"| protect | **failed**: {r['protect_error']} | |"]
+        else:
+            lines += [
+                  f"| count MAE on {r['encrypted_frames']} frames (zero motion): original plain / adapted plain / adapted ENCRYPTED | {r['count_mae_original_encrypted_frames']:.3f} / {r['count_mae_adapted_plain_encrypted_frames']:.3f} / {r['count_mae_adapted_encrypted']:.3f} | |",
+                  f"| largest abs. difference encrypted - plaintext, count | {r['max_abs_count_encrypted_minus_plain']:.4f} | |",
+                  f"| protect's fidelity check | {r['fidelity_rel_error']:.2e} | <= 1e-2 |",
+                  f"| encrypted latency, median ms: adapted / shipped square model | {r['median_ms']['adapted']:.0f} / {r['median_ms']['square (shipped)']:.0f} | adapted <= square |",
+                  f"| estimated ms: adapted / shipped square | {r['estimated_ms_adapted']:.0f} / {r['estimated_ms_square']:.0f} | |"]
+        lines += ["", f"held-back report: `{json.dumps(r['held_back'])}`", ""]
     return "\n".join(lines)
 
 
@@ -207,6 +342,13 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=["digits", "crowd"])
+    ap.add_argument("--crowd-data", default="real", help="crowd cases, comma-separated: real (the ReLU "
+                    "version trained the shipped way on Mall frames), rendered (the older rendered-scene case)")
+    ap.add_argument("--crowd-adapt-rendered", type=int, default=1280,
+                    help="crowd-real: rendered frames in the owner's adapt data (besides the 1280 real inputs)")
+    ap.add_argument("--crowd-labels", type=int, default=1, help="crowd-real: 1 = adapt with the count labels")
+    ap.add_argument("--crowd-train-seed", type=int, default=1, help="crowd-real: torch seed of the original (shipped: 1)")
+    ap.add_argument("--adapt-src", help="a checkout whose backend_decryptor/ (adapt) is used instead of this one")
     ap.add_argument("--epochs", type=int, default=30, help="adapt epochs")
     ap.add_argument("--lr", type=float, default=DEFAULT_LR, help="adapt learning rate (crowd)")
     ap.add_argument("--seeds", type=lambda v: [int(s) for s in v.split(",")], default=[0],
@@ -214,7 +356,8 @@ def main(argv=None) -> int:
     ap.add_argument("--encrypted-frames", type=int, default=0, help="Digits test images run encrypted (0: all)")
     ap.add_argument("--crowd-sequences", type=int, default=300)
     ap.add_argument("--crowd-heldout", type=int, default=24)
-    ap.add_argument("--crowd-epochs", type=int, default=30)
+    ap.add_argument("--crowd-epochs", type=int, default=0,
+                    help="epochs training the crowd original (0: rendered 30, real as many steps as the shipped trainer)")
     ap.add_argument("--crowd-encrypted", type=int, default=120)
     ap.add_argument("--latency-rounds", type=int, default=21)
     ap.add_argument("--out", default="bench/results/adapt.md")
@@ -226,8 +369,14 @@ def main(argv=None) -> int:
     log = lambda m: print(m, flush=True)  # noqa: E731
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, fn in (("digits", digits), ("crowd", crowd)):
-            if args.only in (None, name):
+        bad = set(args.crowd_data.split(",")) - {"real", "rendered"}
+        if bad:
+            raise SystemExit(f"--crowd-data: unknown case(s) {sorted(bad)}; use real and/or rendered")
+        cases = [("digits", "digits", digits)] + [
+            ("crowd", {"real": "crowd-real", "rendered": "crowd"}[c], {"real": crowd_real, "rendered": crowd}[c])
+            for c in args.crowd_data.split(",")]
+        for group, name, fn in cases:
+            if args.only in (None, group):
                 results[name] = fn(Path(tmp), args, log)
                 log(json.dumps(results[name], indent=1))
     text = markdown(results, argv)
