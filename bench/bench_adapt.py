@@ -124,6 +124,11 @@ def crowd(work: Path, args, log) -> dict:
             np.savez(cache, x=data.x, count=data.count, incident=data.incident, kind=data.kind,
                      hx=held.x, hcount=held.count, hincident=held.incident, hkind=held.kind)
     log(f"crowd: {len(data)} training frames, {len(held)} held-out frames ({time.perf_counter() - t0:.0f} s)")
+    epochs = args.crowd_epochs or 30
+    name = f"crowd-rendered-relu-{args.crowd_sequences}-{epochs}.onnx"       # one original for every run
+    original = Path(args.cache) / name if args.cache else work / name
+    if original.is_file():
+        return _crowd_rendered_adapt(work, args, log, data, held, original)
     net = am.crowd_relu_net()
     yc = torch.from_numpy(data.count) / 10.0
     yi = torch.from_numpy(data.incident)
@@ -132,9 +137,12 @@ def crowd(work: Path, args, log) -> dict:
     def loss(out, idx):
         return torch.nn.functional.smooth_l1_loss(out[:, 0] / 10.0, yc[idx], beta=0.2) \
             + 0.5 * bce(out[:, 1], yi[idx])
-    am.fit(net, data.x, loss, epochs=args.crowd_epochs or 30, batch=128, log=log)
-    original = am.to_onnx(net, (1, 2, 32, 32), work / "crowd_relu.onnx",
-                          {"fhe_edge.model_card": "crowd model, ReLU version"})
+    am.fit(net, data.x, loss, epochs=epochs, batch=128, log=log)
+    am.to_onnx(net, (1, 2, 32, 32), original, {"fhe_edge.model_card": "crowd model, ReLU version"})
+    return _crowd_rendered_adapt(work, args, log, data, held, original)
+
+
+def _crowd_rendered_adapt(work: Path, args, log, data, held, original) -> dict:
     out_o = onnxruntime_outputs(_load(original), held.x, "input")
     by_seed = {}                # one original, adapted once per seed: adapt's own spread
     for seed in reversed(args.seeds):     # the last one run is the first seed: its model is kept

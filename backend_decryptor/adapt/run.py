@@ -118,9 +118,9 @@ def onnxruntime_outputs(model: onnx.ModelProto, x: np.ndarray, input_name: str) 
 
 
 def adapt(model_path, x, labels=None, *, out: str | Path, degree: int = 2, epochs: int = 30,
-          seed: int = 0, lr: float = DEFAULT_LR, feature_weight: float | None = None, log=print,
-          train_options: dict | None = None) -> AdaptResult:
-    """train_options: further train.TrainConfig fields (warmup, keep_best, batch) for studies."""
+          seed: int = 0, lr: float = DEFAULT_LR, log=print, train_options: dict | None = None) -> AdaptResult:
+    """train_options: further train.TrainConfig fields (warmup, keep_best, keep_zeros,
+    max_vertex, batch), for studies; the defaults are what the CLI runs."""
     torch = require_torch()
     if not isinstance(degree, int) or not 1 <= degree <= 8:
         raise AdaptError(f"--degree must be an integer in 1..8, got {degree!r}")
@@ -133,12 +133,7 @@ def adapt(model_path, x, labels=None, *, out: str | Path, degree: int = 2, epoch
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)            # one reduction order: the same seed gives the same bytes
     try:
-        opts = dict(train_options or {})
-        if feature_weight is not None:
-            if not feature_weight >= 0:
-                raise AdaptError(f"--feature-weight must be >= 0, got {feature_weight}")
-            opts["feature_weight"] = float(feature_weight)
-        return _adapt(model_path, x, labels, Path(out), degree, epochs, seed, lr, log, opts)
+        return _adapt(model_path, x, labels, Path(out), degree, epochs, seed, lr, log, dict(train_options or {}))
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
@@ -196,7 +191,7 @@ def _adapt(model_path, x, labels, out, degree, epochs, seed, lr, log, opts) -> A
     path = Path(model_path) if isinstance(model_path, (str, Path)) else None
     record = {
         "tool": "backend-decryptor adapt", "degree": degree, "epochs": epochs, "seed": seed, "lr": lr,
-        "feature_weight": cfg.feature_weight, "warmup": cfg.warmup,
+        "warmup": cfg.warmup, "max_vertex": cfg.max_vertex,
         "kept_epoch": next((h["epoch"] for h in history if h.get("kept")), 0 if cfg.keep_best else epochs),
         "source": {"file": path.name if path else "<model>",
                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path else ""},

@@ -38,7 +38,6 @@ class OnnxModule(torch.nn.Module):
         self.g = g
         self.mode = "original"
         self.capture: dict | None = None         # activation name -> list of its inputs, when set
-        self.outputs: dict | None = None         # activation name -> its output (with grad), when set
         trained = {n.input[i] for n in g.compute for i in _TRAINED_INPUTS.get(n.op_type, ())
                    if i < len(n.input) and n.input[i] in g.initializers
                    and np.issubdtype(g.constants[n.input[i]].dtype, np.floating)}
@@ -78,12 +77,8 @@ class OnnxModule(torch.nn.Module):
             if self.capture is not None:
                 self.capture.setdefault(node.name, []).append(x.detach())
             if self.mode == "adapted" and node.name in self.acts:
-                y = self.acts[node.name](x)
-            else:
-                y = _activation(op, a, x, ins)
-            if self.outputs is not None:
-                self.outputs[node.name] = y
-            return y
+                return self.acts[node.name](x)
+            return _activation(op, a, x, ins)
         if op == "Conv":
             return _conv(node, a, x, ins[1], ins[2] if len(ins) > 2 else None, self.g)
         if op == "Gemm":

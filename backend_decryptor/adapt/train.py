@@ -2,11 +2,14 @@
 
 Loss = MSE(adapted, original) per output element, normalised by the original's variance on the
 training inputs (so a count and a logit weigh alike), + the labels' loss when labels are given
-(cross-entropy for class ids, normalised MSE for targets), + RANGE_WEIGHT x the mean squared
-distance by which activation inputs leave their polynomial's range (in units of the range's
-half width): the encrypted evaluation must see the ranges the polynomials were trained on.
-Each batch also holds mixes of two of its inputs, distilled on the original's outputs for them
-(_mixed). Adam, cosine learning-rate decay, gradient norm clipped at 1.
+(cross-entropy for class ids, normalised MSE for targets; NaN marks a target not known), +
+RANGE_WEIGHT x the mean squared distance by which activation inputs leave their polynomial's
+range (in units of the range's half width): the encrypted evaluation must see the ranges the
+polynomials were trained on. Each batch also holds mixes of two of its inputs, distilled on the
+original's outputs for them (_mixed). Adam, linear warm-up then cosine decay, gradient norm
+clipped at 1; weights that are exactly 0 in the original stay 0; degree-2 vertices stay within
+MAX_VERTEX half-widths. After each epoch the held-back tenth is scored (distillation + labels)
+and the best epoch's weights are the ones kept.
 """
 from __future__ import annotations
 
@@ -25,7 +28,6 @@ torch = require_torch()
 RANGE_WEIGHT = 10.0
 MIX_SHARE = 0.5          # share of each batch replaced by mixes of two inputs (teacher run on them)
 EVAL_BATCH = 256
-FEATURE_SCALE_SAMPLES = 1024
 MAX_VERTEX = 8.0          # see PolyActivation.bound_vertex and docs/adapt.md (crowd study)
 
 
@@ -37,7 +39,6 @@ class TrainConfig:
     lr: float = 1e-3          # run.DEFAULT_LR is what adapt passes
     batch: int = 64
     warmup: float = 0.05      # share of the steps the learning rate warms up over
-    feature_weight: float = 0.0   # weight of the per-activation feature loss (feature_loss)
     keep_best: bool = True    # keep the epoch with the lowest held-back loss (needs `held`)
     keep_zeros: bool = True   # weights exactly 0 in the original stay 0 (_structural_zeros)
     max_vertex: float = MAX_VERTEX   # degree 2: vertex within this many half-widths (bound_vertex)
@@ -192,36 +193,6 @@ def lr_factor(step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def feature_scales(frozen: OnnxModule, x: np.ndarray) -> dict:
-    """Per activation, per channel (axis 1): the variance of the original's activation outputs on
-    (a sample of) the training inputs, the unit of the feature loss."""
-    frozen.outputs = {}
-    try:
-        with torch.no_grad():
-            frozen(torch.from_numpy(x[:FEATURE_SCALE_SAMPLES]))
-        out = {}
-        for name, v in frozen.outputs.items():
-            c = v.shape[1] if v.dim() > 1 else 1
-            flat = (v[:, None] if v.dim() == 1 else v).transpose(0, 1).reshape(c, -1)
-            out[name] = flat.var(dim=1).clamp(min=1e-6)
-    finally:
-        frozen.outputs = None
-    return out
-
-
-def feature_loss(student: dict, teacher: dict, scales: dict):
-    """Mean over activations of MSE(adapted activation output, original's) / channel variance:
-    each polynomial is held to the function its layer computed, not only the final output."""
-    terms = []
-    for name, t in teacher.items():
-        s = student[name]
-        shape = [1] * t.dim()
-        if t.dim() > 1:
-            shape[1] = -1
-        terms.append(((s - t) ** 2 / scales[name].reshape(shape)).mean())
-    return torch.stack(terms).mean() if terms else torch.zeros(())
-
-
 def held_back_objective(module, xh, th, yh, scale, yscale) -> float:
     """The held-back score: distillation (+ labels) loss of the adapted model on the held-back
     inputs. It picks the epoch kept and decides whether adapt improved on the fits at all."""
@@ -255,7 +226,6 @@ def fine_tune(module: OnnxModule, x: np.ndarray, teacher: np.ndarray, labels: np
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, warmup))
     probe = _RangeProbe(module)
     frozen = _frozen_original(module)
-    fscales = feature_scales(frozen, x) if cfg.feature_weight > 0 else {}
     if held is not None:
         xh, th = torch.from_numpy(held[0]), torch.from_numpy(held[1])
         yh = None if held[2] is None else torch.from_numpy(held[2])
@@ -266,21 +236,13 @@ def fine_tune(module: OnnxModule, x: np.ndarray, teacher: np.ndarray, labels: np
             t0 = time.perf_counter()
             module.train()
             order = torch.randperm(len(x), generator=gen)
-            sums = {"loss": 0.0, "distill": 0.0, "labels": 0.0, "features": 0.0, "range": 0.0}
+            sums = {"loss": 0.0, "distill": 0.0, "labels": 0.0, "range": 0.0}
             for i in range(0, len(x), cfg.batch):
                 idx = order[i:i + cfg.batch]
                 xb, tb = _mixed(xt, tt, idx, frozen, gen, yt is not None)
-                if fscales:
-                    frozen.outputs, module.outputs = {}, {}
-                    with torch.no_grad():
-                        frozen(xb)
                 out = module(xb)
                 parts = {"distill": distill_loss(out, tb, scale), "range": probe.take()}
                 loss = parts["distill"] + RANGE_WEIGHT * parts["range"]
-                if fscales:
-                    parts["features"] = feature_loss(module.outputs, frozen.outputs, fscales)
-                    frozen.outputs = module.outputs = None
-                    loss = loss + cfg.feature_weight * parts["features"]
                 if yt is not None:
                     parts["labels"] = label_loss(out[:len(idx)], yt[idx], yscale)
                     loss = loss + parts["labels"]
@@ -305,7 +267,6 @@ def fine_tune(module: OnnxModule, x: np.ndarray, teacher: np.ndarray, labels: np
             history.append(row)
             log(f"epoch {epoch + 1}/{cfg.epochs}  loss {row['loss']:.5f}  (distill {row['distill']:.5f}"
                 + (f", labels {row['labels']:.4f}" if yt is not None else "")
-                + (f", features {row['features']:.4f}" if fscales else "")
                 + f", range {row['range']:.2e})"
                 + (f"  held back {row['held_back']:.5f}" if held is not None else "")
                 + f"  {row['seconds']:.1f} s")
@@ -317,7 +278,6 @@ def fine_tune(module: OnnxModule, x: np.ndarray, teacher: np.ndarray, labels: np
                 if best[1] else "no epoch beat the fitted polynomials on the held-back inputs")
     finally:
         probe.close()
-        module.outputs = None
         module.eval()
     return history
 

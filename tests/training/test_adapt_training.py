@@ -1,6 +1,6 @@
 """adapt's training rules (issue 10, third pass): the warm-up + cosine schedule, the epoch kept
 by the held-back tenth's loss, partial labels (NaN = unknown), weights that are 0 in the
-original staying 0, the optional per-activation feature loss, and a far-vertex channel (a
+original staying 0, and a far-vertex channel (a
 ReLU carrying a large linear value, as a count does) that must still be protected exactly."""
 from __future__ import annotations
 
@@ -118,18 +118,6 @@ def test_weights_zero_in_the_original_stay_zero(tmp_path, data):
           train_options={"keep_zeros": False})
     free = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(tmp_path / "b.onnx")).graph.initializer}
     assert np.any(free["w1"][:3, 8:] != 0.0)
-
-
-def test_feature_loss_is_trained_and_deterministic(tmp_path, data):
-    model = mlp(tmp_path / "m.onnx")
-    a = adapt(model, data, out=tmp_path / "a.onnx", epochs=2, feature_weight=0.5, log=lambda m: None)
-    b = adapt(model, data, out=tmp_path / "b.onnx", epochs=2, feature_weight=0.5, log=lambda m: None)
-    assert all(h["features"] > 0 for h in a.report["history"]) and a.report["feature_weight"] == 0.5
-    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
-    c = adapt(model, data, out=tmp_path / "c.onnx", epochs=2, log=lambda m: None)
-    assert all(h["features"] == 0 for h in c.report["history"])       # off by default
-    with pytest.raises(AdaptError, match="--feature-weight"):
-        adapt(model, data, out=tmp_path / "d.onnx", epochs=1, feature_weight=-1.0, log=lambda m: None)
 
 
 def test_a_unit_carrying_a_large_linear_value_is_protected_exactly(tmp_path, data):
