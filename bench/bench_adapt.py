@@ -1,15 +1,22 @@
-"""Issue 10's targets for `adapt` (needs the adapt and bench extras: torch, scikit-learn).
+"""Issue 10's targets for `adapt` (needs the adapt, train and bench extras: torch, scikit-learn).
 
-    .venv/bin/python bench/bench_adapt.py [--only digits|crowd] [--encrypted-frames N] [--out bench/results/adapt.md]
-        [--seeds 0,1,2] [--lr 1e-3]      # crowd: adapt one original once per seed (the spread)
+    .venv/bin/python bench/bench_adapt.py [--only digits|crowd] [--crowd-data real,rendered]
+        [--encrypted-frames N] [--seeds 0,1,2] [--lr 1e-3] [--cache DIR] [--out bench/results/adapt.md]
+        [--adapt-src DIR]     # adapt from another checkout (e.g. the old code), same originals via --cache
 
 digits: a ReLU/BatchNorm/MaxPool CNN trained on Digits' training split; adapt with the training
-split (and its labels); protect the adapted model; ENCRYPTED accuracy on the whole test split vs
-the original's plaintext accuracy, top-1 agreement, and the encrypted latency next to a
+split (and its labels); protect the adapted model; ENCRYPTED accuracy on the test split vs the
+original's plaintext accuracy, top-1 agreement, and the encrypted latency next to a
 square-activation model of the same shape (trained the same way), measured alternately.
-crowd: a ReLU version of the shipped crowd model trained on rendered scenes; adapt (distillation
-only); count MAE on held-out sequences, original vs adapted (plaintext and encrypted), latency
-next to the shipped square-activation crowd model.
+crowd, real (default): the shipped crowd model's architecture with ReLU for x*x, trained by the
+shipped trainer (training.fit.train: Mall frames 1-640 for the count, rendered scenes for the
+incident); the owner adapts with his training inputs (real frames with and without motion, some
+rendered frames) and the real frames' counts as labels (the incident column NaN: unknown); count
+MAE on the held-out real frames 641-800 (training.eval_real's split), plaintext and encrypted.
+crowd, rendered: the older case - a ReLU net of the shipped shape trained on rendered scenes,
+adapted by distillation only, count MAE on held-out rendered sequences.
+Both crowd cases: latency next to the shipped square-activation crowd model (same shape).
+--cache keeps the rendered scenes and the trained originals, so runs compare on one original.
 """
 from __future__ import annotations
 
@@ -67,17 +74,22 @@ def digits(work: Path, args, log) -> dict:
     ce = torch.nn.functional.cross_entropy
     nets = {}
     for name, square in (("relu", False), ("square", True)):
+        cached = Path(args.cache) / f"digits_{name}.onnx" if args.cache else None
+        if cached and cached.is_file():      # one original for side-by-side runs
+            nets[name] = cached
+            continue
         net = am.digits_net(square=square)
         yt = torch.from_numpy(y_tr)
         log(f"digits: training the {name} CNN")
         am.fit(net, x_tr, lambda out, idx: ce(out, yt[idx]), epochs=40, log=log)
-        nets[name] = am.to_onnx(net, shape, work / f"digits_{name}.onnx",
+        nets[name] = am.to_onnx(net, shape, cached or work / f"digits_{name}.onnx",
                                 {"fhe_edge.model_card": f"Digits CNN ({name})"})
     acc = {k: float(np.mean(onnxruntime_outputs(_load(p), x_te, "input").argmax(1) == y_te))
            for k, p in nets.items()}
     log(f"digits: plaintext test accuracy relu {acc['relu']:.4f}, square {acc['square']:.4f}")
     t0 = time.perf_counter()
-    res = adapt(nets["relu"], x_tr, y_tr, out=work / "digits_adapted.onnx", epochs=args.epochs, log=log)
+    res = adapt(nets["relu"], x_tr, y_tr, out=work / "digits_adapted.onnx", epochs=args.epochs, log=log,
+                **_options(args))
     adapt_s = time.perf_counter() - t0
     log(res.text)
     plain_a = onnxruntime_outputs(res.model, x_te, "input")
@@ -147,7 +159,7 @@ def _crowd_rendered_adapt(work: Path, args, log, data, held, original) -> dict:
     by_seed = {}                # one original, adapted once per seed: adapt's own spread
     for seed in reversed(args.seeds):     # the last one run is the first seed: its model is kept
         t0 = time.perf_counter()
-        res = adapt(original, data.x, out=work / "crowd_adapted.onnx", epochs=args.epochs, seed=seed,
+        res = adapt(original, data.x, out=work / "crowd_adapted.onnx", epochs=args.epochs, seed=seed, **_options(args),
                     lr=args.lr, log=log)
         adapt_s = time.perf_counter() - t0
         out_a = onnxruntime_outputs(res.model, held.x, "input")
@@ -242,6 +254,7 @@ def crowd_real(work: Path, args, log) -> dict:
     for seed in reversed(args.seeds):     # the last one run is the first seed: its model is kept
         t0 = time.perf_counter()
         res = adapt(original, x, labels, out=work / "crowd_real_adapted.onnx", epochs=args.epochs, seed=seed,
+                    **_options(args),
                     lr=args.lr, log=log)
         seconds[seed] = time.perf_counter() - t0
         out_a = {k: onnxruntime_outputs(res.model, v, "input") for k, v in held.items()}
@@ -260,6 +273,8 @@ def crowd_real(work: Path, args, log) -> dict:
         "depth": res.report["plan_adapted"],
     }
     from protected_nn.errors import ProtectedNNError
+    if args.plain_only:
+        return r
     try:
         prot = api.protect(work / "crowd_real_adapted.onnx")
     except ProtectedNNError as exc:         # the old adapt code's far vertices overflow here
@@ -281,6 +296,11 @@ def crowd_real(work: Path, args, log) -> dict:
         "estimated_ms_adapted": prot.report["estimated_latency_ms"],
         "estimated_ms_square": prot_sq.report["estimated_latency_ms"], "median_ms": lat,
     }
+
+
+def _options(args) -> dict:
+    """--train-options (train.TrainConfig fields, for ablations); nothing for the old code."""
+    return {"train_options": json.loads(args.train_options)} if args.train_options else {}
 
 
 def _load(path):
@@ -335,7 +355,7 @@ def markdown(results: dict, argv: list[str]) -> str:
                   f"| adapt wall time ({r['train']} inputs) | {r['adapt_seconds']:.0f} s | <= 300 s |"]
         if "protect_error" in r:
             lines += [f"| protect | **failed**: {r['protect_error']} | |"]
-        else:
+        elif "fidelity_rel_error" in r:
             lines += [
                   f"| count MAE on {r['encrypted_frames']} frames (zero motion): original plain / adapted plain / adapted ENCRYPTED | {r['count_mae_original_encrypted_frames']:.3f} / {r['count_mae_adapted_plain_encrypted_frames']:.3f} / {r['count_mae_adapted_encrypted']:.3f} | |",
                   f"| largest abs. difference encrypted - plaintext, count | {r['max_abs_count_encrypted_minus_plain']:.4f} | |",
@@ -356,6 +376,9 @@ def main(argv=None) -> int:
                     help="crowd-real: rendered frames in the owner's adapt data (besides the 1280 real inputs)")
     ap.add_argument("--crowd-labels", type=int, default=1, help="crowd-real: 1 = adapt with the count labels")
     ap.add_argument("--crowd-train-seed", type=int, default=1, help="crowd-real: torch seed of the original (shipped: 1)")
+    ap.add_argument("--train-options", help='crowd-real/digits/rendered: JSON of train.TrainConfig fields for '
+                    'adapt, e.g. \'{"keep_best": false}\' (ablations)')
+    ap.add_argument("--plain-only", action="store_true", help="crowd-real: plaintext figures only (no protect)")
     ap.add_argument("--adapt-src", help="a checkout whose backend_decryptor/ (adapt) is used instead of this one")
     ap.add_argument("--epochs", type=int, default=30, help="adapt epochs")
     ap.add_argument("--lr", type=float, default=DEFAULT_LR, help="adapt learning rate (crowd)")
