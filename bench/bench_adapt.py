@@ -14,7 +14,8 @@ incident); the owner adapts with his training inputs (real frames with and witho
 rendered frames) and the real frames' counts as labels (the incident column NaN: unknown); count
 MAE on the held-out real frames 641-800 (training.eval_real's split), plaintext and encrypted.
 crowd, rendered: the older case - a ReLU net of the shipped shape trained on rendered scenes,
-adapted by distillation only, count MAE on held-out rendered sequences.
+adapted by distillation only (--rendered-labels 1: with their counts), count MAE on held-out
+rendered sequences.
 Both crowd cases: latency next to the shipped square-activation crowd model (same shape).
 --cache keeps the rendered scenes and the trained originals, so runs compare on one original.
 """
@@ -37,6 +38,7 @@ import torch  # noqa: E402
 
 from backend_decryptor.adapt.run import DEFAULT_LR, adapt, onnxruntime_outputs  # noqa: E402
 from bench import adapt_models as am  # noqa: E402
+from bench.adapt_markdown import markdown  # noqa: E402
 from protected_nn import api  # noqa: E402
 
 
@@ -53,15 +55,24 @@ def encrypted_outputs(prot, x: np.ndarray, input_shape) -> tuple[np.ndarray, lis
 
 
 def alternate_latency(prots: dict, x: np.ndarray, input_shape, rounds: int) -> dict:
-    """Median ms of EdgeModel.infer per model, the models taking turns (a loaded machine)."""
-    edges = {k: api.EdgeModel(p.artifacts) for k, p in prots.items()}
+    """Median ms of EdgeModel.infer per model, the models taking turns (a loaded machine). Half
+    the rounds with the gateway models loaded in one order, half in the other: the one loaded
+    first ran 3-5% slower in CPU time whichever it was (same plan both ways)."""
+    import gc
     times = {k: [] for k in prots}
-    for r in range(rounds):
-        for k, e in edges.items():
-            t0 = time.perf_counter()
-            e.infer(x[r % len(x)].reshape(input_shape))
-            times[k].append(1000 * (time.perf_counter() - t0))
-    return {k: float(np.median(v)) for k, v in times.items()}
+    cpu = {k: [] for k in prots}
+    for phase, names in enumerate((list(prots), list(reversed(prots)))):
+        edges = {k: api.EdgeModel(prots[k].artifacts) for k in names}
+        for r in range(phase * (rounds // 2), rounds if phase else rounds // 2):
+            for k in names if r % 2 == 0 else list(reversed(names)):
+                t0, c0 = time.perf_counter(), time.process_time()
+                edges[k].infer(x[r % len(x)].reshape(input_shape))
+                times[k].append(1000 * (time.perf_counter() - t0))
+                cpu[k].append(1000 * (time.process_time() - c0))
+        del edges
+        gc.collect()
+    return {k: float(np.median(v)) for k, v in times.items()} | {
+        f"{k} cpu": float(np.median(v)) for k, v in cpu.items()}
 
 
 def digits(work: Path, args, log) -> dict:
@@ -156,10 +167,13 @@ def crowd(work: Path, args, log) -> dict:
 
 def _crowd_rendered_adapt(work: Path, args, log, data, held, original) -> dict:
     out_o = onnxruntime_outputs(_load(original), held.x, "input")
+    # the counts the original was trained on, as the owner's labels (the incident logit: NaN)
+    labels = np.stack([data.count, np.full(len(data), np.nan, np.float32)], 1) if args.rendered_labels else None
     by_seed = {}                # one original, adapted once per seed: adapt's own spread
     for seed in reversed(args.seeds):     # the last one run is the first seed: its model is kept
         t0 = time.perf_counter()
-        res = adapt(original, data.x, out=work / "crowd_adapted.onnx", epochs=args.epochs, seed=seed, **_options(args),
+        res = adapt(original, data.x, labels, out=work / "crowd_adapted.onnx", epochs=args.epochs, seed=seed,
+                    **_options(args),
                     lr=args.lr, log=log)
         adapt_s = time.perf_counter() - t0
         out_a = onnxruntime_outputs(res.model, held.x, "input")
@@ -176,6 +190,7 @@ def _crowd_rendered_adapt(work: Path, args, log, data, held, original) -> dict:
     mae = lambda o, idx=slice(None): float(np.abs(o[:, 0] - held.count[idx]).mean())  # noqa: E731
     return {
         "train": len(data), "heldout": len(held), "encrypted_frames": len(sel), "adapt_seconds": adapt_s,
+        "labels": labels is not None,
         "count_mae_original": mae(out_o), "count_mae_adapted": mae(out_a), "adapt_seed": args.seeds[0],
         "count_mae_adapted_by_seed": by_seed, "count_mae_adapted_median": float(np.median(list(by_seed.values()))),
         "count_mae_original_encrypted_frames": mae(out_o[sel], sel),
@@ -308,64 +323,6 @@ def _load(path):
     return onnx.load(str(path))
 
 
-def markdown(results: dict, argv: list[str]) -> str:
-    lines = ["# adapt (issue 10)", "", f"`.venv/bin/python bench/bench_adapt.py {' '.join(argv)}`",
-             f"({time.strftime('%Y-%m-%d %H:%M')} UTC, shared 2-core VM, other jobs running; one torch thread)", ""]
-    if "digits" in results:
-        r = results["digits"]
-        lines += ["## Digits CNN (2 conv 3x3 + BatchNorm + ReLU, MaxPool 2, dense 64 ReLU)", "",
-                  "| figure | value | target |", "|---|---:|---|",
-                  f"| original, plaintext test accuracy ({r['test']} images) | {r['accuracy_original_plain']:.4f} | |",
-                  f"| adapted, plaintext test accuracy | {r['accuracy_adapted_plain']:.4f} | |",
-                  f"| adapted, ENCRYPTED test accuracy ({r['encrypted_test']} images) | {r['accuracy_adapted_encrypted']:.4f} | within 0.010 of {r['accuracy_original_plain_same_frames']:.4f} |",
-                  f"| top-1 agreement, encrypted adapted vs original | {r['agreement_encrypted_vs_original']:.4f} | >= 0.98 |",
-                  f"| protect's fidelity check (max error / output range) | {r['fidelity_rel_error']:.2e} | <= 1e-2 |",
-                  f"| adapt wall time | {r['adapt_seconds']:.0f} s | <= 300 s |",
-                  f"| encrypted latency, median ms: adapted / square-activation same shape | {r['median_ms']['adapted']:.0f} / {r['median_ms']['square']:.0f} | adapted <= square |",
-                  f"| estimated ms (protect's cost model): adapted / square | {r['estimated_ms_adapted']:.0f} / {r['estimated_ms_square']:.0f} | |",
-                  f"| square-activation model's plaintext accuracy (for reference) | {r['accuracy_square_plain']:.4f} | |",
-                  "", f"adapt's held-back report: `{json.dumps(r['held_back'])}`; plans: adapted `{json.dumps(r['depth'])}`, "
-                  f"original with protect's fits `{json.dumps(r['plan_original'])}`", ""]
-    if "crowd" in results:
-        r = results["crowd"]
-        lines += ["## Crowd model, ReLU version (Conv 5x5 s2 + BN + ReLU, AvgPool, Gemm 32 + BN + ReLU, Gemm 2)", "",
-                  "| figure | value | target |", "|---|---:|---|",
-                  f"| count MAE on {r['heldout']} held-out frames: original / adapted (plaintext) | {r['count_mae_original']:.3f} / {r['count_mae_adapted']:.3f} | adapted within 5% |",
-                  f"| adapted count MAE by adapt seed ({', '.join(f'{k}: {v:.3f}' for k, v in sorted(r['count_mae_adapted_by_seed'].items()))}): median | {r['count_mae_adapted_median']:.3f} | |",
-                  f"| count MAE on {r['encrypted_frames']} of them: original plaintext / adapted ENCRYPTED | {r['count_mae_original_encrypted_frames']:.3f} / {r['count_mae_adapted_encrypted']:.3f} | |",
-                  f"| protect's fidelity check | {r['fidelity_rel_error']:.2e} | <= 1e-2 |",
-                  f"| adapt wall time ({r['train']} frames) | {r['adapt_seconds']:.0f} s | <= 300 s |",
-                  f"| encrypted latency, median ms: adapted / shipped square model | {r['median_ms']['adapted']:.0f} / {r['median_ms']['square (shipped)']:.0f} | adapted <= square |",
-                  f"| estimated ms: adapted / shipped square | {r['estimated_ms_adapted']:.0f} / {r['estimated_ms_square']:.0f} | |",
-                  "", f"held-back report: `{json.dumps(r['held_back'])}`", ""]
-    if "crowd-real" in results:
-        r = results["crowd-real"]
-        o, a, m = r["count_mae_original"], r["count_mae_adapted"], r["count_mae_adapted_median"]
-        pct = lambda v, k: f"{100 * (v / o[k] - 1):+.1f}%"  # noqa: E731
-        seeds = "; ".join(f"seed {s}: " + " / ".join(f"{v[k]:.3f}" for k in o) for s, v in sorted(r["count_mae_adapted_by_seed"].items()))
-        lines += ["## Crowd model, ReLU version trained the shipped way on real Mall frames", "",
-                  f"Original `{r['original']}` ({r['original_epochs']} epochs of training.fit.train); adapt with "
-                  f"{r['train']} inputs ({r['train_real']} real, {r['train_rendered']} rendered), labels: {r['labels']}; "
-                  f"held-out real frames 641-800 ({r['heldout']}), motion zero / 0.5 s.", "",
-                  "| figure | value | target |", "|---|---:|---|",
-                  f"| count MAE, original (zero / 0.5 s motion) | {o['no_motion']:.3f} / {o['motion_0.5s']:.3f} | |",
-                  f"| count MAE, adapted seed {r['adapt_seed']} (plaintext) | {a['no_motion']:.3f} ({pct(a['no_motion'], 'no_motion')}) / {a['motion_0.5s']:.3f} ({pct(a['motion_0.5s'], 'motion_0.5s')}) | within 5% |",
-                  f"| adapted by seed ({seeds}): median | {m['no_motion']:.3f} ({pct(m['no_motion'], 'no_motion')}) / {m['motion_0.5s']:.3f} ({pct(m['motion_0.5s'], 'motion_0.5s')}) | |",
-                  f"| kept epoch (lowest held-back loss) | {r['kept_epoch']} of {r['epochs']} | |",
-                  f"| adapt wall time ({r['train']} inputs) | {r['adapt_seconds']:.0f} s | <= 300 s |"]
-        if "protect_error" in r:
-            lines += [f"| protect | **failed**: {r['protect_error']} | |"]
-        elif "fidelity_rel_error" in r:
-            lines += [
-                  f"| count MAE on {r['encrypted_frames']} frames (zero motion): original plain / adapted plain / adapted ENCRYPTED | {r['count_mae_original_encrypted_frames']:.3f} / {r['count_mae_adapted_plain_encrypted_frames']:.3f} / {r['count_mae_adapted_encrypted']:.3f} | |",
-                  f"| largest abs. difference encrypted - plaintext, count | {r['max_abs_count_encrypted_minus_plain']:.4f} | |",
-                  f"| protect's fidelity check | {r['fidelity_rel_error']:.2e} | <= 1e-2 |",
-                  f"| encrypted latency, median ms: adapted / shipped square model | {r['median_ms']['adapted']:.0f} / {r['median_ms']['square (shipped)']:.0f} | adapted <= square |",
-                  f"| estimated ms: adapted / shipped square | {r['estimated_ms_adapted']:.0f} / {r['estimated_ms_square']:.0f} | |"]
-        lines += ["", f"held-back report: `{json.dumps(r['held_back'])}`", ""]
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -374,7 +331,10 @@ def main(argv=None) -> int:
                     "version trained the shipped way on Mall frames), rendered (the older rendered-scene case)")
     ap.add_argument("--crowd-adapt-rendered", type=int, default=1280,
                     help="crowd-real: rendered frames in the owner's adapt data (besides the 1280 real inputs)")
-    ap.add_argument("--crowd-labels", type=int, default=1, help="crowd-real: 1 = adapt with the count labels")
+    ap.add_argument("--crowd-labels", type=int, default=1, help="crowd-real: 1 = adapt with the count labels "
+                    "(0: distillation only, as the old code must)")
+    ap.add_argument("--rendered-labels", type=int, default=0, help="crowd-rendered: 1 = adapt with the rendered "
+                    "counts as labels (0, the default: distillation only; labels made it worse there, see results)")
     ap.add_argument("--crowd-train-seed", type=int, default=1, help="crowd-real: torch seed of the original (shipped: 1)")
     ap.add_argument("--train-options", help='crowd-real/digits/rendered: JSON of train.TrainConfig fields for '
                     'adapt, e.g. \'{"keep_best": false}\' (ablations)')
