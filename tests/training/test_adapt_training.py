@@ -41,6 +41,7 @@ def mlp(path, *, w1=None, b1=None, seed=0):
 
 
 def run(path, x):
+    """onnxruntime on each row of x (batch 1)."""
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return np.stack([sess.run(None, {"input": x[i:i + 1]})[0][0] for i in range(len(x))])
 
@@ -150,3 +151,30 @@ def test_a_unit_carrying_a_large_linear_value_is_protected_exactly(tmp_path, dat
     plain = run(tmp_path / "a.onnx", data)
     enc = np.stack([owner.decrypt(edge.infer(xi[None])).reshape(-1) for xi in data[:3]])
     assert np.abs(enc - plain[:3]).max() <= 1e-2 * (plain.max() - plain.min())
+
+
+def test_the_benchs_relu_crowd_model_is_the_shipped_architecture_with_relu(tmp_path):
+    """bench/adapt_models: the ReLU version trained by the shipped loop (a few steps here) and
+    written as the owner's plain graph computes what the net computes (count and logit carried
+    through the hidden ReLU as relu(L) - relu(-L)), keeps the count blind to motion, and the
+    shipped trainer gets its own class back afterwards."""
+    import torch
+    from bench import adapt_models as am
+    from training import fit
+    from training.model import Arch, CrowdIncidentNet
+    from training.train import real_set
+    arch = Arch()
+    net = am.train_crowd_relu(arch, real_set(arch), None, epochs=1, seed=0, log=lambda m: None)
+    assert fit.CrowdIncidentNet is CrowdIncidentNet
+    assert type(net).__name__ == "CrowdReluNet" and float(net.count_curve) == 0.0
+    path = am.to_onnx(am.crowd_relu_sequential(net), (1, 2, 32, 32), tmp_path / "relu.onnx")
+    ops = [n.op_type for n in onnx.load(str(path)).graph.node]
+    assert ops.count("Relu") == 2 and "Mul" not in ops
+    x = np.random.default_rng(0).uniform(0, 1, (6, 2, 32, 32)).astype(np.float32)
+    with torch.no_grad():
+        want = net(torch.from_numpy(x)).numpy()
+    got = run(path, x)
+    assert np.abs(got - want).max() <= 1e-3 * (1 + np.abs(want).max())
+    moved = x.copy()
+    moved[:, 1] = np.random.default_rng(1).uniform(0, 1, (6, 32, 32))     # other motion
+    assert np.allclose(run(path, moved)[:, 0], got[:, 0], atol=1e-4)
