@@ -56,7 +56,7 @@ def fit(net: nn.Sequential, x: np.ndarray, loss_fn, *, epochs: int, lr: float = 
             opt.step()
             sched.step()
         if (epoch + 1) % 10 == 0:
-            log(f"  train epoch {epoch + 1}/{epochs} loss {float(loss):.4f}")
+            log(f"  train epoch {epoch + 1}/{epochs} loss {float(loss.detach()):.4f}")
     return net.eval()
 
 

@@ -17,7 +17,8 @@ crowd, rendered: the older case - a ReLU net of the shipped shape trained on ren
 adapted by distillation only (--rendered-labels 1: with their counts), count MAE on held-out
 rendered sequences.
 Both crowd cases: latency next to the shipped square-activation crowd model (same shape).
---cache keeps the rendered scenes and the trained originals, so runs compare on one original.
+--cache keeps the rendered scenes and the trained originals, so runs compare on one original
+(every original is seeded: the same command trains the same one on the same machine).
 """
 from __future__ import annotations
 
@@ -89,6 +90,7 @@ def digits(work: Path, args, log) -> dict:
         if cached and cached.is_file():      # one original for side-by-side runs
             nets[name] = cached
             continue
+        torch.manual_seed(0)                  # the initial weights too: one original per command
         net = am.digits_net(square=square)
         yt = torch.from_numpy(y_tr)
         log(f"digits: training the {name} CNN")
@@ -152,6 +154,7 @@ def crowd(work: Path, args, log) -> dict:
     original = Path(args.cache) / name if args.cache else work / name
     if original.is_file():
         return _crowd_rendered_adapt(work, args, log, data, held, original)
+    torch.manual_seed(0)
     net = am.crowd_relu_net()
     yc = torch.from_numpy(data.count) / 10.0
     yi = torch.from_numpy(data.incident)
