@@ -56,7 +56,7 @@ def fit(net: nn.Sequential, x: np.ndarray, loss_fn, *, epochs: int, lr: float = 
             opt.step()
             sched.step()
         if (epoch + 1) % 10 == 0:
-            log(f"  train epoch {epoch + 1}/{epochs} loss {float(loss):.4f}")
+            log(f"  train epoch {epoch + 1}/{epochs} loss {float(loss.detach()):.4f}")
     return net.eval()
 
 
@@ -108,3 +108,92 @@ def to_onnx(net: nn.Sequential, input_shape: tuple[int, ...], path, meta: dict |
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+# --- the shipped crowd model's architecture with ReLU, trained the shipped way on real frames ---
+
+def crowd_relu_real_class():
+    """training.model.CrowdIncidentNet with ReLU where it has x*x (both activations), the count's
+    quadratic correction held at 0 (a ReLU owner's model has no square to carry it), everything
+    else - density map, gray-only channels, the trainer - as shipped."""
+    from training.model import CrowdIncidentNet
+
+    class CrowdReluNet(CrowdIncidentNet):
+        def __init__(self, arch):
+            super().__init__(arch)
+            self.count_curve.requires_grad_(False)
+
+        def features(self, x):
+            h = x
+            for i, (conv, bn, pool) in enumerate(zip(self.convs, self.bns, self.pools)):
+                h = bn(nn.functional.conv2d(h, self.conv_weight(i), conv.bias, conv.stride, conv.padding))
+                h = pool(torch.relu(h))
+            return h
+
+        def forward_all(self, x):
+            f = self.features(x)
+            density = (f[:, :self.arch.gray[-1]] * self.density_w).sum(1) + self.density_b
+            flat = torch.flatten(f, 1)
+            z = self.bn_fc(self.fc1(flat))
+            logit = self.fc2(torch.relu(z))[:, 0] + self.inc_lin(flat)[:, 0]
+            return torch.stack([density.flatten(1).sum(1), logit], 1), density
+
+    return CrowdReluNet
+
+
+def train_crowd_relu(arch, real, synthetic, *, epochs: int, seed: int, log=print):
+    """training.fit.train (the shipped loop: losses, cut-mix, jitter, schedule) on the ReLU net.
+    fit.train builds its own CrowdIncidentNet, so the class is swapped for the call only (training/
+    is not ours to change)."""
+    from training import fit
+    cls, original = crowd_relu_real_class(), fit.CrowdIncidentNet
+    fit.CrowdIncidentNet = cls
+    try:
+        return fit.train(arch, real, synthetic, None, epochs=epochs, seed=seed, log=log)
+    finally:
+        fit.CrowdIncidentNet = original
+
+
+def crowd_relu_sequential(net) -> nn.Sequential:
+    """The trained ReLU crowd net as the owner's plain graph: Conv (motion mask applied) + BN +
+    ReLU + AvgPool -> Flatten -> Gemm + BN + ReLU -> Gemm. The linear parts (count, linear incident
+    term) travel through the hidden ReLU as relu(L) - relu(-L) = L (two units each, exactly as
+    the shipped model carries them through its square), so the graph has one path and the shape
+    of the shipped model (hidden + 4 units)."""
+    if len(net.convs) != 1:
+        raise ValueError("crowd_relu_sequential: one convolution block only")
+    arch = net.arch
+    with torch.no_grad():
+        conv = nn.Conv2d(2, arch.convs[0][0], net.convs[0].kernel_size, stride=net.convs[0].stride,
+                         padding=net.convs[0].padding)
+        conv.weight.copy_(net.conv_weight(0))
+        conv.bias.copy_(net.convs[0].bias)
+        c, h, w = arch.conv_shapes()[-1]
+        count_row = torch.zeros(c, h, w)
+        count_row[:arch.gray[-1]] = net.density_w
+        rows = [count_row.flatten(), -count_row.flatten(), net.inc_lin.weight[0], -net.inc_lin.weight[0]]
+        biases = [net.density_b.sum(), -net.density_b.sum(), net.inc_lin.bias[0], -net.inc_lin.bias[0]]
+        fc1 = nn.Linear(arch.flat(), arch.hidden + 4)
+        fc1.weight.copy_(torch.cat([net.fc1.weight, torch.stack(rows)]))
+        fc1.bias.copy_(torch.cat([net.fc1.bias, torch.stack(biases)]))
+        bn = nn.BatchNorm1d(arch.hidden + 4, eps=net.bn_fc.eps)     # identity on the 4 pair units
+        bn.eval()
+        bn.weight.copy_(torch.cat([net.bn_fc.weight, torch.ones(4)]))
+        bn.bias.copy_(torch.cat([net.bn_fc.bias, torch.zeros(4)]))
+        bn.running_mean.copy_(torch.cat([net.bn_fc.running_mean, torch.zeros(4)]))
+        bn.running_var.copy_(torch.cat([net.bn_fc.running_var, torch.full((4,), 1.0 - net.bn_fc.eps)]))
+        fc2 = nn.Linear(arch.hidden + 4, 2)
+        fc2.weight.zero_()
+        fc2.weight[1, :arch.hidden] = net.fc2.weight[0]
+        fc2.weight[0, arch.hidden:arch.hidden + 2] = torch.tensor([1.0, -1.0])
+        fc2.weight[1, arch.hidden + 2:] = torch.tensor([1.0, -1.0])
+        fc2.bias.copy_(torch.stack([torch.zeros(()), net.fc2.bias[0]]))
+        bn_conv = net.bns[0]
+        pool = net.pools[0]
+    seq = nn.Sequential(conv, bn_conv, nn.ReLU(), pool, nn.Flatten(), fc1, bn, nn.ReLU(), fc2).eval()
+    x = torch.rand(8, 2, *arch.size)
+    with torch.no_grad():
+        err = float((seq(x) - net(x)).abs().max())
+    if err > 1e-3:
+        raise ValueError(f"crowd_relu_sequential: the plain graph differs from the net by {err}")
+    return seq

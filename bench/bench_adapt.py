@@ -1,15 +1,24 @@
-"""Issue 10's targets for `adapt` (needs the adapt and bench extras: torch, scikit-learn).
+"""Issue 10's targets for `adapt` (needs the adapt, train and bench extras: torch, scikit-learn).
 
-    .venv/bin/python bench/bench_adapt.py [--only digits|crowd] [--encrypted-frames N] [--out bench/results/adapt.md]
-        [--seeds 0,1,2] [--lr 1e-3]      # crowd: adapt one original once per seed (the spread)
+    .venv/bin/python bench/bench_adapt.py [--only digits|crowd] [--crowd-data real,rendered]
+        [--encrypted-frames N] [--seeds 0,1,2] [--lr 1e-3] [--cache DIR] [--out bench/results/adapt.md]
+        [--adapt-src DIR]     # adapt from another checkout (e.g. the old code), same originals via --cache
 
 digits: a ReLU/BatchNorm/MaxPool CNN trained on Digits' training split; adapt with the training
-split (and its labels); protect the adapted model; ENCRYPTED accuracy on the whole test split vs
-the original's plaintext accuracy, top-1 agreement, and the encrypted latency next to a
+split (and its labels); protect the adapted model; ENCRYPTED accuracy on the test split vs the
+original's plaintext accuracy, top-1 agreement, and the encrypted latency next to a
 square-activation model of the same shape (trained the same way), measured alternately.
-crowd: a ReLU version of the shipped crowd model trained on rendered scenes; adapt (distillation
-only); count MAE on held-out sequences, original vs adapted (plaintext and encrypted), latency
-next to the shipped square-activation crowd model.
+crowd, real (default): the shipped crowd model's architecture with ReLU for x*x, trained by the
+shipped trainer (training.fit.train: Mall frames 1-640 for the count, rendered scenes for the
+incident); the owner adapts with his training inputs (real frames with and without motion, some
+rendered frames) and the real frames' counts as labels (the incident column NaN: unknown); count
+MAE on the held-out real frames 641-800 (training.eval_real's split), plaintext and encrypted.
+crowd, rendered: the older case - a ReLU net of the shipped shape trained on rendered scenes,
+adapted by distillation only (--rendered-labels 1: with their counts), count MAE on held-out
+rendered sequences.
+Both crowd cases: latency next to the shipped square-activation crowd model (same shape).
+--cache keeps the rendered scenes and the trained originals, so runs compare on one original
+(every original is seeded: the same command trains the same one on the same machine).
 """
 from __future__ import annotations
 
@@ -23,11 +32,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if "--adapt-src" in sys.argv:     # another checkout's backend_decryptor (old adapt code), side by side
+    sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--adapt-src") + 1]).resolve()))
 
 import torch  # noqa: E402
 
 from backend_decryptor.adapt.run import DEFAULT_LR, adapt, onnxruntime_outputs  # noqa: E402
 from bench import adapt_models as am  # noqa: E402
+from bench.adapt_markdown import markdown  # noqa: E402
 from protected_nn import api  # noqa: E402
 
 
@@ -44,15 +56,24 @@ def encrypted_outputs(prot, x: np.ndarray, input_shape) -> tuple[np.ndarray, lis
 
 
 def alternate_latency(prots: dict, x: np.ndarray, input_shape, rounds: int) -> dict:
-    """Median ms of EdgeModel.infer per model, the models taking turns (a loaded machine)."""
-    edges = {k: api.EdgeModel(p.artifacts) for k, p in prots.items()}
+    """Median ms of EdgeModel.infer per model, the models taking turns (a loaded machine). Half
+    the rounds with the gateway models loaded in one order, half in the other: the one loaded
+    first ran 3-5% slower in CPU time whichever it was (same plan both ways)."""
+    import gc
     times = {k: [] for k in prots}
-    for r in range(rounds):
-        for k, e in edges.items():
-            t0 = time.perf_counter()
-            e.infer(x[r % len(x)].reshape(input_shape))
-            times[k].append(1000 * (time.perf_counter() - t0))
-    return {k: float(np.median(v)) for k, v in times.items()}
+    cpu = {k: [] for k in prots}
+    for phase, names in enumerate((list(prots), list(reversed(prots)))):
+        edges = {k: api.EdgeModel(prots[k].artifacts) for k in names}
+        for r in range(phase * (rounds // 2), rounds if phase else rounds // 2):
+            for k in names if r % 2 == 0 else list(reversed(names)):
+                t0, c0 = time.perf_counter(), time.process_time()
+                edges[k].infer(x[r % len(x)].reshape(input_shape))
+                times[k].append(1000 * (time.perf_counter() - t0))
+                cpu[k].append(1000 * (time.process_time() - c0))
+        del edges
+        gc.collect()
+    return {k: float(np.median(v)) for k, v in times.items()} | {
+        f"{k} cpu": float(np.median(v)) for k, v in cpu.items()}
 
 
 def digits(work: Path, args, log) -> dict:
@@ -65,17 +86,23 @@ def digits(work: Path, args, log) -> dict:
     ce = torch.nn.functional.cross_entropy
     nets = {}
     for name, square in (("relu", False), ("square", True)):
+        cached = Path(args.cache) / f"digits_{name}.onnx" if args.cache else None
+        if cached and cached.is_file():      # one original for side-by-side runs
+            nets[name] = cached
+            continue
+        torch.manual_seed(0)                  # the initial weights too: one original per command
         net = am.digits_net(square=square)
         yt = torch.from_numpy(y_tr)
         log(f"digits: training the {name} CNN")
         am.fit(net, x_tr, lambda out, idx: ce(out, yt[idx]), epochs=40, log=log)
-        nets[name] = am.to_onnx(net, shape, work / f"digits_{name}.onnx",
+        nets[name] = am.to_onnx(net, shape, cached or work / f"digits_{name}.onnx",
                                 {"fhe_edge.model_card": f"Digits CNN ({name})"})
     acc = {k: float(np.mean(onnxruntime_outputs(_load(p), x_te, "input").argmax(1) == y_te))
            for k, p in nets.items()}
     log(f"digits: plaintext test accuracy relu {acc['relu']:.4f}, square {acc['square']:.4f}")
     t0 = time.perf_counter()
-    res = adapt(nets["relu"], x_tr, y_tr, out=work / "digits_adapted.onnx", epochs=args.epochs, log=log)
+    res = adapt(nets["relu"], x_tr, y_tr, out=work / "digits_adapted.onnx", epochs=args.epochs, log=log,
+                **_options(args))
     adapt_s = time.perf_counter() - t0
     log(res.text)
     plain_a = onnxruntime_outputs(res.model, x_te, "input")
@@ -122,6 +149,12 @@ def crowd(work: Path, args, log) -> dict:
             np.savez(cache, x=data.x, count=data.count, incident=data.incident, kind=data.kind,
                      hx=held.x, hcount=held.count, hincident=held.incident, hkind=held.kind)
     log(f"crowd: {len(data)} training frames, {len(held)} held-out frames ({time.perf_counter() - t0:.0f} s)")
+    epochs = args.crowd_epochs or 30
+    name = f"crowd-rendered-relu-{args.crowd_sequences}-{epochs}.onnx"       # one original for every run
+    original = Path(args.cache) / name if args.cache else work / name
+    if original.is_file():
+        return _crowd_rendered_adapt(work, args, log, data, held, original)
+    torch.manual_seed(0)
     net = am.crowd_relu_net()
     yc = torch.from_numpy(data.count) / 10.0
     yi = torch.from_numpy(data.incident)
@@ -130,14 +163,20 @@ def crowd(work: Path, args, log) -> dict:
     def loss(out, idx):
         return torch.nn.functional.smooth_l1_loss(out[:, 0] / 10.0, yc[idx], beta=0.2) \
             + 0.5 * bce(out[:, 1], yi[idx])
-    am.fit(net, data.x, loss, epochs=args.crowd_epochs, batch=128, log=log)
-    original = am.to_onnx(net, (1, 2, 32, 32), work / "crowd_relu.onnx",
-                          {"fhe_edge.model_card": "crowd model, ReLU version"})
+    am.fit(net, data.x, loss, epochs=epochs, batch=128, log=log)
+    am.to_onnx(net, (1, 2, 32, 32), original, {"fhe_edge.model_card": "crowd model, ReLU version"})
+    return _crowd_rendered_adapt(work, args, log, data, held, original)
+
+
+def _crowd_rendered_adapt(work: Path, args, log, data, held, original) -> dict:
     out_o = onnxruntime_outputs(_load(original), held.x, "input")
+    # the counts the original was trained on, as the owner's labels (the incident logit: NaN)
+    labels = np.stack([data.count, np.full(len(data), np.nan, np.float32)], 1) if args.rendered_labels else None
     by_seed = {}                # one original, adapted once per seed: adapt's own spread
     for seed in reversed(args.seeds):     # the last one run is the first seed: its model is kept
         t0 = time.perf_counter()
-        res = adapt(original, data.x, out=work / "crowd_adapted.onnx", epochs=args.epochs, seed=seed,
+        res = adapt(original, data.x, labels, out=work / "crowd_adapted.onnx", epochs=args.epochs, seed=seed,
+                    **_options(args),
                     lr=args.lr, log=log)
         adapt_s = time.perf_counter() - t0
         out_a = onnxruntime_outputs(res.model, held.x, "input")
@@ -154,6 +193,7 @@ def crowd(work: Path, args, log) -> dict:
     mae = lambda o, idx=slice(None): float(np.abs(o[:, 0] - held.count[idx]).mean())  # noqa: E731
     return {
         "train": len(data), "heldout": len(held), "encrypted_frames": len(sel), "adapt_seconds": adapt_s,
+        "labels": labels is not None,
         "count_mae_original": mae(out_o), "count_mae_adapted": mae(out_a), "adapt_seed": args.seeds[0],
         "count_mae_adapted_by_seed": by_seed, "count_mae_adapted_median": float(np.median(list(by_seed.values()))),
         "count_mae_original_encrypted_frames": mae(out_o[sel], sel),
@@ -165,48 +205,144 @@ def crowd(work: Path, args, log) -> dict:
     }
 
 
+SHIPPED_STEPS = 8520          # the shipped trainer's steps (models/README.md): the ReLU original gets as many
+
+
+def _rendered(args, log):
+    """The rendered training scenes (incident output; training.train's sizes and chunks), cached."""
+    from training.dataset import LabelledSet, synthetic_set
+    from training.train import CHUNK_LEN, CHUNKS, TRAIN_SIZES
+    cache = Path(args.cache) / f"rendered-{args.crowd_sequences}.npz" if args.cache else None
+    if cache and cache.is_file():        # rendering is deterministic: a cached set is the same data
+        z = np.load(cache, allow_pickle=False)
+        return LabelledSet(z["x"], z["count"], z["incident"], z["kind"])
+    t0 = time.perf_counter()
+    d = synthetic_set(range(args.crowd_sequences), n_frames=100, sizes=TRAIN_SIZES, chunks=CHUNKS,
+                      chunk_len=CHUNK_LEN, workers=2)
+    log(f"crowd-real: rendered {len(d)} frames ({time.perf_counter() - t0:.0f} s)")
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, x=d.x, count=d.count, incident=d.incident, kind=d.kind)
+    return d
+
+
+def _real_original(work: Path, args, arch, rendered, log) -> tuple[Path, int]:
+    """The ReLU version of the shipped model trained by the shipped loop (training.fit.train) on
+    the Mall training frames (count) and the rendered scenes (incident); cached as ONNX."""
+    from training.train import real_set
+    from training.fit import Weights
+    w = Weights()
+    per_epoch = max(-(-640 // w.real_per_batch), -(-len(rendered) // w.synthetic_per_batch))
+    epochs = args.crowd_epochs or max(1, round(SHIPPED_STEPS / per_epoch))
+    name = f"crowd-real-relu-{args.crowd_sequences}-{epochs}-{args.crowd_train_seed}.onnx"
+    path = Path(args.cache) / name if args.cache else work / name
+    if path.is_file():
+        return path, epochs
+    t0 = time.perf_counter()
+    log(f"crowd-real: training the ReLU original ({epochs} epochs x {per_epoch} steps)")
+    net = am.train_crowd_relu(arch, real_set(arch), rendered, epochs=epochs, seed=args.crowd_train_seed, log=log)
+    am.to_onnx(am.crowd_relu_sequential(net), (1, 2) + tuple(arch.size), path,
+               {"fhe_edge.model_card": "crowd model, ReLU version (shipped architecture and trainer)"})
+    log(f"crowd-real: original trained in {time.perf_counter() - t0:.0f} s")
+    return path, epochs
+
+
+def crowd_real(work: Path, args, log) -> dict:
+    """The ReLU version of the shipped model trained the shipped way on real Mall frames; the
+    owner adapts with his training inputs (real frames with and without motion, rendered scenes)
+    and the real frames' count labels (--labels; the incident column unknown: NaN); count MAE on
+    the held-out real frames 641-800 (training.eval_real's split)."""
+    from training import mall
+    from training.model import Arch
+    arch = Arch()
+    rendered = _rendered(args, log)
+    original, train_epochs = _real_original(work, args, arch, rendered, log)
+    tr, va = mall.load(arch.size, "train"), mall.load(arch.size, "validation")
+    x_real = np.concatenate([mall.inputs(tr, False), mall.inputs(tr, True)])
+    pick = np.linspace(0, len(rendered) - 1, min(args.crowd_adapt_rendered, len(rendered))).astype(int)
+    x = np.concatenate([x_real, rendered.x[pick]])
+    y = np.full((len(x), 2), np.nan, np.float32)
+    y[:len(x_real), 0] = np.tile(tr.count, 2)
+    labels = y if args.crowd_labels else None
+    held = {"no_motion": mall.inputs(va, False), "motion_0.5s": mall.inputs(va, True)}
+    mae = lambda o, idx=slice(None): float(np.abs(o[:, 0] - va.count[idx]).mean())  # noqa: E731
+    out_o = {k: onnxruntime_outputs(_load(original), v, "input") for k, v in held.items()}
+    log(f"crowd-real: original count MAE {', '.join(f'{k} {mae(v):.3f}' for k, v in out_o.items())}")
+    by_seed, seconds = {}, {}
+    for seed in reversed(args.seeds):     # the last one run is the first seed: its model is kept
+        t0 = time.perf_counter()
+        res = adapt(original, x, labels, out=work / "crowd_real_adapted.onnx", epochs=args.epochs, seed=seed,
+                    **_options(args),
+                    lr=args.lr, log=log)
+        seconds[seed] = time.perf_counter() - t0
+        out_a = {k: onnxruntime_outputs(res.model, v, "input") for k, v in held.items()}
+        by_seed[seed] = {k: mae(v) for k, v in out_a.items()}
+        log(f"crowd-real: seed {seed}: adapted count MAE {by_seed[seed]} ({seconds[seed]:.0f} s)")
+    log(res.text)
+    med = {k: float(np.median([v[k] for v in by_seed.values()])) for k in held}
+    r = {
+        "train": len(x), "train_real": len(x_real), "train_rendered": len(pick), "labels": bool(labels is not None),
+        "original": str(original.name), "original_epochs": train_epochs, "heldout": len(va),
+        "adapt_seconds": seconds[args.seeds[0]], "adapt_seconds_by_seed": seconds,
+        "count_mae_original": {k: mae(v) for k, v in out_o.items()},
+        "count_mae_adapted": by_seed[args.seeds[0]], "adapt_seed": args.seeds[0],
+        "count_mae_adapted_by_seed": by_seed, "count_mae_adapted_median": med,
+        "kept_epoch": res.report.get("kept_epoch"), "epochs": args.epochs, "held_back": res.report["held_back"],
+        "depth": res.report["plan_adapted"],
+    }
+    from protected_nn.errors import ProtectedNNError
+    if args.plain_only:
+        return r
+    try:
+        prot = api.protect(work / "crowd_real_adapted.onnx")
+    except ProtectedNNError as exc:         # the old adapt code's far vertices overflow here
+        log(f"crowd-real: protect failed: {exc}")
+        return r | {"protect_error": str(exc).splitlines()[0]}
+    shipped = Path(__file__).resolve().parents[1] / "models" / "crowd_incident.onnx"
+    prot_sq = api.protect(shipped)
+    sel = np.linspace(0, len(va) - 1, min(args.crowd_encrypted, len(va))).astype(int)
+    enc, _ = encrypted_outputs(prot, held["no_motion"][sel], (1, 2) + tuple(arch.size))
+    lat = alternate_latency({"adapted": prot, "square (shipped)": prot_sq}, held["no_motion"],
+                            (1, 2) + tuple(arch.size), args.latency_rounds)
+    return r | {
+        "encrypted_frames": len(sel),
+        "count_mae_original_encrypted_frames": mae(out_o["no_motion"][sel], sel),
+        "count_mae_adapted_plain_encrypted_frames": mae(out_a["no_motion"][sel], sel),
+        "count_mae_adapted_encrypted": mae(enc, sel),
+        "max_abs_count_encrypted_minus_plain": float(np.abs(enc[:, 0] - out_a["no_motion"][sel, 0]).max()),
+        "fidelity_rel_error": prot.report["fidelity"]["max_rel_error"],
+        "estimated_ms_adapted": prot.report["estimated_latency_ms"],
+        "estimated_ms_square": prot_sq.report["estimated_latency_ms"], "median_ms": lat,
+    }
+
+
+def _options(args) -> dict:
+    """--train-options (train.TrainConfig fields, for ablations); nothing for the old code."""
+    return {"train_options": json.loads(args.train_options)} if args.train_options else {}
+
+
 def _load(path):
     import onnx
     return onnx.load(str(path))
-
-
-def markdown(results: dict, argv: list[str]) -> str:
-    lines = ["# adapt (issue 10)", "", f"`.venv/bin/python bench/bench_adapt.py {' '.join(argv)}`",
-             f"({time.strftime('%Y-%m-%d %H:%M')} UTC, shared 2-core VM, other jobs running; one torch thread)", ""]
-    if "digits" in results:
-        r = results["digits"]
-        lines += ["## Digits CNN (2 conv 3x3 + BatchNorm + ReLU, MaxPool 2, dense 64 ReLU)", "",
-                  "| figure | value | target |", "|---|---:|---|",
-                  f"| original, plaintext test accuracy ({r['test']} images) | {r['accuracy_original_plain']:.4f} | |",
-                  f"| adapted, plaintext test accuracy | {r['accuracy_adapted_plain']:.4f} | |",
-                  f"| adapted, ENCRYPTED test accuracy ({r['encrypted_test']} images) | {r['accuracy_adapted_encrypted']:.4f} | within 0.010 of {r['accuracy_original_plain_same_frames']:.4f} |",
-                  f"| top-1 agreement, encrypted adapted vs original | {r['agreement_encrypted_vs_original']:.4f} | >= 0.98 |",
-                  f"| protect's fidelity check (max error / output range) | {r['fidelity_rel_error']:.2e} | <= 1e-2 |",
-                  f"| adapt wall time | {r['adapt_seconds']:.0f} s | <= 300 s |",
-                  f"| encrypted latency, median ms: adapted / square-activation same shape | {r['median_ms']['adapted']:.0f} / {r['median_ms']['square']:.0f} | adapted <= square |",
-                  f"| estimated ms (protect's cost model): adapted / square | {r['estimated_ms_adapted']:.0f} / {r['estimated_ms_square']:.0f} | |",
-                  f"| square-activation model's plaintext accuracy (for reference) | {r['accuracy_square_plain']:.4f} | |",
-                  "", f"adapt's held-back report: `{json.dumps(r['held_back'])}`; plans: adapted `{json.dumps(r['depth'])}`, "
-                  f"original with protect's fits `{json.dumps(r['plan_original'])}`", ""]
-    if "crowd" in results:
-        r = results["crowd"]
-        lines += ["## Crowd model, ReLU version (Conv 5x5 s2 + BN + ReLU, AvgPool, Gemm 32 + BN + ReLU, Gemm 2)", "",
-                  "| figure | value | target |", "|---|---:|---|",
-                  f"| count MAE on {r['heldout']} held-out frames: original / adapted (plaintext) | {r['count_mae_original']:.3f} / {r['count_mae_adapted']:.3f} | adapted within 5% |",
-                  f"| adapted count MAE by adapt seed ({', '.join(f'{k}: {v:.3f}' for k, v in sorted(r['count_mae_adapted_by_seed'].items()))}): median | {r['count_mae_adapted_median']:.3f} | |",
-                  f"| count MAE on {r['encrypted_frames']} of them: original plaintext / adapted ENCRYPTED | {r['count_mae_original_encrypted_frames']:.3f} / {r['count_mae_adapted_encrypted']:.3f} | |",
-                  f"| protect's fidelity check | {r['fidelity_rel_error']:.2e} | <= 1e-2 |",
-                  f"| adapt wall time ({r['train']} frames) | {r['adapt_seconds']:.0f} s | <= 300 s |",
-                  f"| encrypted latency, median ms: adapted / shipped square model | {r['median_ms']['adapted']:.0f} / {r['median_ms']['square (shipped)']:.0f} | adapted <= square |",
-                  f"| estimated ms: adapted / shipped square | {r['estimated_ms_adapted']:.0f} / {r['estimated_ms_square']:.0f} | |",
-                  "", f"held-back report: `{json.dumps(r['held_back'])}`", ""]
-    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", choices=["digits", "crowd"])
+    ap.add_argument("--crowd-data", default="real", help="crowd cases, comma-separated: real (the ReLU "
+                    "version trained the shipped way on Mall frames), rendered (the older rendered-scene case)")
+    ap.add_argument("--crowd-adapt-rendered", type=int, default=1280,
+                    help="crowd-real: rendered frames in the owner's adapt data (besides the 1280 real inputs)")
+    ap.add_argument("--crowd-labels", type=int, default=1, help="crowd-real: 1 = adapt with the count labels "
+                    "(0: distillation only, as the old code must)")
+    ap.add_argument("--rendered-labels", type=int, default=0, help="crowd-rendered: 1 = adapt with the rendered "
+                    "counts as labels (0, the default: distillation only; labels made it worse there, see results)")
+    ap.add_argument("--crowd-train-seed", type=int, default=1, help="crowd-real: torch seed of the original (shipped: 1)")
+    ap.add_argument("--train-options", help='crowd-real/digits/rendered: JSON of train.TrainConfig fields for '
+                    'adapt, e.g. \'{"keep_best": false}\' (ablations)')
+    ap.add_argument("--plain-only", action="store_true", help="crowd-real: plaintext figures only (no protect)")
+    ap.add_argument("--adapt-src", help="a checkout whose backend_decryptor/ (adapt) is used instead of this one")
     ap.add_argument("--epochs", type=int, default=30, help="adapt epochs")
     ap.add_argument("--lr", type=float, default=DEFAULT_LR, help="adapt learning rate (crowd)")
     ap.add_argument("--seeds", type=lambda v: [int(s) for s in v.split(",")], default=[0],
@@ -214,7 +350,8 @@ def main(argv=None) -> int:
     ap.add_argument("--encrypted-frames", type=int, default=0, help="Digits test images run encrypted (0: all)")
     ap.add_argument("--crowd-sequences", type=int, default=300)
     ap.add_argument("--crowd-heldout", type=int, default=24)
-    ap.add_argument("--crowd-epochs", type=int, default=30)
+    ap.add_argument("--crowd-epochs", type=int, default=0,
+                    help="epochs training the crowd original (0: rendered 30, real as many steps as the shipped trainer)")
     ap.add_argument("--crowd-encrypted", type=int, default=120)
     ap.add_argument("--latency-rounds", type=int, default=21)
     ap.add_argument("--out", default="bench/results/adapt.md")
@@ -226,8 +363,14 @@ def main(argv=None) -> int:
     log = lambda m: print(m, flush=True)  # noqa: E731
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, fn in (("digits", digits), ("crowd", crowd)):
-            if args.only in (None, name):
+        bad = set(args.crowd_data.split(",")) - {"real", "rendered"}
+        if bad:
+            raise SystemExit(f"--crowd-data: unknown case(s) {sorted(bad)}; use real and/or rendered")
+        cases = [("digits", "digits", digits)] + [
+            ("crowd", {"real": "crowd-real", "rendered": "crowd"}[c], {"real": crowd_real, "rendered": crowd}[c])
+            for c in args.crowd_data.split(",")]
+        for group, name, fn in cases:
+            if args.only in (None, group):
                 results[name] = fn(Path(tmp), args, log)
                 log(json.dumps(results[name], indent=1))
     text = markdown(results, argv)

@@ -13,10 +13,12 @@ def add_parser(sub) -> None:
         description="Replace every Relu/LeakyRelu/Clip/Sigmoid/Tanh/Softplus by a trainable "
                     "per-channel polynomial and MaxPool by AveragePool, fine-tune on your data "
                     "against the original model's outputs, and write an ONNX model protect runs "
-                    "exactly. A tenth of the data is held back for the report. See docs/adapt.md.")
+                    "exactly. A tenth of the data is held back: it picks the epoch kept and the "
+                    "report is measured on it. See docs/adapt.md.")
     p.add_argument("model", metavar="MODEL.onnx", help="the trained model (ONNX)")
     p.add_argument("--data", metavar="X.npy", help="the owner's inputs, (N, *input shape)")
-    p.add_argument("--labels", metavar="Y.npy", help="optional labels: class ids (N,) or targets")
+    p.add_argument("--labels", metavar="Y.npy", help="optional labels: class ids (N,) or targets shaped like the output "
+                                                        "(NaN = not known)")
     p.add_argument("--out", required=True, metavar="ADAPTED.onnx", help="the adapted model to write")
     p.add_argument("--degree", type=int, default=2, help="polynomial degree (default 2: one x*x each)")
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (default 30)")

@@ -3,12 +3,13 @@ activation node replaced by its polynomial and each MaxPool by an AveragePool - 
 supports (Add, Mul, Pow, Sum, AveragePool, plus what was there), metadata carried over and the
 adaptation recorded under `fhe_edge.adapt`.
 
-A degree-2 polynomial is written in completed-square form, w2 * (x + s)^2 + c per channel:
-Add(shift) folds into the previous linear layer's bias and Mul(scale)+Add(offset) into the next
-one, so the activation costs exactly one x*x - the price of a square-activation model. A nearly
-linear channel has its vertex far outside the range: |s| is then large, (x+s)^2 large and w2
-small, which CKKS handles (the error is scaled by w2 as well; protect's fidelity check
-measures it) up to MAX_VERTEX half-widths; a vertex beyond is moved there (see below). Other
+A degree-2 polynomial is written in completed-square form, sign(w2) (sqrt|w2| (x + s))^2 + c
+per channel: Add(shift) and Mul(root) fold into the previous linear layer and Mul(sign)+Add(offset)
+into the next one, so the activation costs exactly one x*x - the price of a square-activation
+model. A nearly linear channel has its vertex far outside the range: |s| is then large and w2
+small; with the root taken before the square the encrypted value stays the size of the
+channel's contribution (protect's fidelity check measures the precision) up to MAX_VERTEX
+half-widths; a vertex beyond is moved there (see below). Other
 degrees sum the powers of x - mid with per-channel coefficients: a multi-input linear layer.
 """
 from __future__ import annotations
@@ -55,13 +56,18 @@ def polynomial_nodes(node, act, shape, dtype) -> tuple[list, list, str]:
         # |w1| half / (2 MAX_VERTEX) - 0.05% of the channel's linear swing
         s[far] = np.sign(w1[far]) * np.where(w2[far] != 0, np.sign(w2[far]), 1.0) * MAX_VERTEX * half[far]
         w2[far] = w1[far] / (2 * s[far])
+        # sign(w2) (sqrt|w2| (u + s))^2: the square's output is as large as the channel's own
+        # contribution (|w2| (u + s)^2), not (u + s)^2 - for a far vertex that is the difference
+        # between a value CKKS holds and an overflow (a vertex 8600 away: 7e7 vs 4e3)
         inits += [_const(p + "_shift", (s - mid).reshape(cs), dtype),
-                  _const(p + "_scale", w2.reshape(cs), dtype),
+                  _const(p + "_root", np.sqrt(np.abs(w2)).reshape(cs), dtype),
+                  _const(p + "_sign", np.where(w2 < 0, -1.0, 1.0).reshape(cs), dtype),
                   _const(p + "_offset", (c[:, 0] - w2 * s * s).reshape(cs), dtype)]
         nodes += [helper.make_node("Add", [x, p + "_shift"], [p + "_u"], name=p + "_shift"),
-                  helper.make_node("Mul", [p + "_u", p + "_u"], [p + "_sq"], name=p + "_square"),
-                  helper.make_node("Mul", [p + "_sq", p + "_scale"], [p + "_scaled"], name=p + "_scale"),
-                  helper.make_node("Add", [p + "_scaled", p + "_offset"], [y], name=p + "_offset")]
+                  helper.make_node("Mul", [p + "_u", p + "_root"], [p + "_v"], name=p + "_root"),
+                  helper.make_node("Mul", [p + "_v", p + "_v"], [p + "_sq"], name=p + "_square"),
+                  helper.make_node("Mul", [p + "_sq", p + "_sign"], [p + "_signed"], name=p + "_sign"),
+                  helper.make_node("Add", [p + "_signed", p + "_offset"], [y], name=p + "_offset")]
         moved = f" ({int(far.sum())} nearly linear channel(s): vertex moved to {MAX_VERTEX:g} half-widths)"
         return nodes, inits, "completed square" + (moved if far.any() else "")
     inits.append(_const(p + "_center", (-mid).reshape(cs), dtype))

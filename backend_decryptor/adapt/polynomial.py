@@ -88,6 +88,21 @@ class PolyActivation(torch.nn.Module):
             y = y * t + self._per_channel(w[:, k], x)
         return y
 
+    def bound_vertex(self, max_vertex: float) -> None:
+        """Degree 2: keep each channel's vertex within max_vertex half-widths of its centre, by
+        raising |w2| where it is too small (|w1| <= 2 max_vertex |w2| in t). Exported as
+        w2 (x + s)^2 + c, a vertex far away means a large encrypted square that the constant c
+        cancels only after it has overflowed the result's prime; kept within bounds in training,
+        the network learns around the extra curvature and the export is exact."""
+        if self.degree != 2 or not np.isfinite(max_vertex):
+            return
+        with torch.no_grad():
+            w1, w2 = self.weight[:, 1], self.weight[:, 2]
+            need = w1.abs() / (2 * max_vertex)
+            far = w2.abs() < need
+            sign = torch.where(w2 < 0, -1.0, 1.0)
+            self.weight[:, 2] = torch.where(far, sign * need, w2)
+
     @staticmethod
     def excess(t):
         """Mean squared distance of normalised inputs outside [-1, 1] (0 inside)."""

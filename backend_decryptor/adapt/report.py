@@ -23,9 +23,18 @@ def held_back_metrics(original: np.ndarray, adapted: np.ndarray, labels: np.ndar
         m["accuracy_adapted"] = float(np.mean(b == labels))
     elif labels is not None:
         y = labels.reshape(len(labels), -1)
-        m["mae_original"] = np.abs(original.reshape(y.shape) - y).mean(axis=0).tolist()
-        m["mae_adapted"] = np.abs(adapted.reshape(y.shape) - y).mean(axis=0).tolist()
+        m["mae_original"] = _known_mae(original.reshape(y.shape), y)
+        m["mae_adapted"] = _known_mae(adapted.reshape(y.shape), y)
     return m
+
+
+def _known_mae(out: np.ndarray, y: np.ndarray) -> list:
+    """Per output element, the mean absolute error over its known (non-NaN) targets; None where
+    no target is known."""
+    known = ~np.isnan(y)
+    err = np.where(known, np.abs(out - np.nan_to_num(y)), 0.0).sum(axis=0)
+    n = known.sum(axis=0)
+    return [float(e / k) if k else None for e, k in zip(err, n)]
 
 
 def _pct(v) -> str:
@@ -40,7 +49,8 @@ def render(r: dict) -> str:
              f"  MaxPool -> AveragePool: {', '.join(r['maxpool_replaced']) or 'none'}",
              f"  trained on {r['samples']['train']} inputs, {r['epochs']} epochs, seed {r['seed']}, "
              f"{r['train_seconds']:.1f} s; held back {r['samples']['held_back']} inputs (not trained on)",
-             f"  held-back distillation loss: polynomial fits alone {r['loss_before']:.4g} -> "
+             f"  kept epoch {r['kept_epoch']} of {r['epochs']} (lowest held-back loss)",
+             f"  held-back loss (distillation, + labels when given): polynomial fits alone {r['loss_before']:.4g} -> "
              f"adapted {r['loss_after']:.4g}",
              "Held-back figures (onnxruntime on both ONNX files):"]
     if "top1_agreement" in m:
@@ -49,8 +59,9 @@ def render(r: dict) -> str:
         lines.append(f"  accuracy: original {_pct(m['accuracy_original'])}, "
                      f"adapted {_pct(m['accuracy_adapted'])}")
     if "mae_original" in m:
-        lines.append(f"  mean abs error vs labels: original {np.round(m['mae_original'], 4).tolist()}, "
-                     f"adapted {np.round(m['mae_adapted'], 4).tolist()}")
+        r4 = lambda v: [None if e is None else round(e, 4) for e in v]  # noqa: E731
+        lines.append(f"  mean abs error vs labels: original {r4(m['mae_original'])}, "
+                     f"adapted {r4(m['mae_adapted'])}")
     lines.append(f"  max |adapted - original| = {m['max_abs_diff_over_range']:.3g} of the output range")
     o = r["outside_range"]
     lines.append(f"  activation inputs outside their polynomial's range: {100 * o['share']:.3f}% "

@@ -65,7 +65,12 @@ def check_labels(labels, n: int, out_shape: tuple[int, ...]) -> np.ndarray | Non
             raise AdaptError(f"labels: class ids must be in 0..{per - 1} (the model has {per} outputs)")
         return y.astype(np.int64)
     if np.issubdtype(y.dtype, np.number) and y.size == n * per:
-        return y.reshape((n,) + tuple(out_shape[1:])).astype(np.float32)
+        y = y.reshape((n,) + tuple(out_shape[1:])).astype(np.float32)
+        if np.isinf(y).any():
+            raise AdaptError("labels: infinite values (use NaN for an output whose target is unknown)")
+        if np.isnan(y).all():
+            raise AdaptError("labels: every target is NaN (unknown); leave --labels out to distil only")
+        return y
     raise AdaptError(f"labels of shape {y.shape} ({y.dtype}) fit neither class ids (N,) nor "
                      f"targets shaped like the output {tuple(out_shape)}")
 
@@ -113,7 +118,9 @@ def onnxruntime_outputs(model: onnx.ModelProto, x: np.ndarray, input_name: str) 
 
 
 def adapt(model_path, x, labels=None, *, out: str | Path, degree: int = 2, epochs: int = 30,
-          seed: int = 0, lr: float = DEFAULT_LR, log=print) -> AdaptResult:
+          seed: int = 0, lr: float = DEFAULT_LR, log=print, train_options: dict | None = None) -> AdaptResult:
+    """train_options: further train.TrainConfig fields (warmup, keep_best, keep_zeros,
+    max_vertex, batch), for studies; the defaults are what the CLI runs."""
     torch = require_torch()
     if not isinstance(degree, int) or not 1 <= degree <= 8:
         raise AdaptError(f"--degree must be an integer in 1..8, got {degree!r}")
@@ -126,13 +133,13 @@ def adapt(model_path, x, labels=None, *, out: str | Path, degree: int = 2, epoch
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)            # one reduction order: the same seed gives the same bytes
     try:
-        return _adapt(model_path, x, labels, Path(out), degree, epochs, seed, lr, log)
+        return _adapt(model_path, x, labels, Path(out), degree, epochs, seed, lr, log, dict(train_options or {}))
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _adapt(model_path, x, labels, out, degree, epochs, seed, lr, log) -> AdaptResult:
+def _adapt(model_path, x, labels, out, degree, epochs, seed, lr, log, opts) -> AdaptResult:
     from backend_decryptor.adapt import export, report, train
     from backend_decryptor.adapt.onnx_graph import load_graph
     from backend_decryptor.adapt.torch_model import OnnxModule
@@ -150,25 +157,32 @@ def _adapt(model_path, x, labels, out, degree, epochs, seed, lr, log) -> AdaptRe
     module = OnnxModule(g)
     _check_conversion(module, g, x[train_idx[:8]])
     teacher = train.predict(module, x[train_idx], "original")
-    train.build_polynomials(module, x[train_idx], degree, seed)
-    cfg = train.TrainConfig(degree=degree, epochs=epochs, seed=seed, lr=lr)
+    cfg = train.TrainConfig(degree=degree, epochs=epochs, seed=seed, lr=lr, **opts)
+    train.build_polynomials(module, x[train_idx], degree, seed, cfg.max_vertex)
     hold_teacher = train.predict(module, x[hold_idx], "original")
     scale = train.teacher_scale(teacher)
 
-    def hold_loss() -> float:
-        got = torch_from(train.predict(module, x[hold_idx], "adapted"))
-        return float(train.distill_loss(got, torch_from(hold_teacher), scale))
+    y_tr = None if y is None else y[train_idx]
+    y_hold = None if y is None else torch_from(y[hold_idx])
+    yscale = train.label_scale(y_tr) if y is not None and y.dtype != np.int64 else None
+
+    def hold_loss() -> float:        # distillation (+ labels): what fine_tune keeps the best epoch by
+        return train.held_back_objective(module, torch_from(x[hold_idx]), torch_from(hold_teacher),
+                                         y_hold, scale, yscale)
 
     loss_before = hold_loss()
     log(f"adapt: {len(g.activations())} activation(s) -> degree-{degree} polynomials, "
         f"{len(g.pools())} MaxPool -> AveragePool; {len(train_idx)} training inputs, "
-        f"{len(hold_idx)} held back; held-back loss of the fits alone {loss_before:.4g}")
+        f"{len(hold_idx)} held back; held-back loss of the fits alone {loss_before:.4g}"
+        + (" (distillation + labels)" if y is not None else ""))
     t0 = time.perf_counter()
-    history = train.fine_tune(module, x[train_idx], teacher, None if y is None else y[train_idx], cfg, log)
+    # the held-back tenth picks the epoch kept (never trained on; the report is measured on it too)
+    history = train.fine_tune(module, x[train_idx], teacher, None if y is None else y[train_idx], cfg, log,
+                              held=(x[hold_idx], hold_teacher, None if y is None else y[hold_idx]))
     train_s = time.perf_counter() - t0
     loss_after = hold_loss()
     if not loss_after < loss_before or not math.isfinite(loss_after):
-        raise AdaptError(f"adapt did not improve the model: held-back distillation loss "
+        raise AdaptError(f"adapt did not improve the model: held-back loss "
                          f"{loss_before:.4g} with the fitted polynomials, {loss_after:.4g} after "
                          f"{epochs} epoch(s); kept the original, wrote nothing to {out} "
                          f"(try more --epochs, more data or a higher --degree)")
@@ -177,6 +191,8 @@ def _adapt(model_path, x, labels, out, degree, epochs, seed, lr, log) -> AdaptRe
     path = Path(model_path) if isinstance(model_path, (str, Path)) else None
     record = {
         "tool": "backend-decryptor adapt", "degree": degree, "epochs": epochs, "seed": seed, "lr": lr,
+        "warmup": cfg.warmup, "max_vertex": cfg.max_vertex,
+        "kept_epoch": next((h["epoch"] for h in history if h.get("kept")), 0 if cfg.keep_best else epochs),
         "source": {"file": path.name if path else "<model>",
                    "sha256": hashlib.sha256(path.read_bytes()).hexdigest() if path else ""},
         "samples": {"train": int(len(train_idx)), "held_back": int(len(hold_idx))},
