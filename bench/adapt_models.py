@@ -142,16 +142,10 @@ def crowd_relu_real_class():
 
 
 def train_crowd_relu(arch, real, synthetic, *, epochs: int, seed: int, log=print):
-    """training.fit.train (the shipped loop: losses, cut-mix, jitter, schedule) on the ReLU net.
-    fit.train builds its own CrowdIncidentNet, so the class is swapped for the call only (training/
-    is not ours to change)."""
+    """training.fit.train (the shipped loop: losses, cut-mix, jitter, schedule) on the ReLU net."""
     from training import fit
-    cls, original = crowd_relu_real_class(), fit.CrowdIncidentNet
-    fit.CrowdIncidentNet = cls
-    try:
-        return fit.train(arch, real, synthetic, None, epochs=epochs, seed=seed, log=log)
-    finally:
-        fit.CrowdIncidentNet = original
+    return fit.train(arch, real, synthetic, None, epochs=epochs, seed=seed, log=log,
+                     net_cls=crowd_relu_real_class())
 
 
 def crowd_relu_sequential(net) -> nn.Sequential:

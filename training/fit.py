@@ -87,12 +87,14 @@ def _jitter(x, gen):
 
 def train(arch: Arch, real: RealSet | None, synthetic: LabelledSet | None = None,
           labelled: LabelledSet | None = None, *, epochs: int = 30, lr: float = 3e-3, seed: int = 0,
-          weights: Weights = Weights(), log=print) -> CrowdIncidentNet:
+          weights: Weights = Weights(), log=print, net_cls=CrowdIncidentNet) -> CrowdIncidentNet:
+    """`net_cls`: a CrowdIncidentNet subclass to train the same way (bench/adapt_models.py's ReLU
+    version of the shipped model)."""
     if real is None and labelled is None:
         raise ValueError("nothing to learn the count from: no real frames")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    net = CrowdIncidentNet(arch)
+    net = net_cls(arch)
     cells = arch.cells()
     cell = (arch.size[0] // cells[0], arch.size[1] // cells[1])
     bce = nn.BCEWithLogitsLoss()

@@ -156,16 +156,13 @@ def test_a_unit_carrying_a_large_linear_value_is_protected_exactly(tmp_path, dat
 def test_the_benchs_relu_crowd_model_is_the_shipped_architecture_with_relu(tmp_path):
     """bench/adapt_models: the ReLU version trained by the shipped loop (a few steps here) and
     written as the owner's plain graph computes what the net computes (count and logit carried
-    through the hidden ReLU as relu(L) - relu(-L)), keeps the count blind to motion, and the
-    shipped trainer gets its own class back afterwards."""
+    through the hidden ReLU as relu(L) - relu(-L)) and keeps the count blind to motion."""
     import torch
     from bench import adapt_models as am
-    from training import fit
-    from training.model import Arch, CrowdIncidentNet
+    from training.model import Arch
     from training.train import real_set
     arch = Arch()
     net = am.train_crowd_relu(arch, real_set(arch), None, epochs=1, seed=0, log=lambda m: None)
-    assert fit.CrowdIncidentNet is CrowdIncidentNet
     assert type(net).__name__ == "CrowdReluNet" and float(net.count_curve) == 0.0
     path = am.to_onnx(am.crowd_relu_sequential(net), (1, 2, 32, 32), tmp_path / "relu.onnx")
     ops = [n.op_type for n in onnx.load(str(path)).graph.node]
