@@ -92,12 +92,12 @@ class CkksSection(_Record):
 
     @property
     def slots(self) -> int:
-        return self.n // 2
+        return self.params.slots
 
     @property
     def depth(self) -> int:
         """Rescales the chain allows: a result at level `depth` keeps only the first prime."""
-        return len(self.qi_sizes) - 2
+        return self.params.depth
 
     @property
     def result_bits(self) -> int:

@@ -12,7 +12,6 @@ import pytest
 
 from protected_nn import zoo
 from protected_nn.api import EdgeModel, OwnerModel, ProtectOptions, protect
-from protected_nn.compiler import planner
 
 TOL = 1e-2
 
@@ -20,15 +19,6 @@ TOL = 1e-2
 def _ort(model, x):
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return sess.run(None, {sess.get_inputs()[0].name: x})[0]
-
-
-@pytest.fixture(scope="module")
-def forced_mapped():
-    """Force the multi-ciphertext packing (the planner would pick either for models this small)."""
-    mp = pytest.MonkeyPatch()
-    mp.setattr(planner, "_compile_best", lambda n, o, g, p: planner._compile(n, o, g, p, mapped=True))
-    yield
-    mp.undo()
 
 
 @pytest.fixture(scope="module", params=[0, 3])

@@ -15,6 +15,7 @@ from protected_nn.errors import BundleError
 from protected_nn.frontend import load_onnx
 from protected_nn.runtime.evaluator import Evaluator
 from protected_nn.runtime.steps import STEP_TYPES, check_references, parse_steps
+from tests.support.json_values import other_json_type
 
 BUILDERS = dict(zoo.ENGINE_MODELS) | {
     "tenseal_cnn": zoo.tenseal_cnn, "cryptonets": zoo.cryptonets,
@@ -84,19 +85,6 @@ def test_extra_field_refused(samples, kind):
     _refused(dict(step, teleport=1), index, "'teleport'", "not a field")
 
 
-def _wrong(value):
-    """A value of another JSON type than `value`."""
-    if isinstance(value, bool):
-        return "yes"
-    if isinstance(value, (int, float)):
-        return "7"
-    if isinstance(value, str):
-        return 7
-    if isinstance(value, list):
-        return {"0": value}
-    return [value] if value is not None else "null"
-
-
 def _leaves(value, path=""):
     """The path ('giants[0].terms[1][0]') of every scalar under `value`."""
     if isinstance(value, dict):
@@ -132,12 +120,12 @@ def test_ill_typed_field_refused(samples, kind):
     wrong JSON type: refused, naming the field's path."""
     index, step = samples[kind]
     for field in [f for f in step if f != "op"]:
-        _refused(dict(step, **{field: _wrong(step[field])}), index, f"'{field}'")
+        _refused(dict(step, **{field: other_json_type(step[field])}), index, f"'{field}'")
         leaves = [p for p in _leaves({field: step[field]}) if p != field]
         if leaves:
             broken = copy.deepcopy(step)
             leaf = leaves[0]
-            _set(broken, leaf, _wrong(_at(step, leaf)))
+            _set(broken, leaf, other_json_type(_at(step, leaf)))
             _refused(broken, index, f"'{leaf}'")
 
 

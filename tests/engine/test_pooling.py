@@ -130,14 +130,6 @@ def test_crowd_cnn_keeps_its_global_pool_fused():
     assert sum(s["products"] for s in plan.layer_stats) <= 160
 
 
-@pytest.fixture(scope="module")
-def forced_mapped():
-    mp = pytest.MonkeyPatch()
-    mp.setattr(planner, "_compile_best", lambda n, o, g, p: planner._compile(n, o, g, p, mapped=True))
-    yield
-    mp.undo()
-
-
 def _always_sum(pool, tm, slots, level, cost, real=mapped_plan.pool_choice):
     """pool_choice taking the rotate-and-add sum whenever the layout allows one."""
     summed = pooled_map(pool, tm, slots) if tm is not None else None

@@ -21,6 +21,7 @@ from protected_nn.runtime import steps as S
 from protected_nn.runtime.plan_links import STEP_RULES, field_path
 from protected_nn.runtime.plan_sections import (SECTIONS, CkksSection, InputSection, OutputSection,
                                                 PlanDoc, WeightEntry, parse_plan, read_plan)
+from tests.support.json_values import other_json_type
 
 PLANS = Path(__file__).parent / "plans"
 # Written by `protect` at main 7e2162f (plan version 3): TenSEAL's tutorial CNN (first_linear,
@@ -98,18 +99,6 @@ def test_unknown_section_and_non_object_refused(doc):
         _refused(dict(doc, **{name: [1]}), f"plan section '{name}' must be an object, not list")
 
 
-def _wrong(value):
-    if isinstance(value, bool):
-        return 1
-    if isinstance(value, (int, float)):
-        return "7"
-    if isinstance(value, str):
-        return 7
-    if isinstance(value, list):
-        return {"0": value}
-    return [value]
-
-
 @pytest.mark.parametrize("name", sorted(SECTION_TYPES))
 def test_section_fields_missing_extra_or_ill_typed_refused(doc, name):
     cls = SECTION_TYPES[name]
@@ -118,7 +107,7 @@ def test_section_fields_missing_extra_or_ill_typed_refused(doc, name):
         where = f"plan section '{name}': field '{field}'"
         if field not in cls.OPTIONAL:
             _refused(dict(doc, **{name: {k: v for k, v in section.items() if k != field}}), where, "missing")
-        _refused(dict(doc, **{name: dict(section, **{field: _wrong(section[field])})}), where)
+        _refused(dict(doc, **{name: dict(section, **{field: other_json_type(section[field])})}), where)
     _refused(dict(doc, **{name: dict(section, teleport=1)}), f"plan section '{name}': field 'teleport'",
              "not a field of this section")
 
