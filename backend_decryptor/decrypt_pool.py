@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import multiprocessing.connection
+import os
 import threading
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -77,6 +79,19 @@ def _init_worker(decryptor) -> None:
             log.exception("preloading keys failed; keys load on first use")
 
 
+def _init_process_worker(decryptor) -> None:
+    """A worker process also ends when the service does, however it ends: a SIGKILLed service
+    leaves its pool's queues open in the workers, so they would otherwise wait forever (orphans
+    holding the owner's keys in memory)."""
+    parent = multiprocessing.parent_process()
+    if parent is not None:
+        def _exit_with_parent() -> None:
+            multiprocessing.connection.wait([parent.sentinel])
+            os._exit(0)
+        threading.Thread(target=_exit_with_parent, name="parent-watch", daemon=True).start()
+    _init_worker(decryptor)
+
+
 def _decrypt_in_worker(model_id: str, fingerprint: str, payload: bytes) -> np.ndarray:
     return _worker_decryptor.decrypt(model_id, fingerprint, payload)
 
@@ -110,7 +125,7 @@ class DecryptPool:
             return ThreadPoolExecutor(1, thread_name_prefix="decrypt")
         # spawn, not fork: the service process runs MQTT and SQLite threads that fork would copy mid-state.
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_init_worker, initargs=(self.decryptor,))
+                                   initializer=_init_process_worker, initargs=(self.decryptor,))
 
     def warm_up(self) -> None:
         """Start every worker (and preload keys) before the service says it is ready."""
