@@ -13,6 +13,7 @@ frames from the moment it connects. End of stdin (the feeder stopped) ends the s
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -90,7 +91,10 @@ def main(argv: list[str]) -> int:
     print(f"camera: serving rtsp://127.0.0.1:{args.port}{MOUNT} ({args.width}x{args.height} @ {args.fps} fps)",
           flush=True)
     loop.run()
-    return 0
+    # The pump thread may be blocked reading stdin; a normal interpreter shutdown would then die
+    # on the stdin lock ("Fatal Python error: _enter_buffered_busy"). Nothing is left to flush.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

@@ -71,8 +71,11 @@ def _load_class(path: str):
 
 
 def _worker_main(conn: Connection, artifacts, model_class: str) -> None:
-    # Ctrl-C in a terminal reaches the whole process group: only the daemon decides when to stop.
+    # Ctrl-C in a terminal, or a SIGTERM sent to the whole process group, reaches the workers too:
+    # only the daemon decides when to stop (it sends STOP after the frames inside finish, and
+    # kills a worker that does not end).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         model = _load_class(model_class)(artifacts)
     except Exception as exc:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's first command: set up this machine (idempotent), then run the whole system on a
-# rendered street scene for ~1.5 minutes and draw demo-out/demo.png. Options go to the demo
+# The README's first command: set up this machine (idempotent), then run the whole system on
+# real mall footage and a rendered incident for ~1.5 minutes and draw demo-out/demo.png. Options go to the demo
 # (./scripts/demo.sh --help). Ctrl-C stops it and everything it started. See docs/demo.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -82,6 +82,22 @@ def test_a_worker_killed_holding_a_frame_is_replaced_and_the_frame_retried():
         pool.stop(timeout=5)
 
 
+def test_a_sigterm_to_the_process_group_leaves_the_workers_to_the_daemon():
+    """A SIGTERM sent to the whole group (a terminal, a supervisor without KillMode=mixed) must
+    not kill the workers under the daemon: it would count as a crash and restart one mid-stop."""
+    pool, results, _ = _pool(1)
+    try:
+        worker = pool.worker_pids()[0]
+        os.kill(worker, 15)
+        time.sleep(0.5)
+        pool.submit(_job(2.0))
+        assert results.wait(1, 60) == [b"2.0"]
+        assert pool.restarts == 0 and pool.worker_pids() == [worker]
+    finally:
+        pool.stop(timeout=5)
+    assert not os.path.exists(f"/proc/{worker}") or "zombie" in open(f"/proc/{worker}/status").read()
+
+
 def test_a_frame_that_kills_its_worker_twice_is_dropped_and_counted_and_the_rest_flow():
     pool, results, metrics = _pool(2)
     try:
