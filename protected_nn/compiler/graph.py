@@ -22,9 +22,10 @@ def lower(graph: ir.Graph) -> tuple[list[ir.Layer], str]:
     nodes: list[ir.Layer] = []
     for layer in graph.layers:
         src = list(layer.sources) or [layer.name]
-        if isinstance(layer, ir.Linear):
-            nodes.append(ir.copy_linear(layer, sources=src, weights=[sp.csr_matrix(layer.W)],
-                                        bias=np.asarray(layer.b, float), pool=bool(layer.pool)))
+        if isinstance(layer, ir.Linear):     # a fresh map: the compiler's fields start unset
+            nodes.append(ir.Linear(layer.name, list(layer.inputs), layer.shape, src,
+                                   weights=[sp.csr_matrix(w) for w in layer.weights],
+                                   bias=np.asarray(layer.bias, float), pool=bool(layer.pool)))
         elif isinstance(layer, ir.Add):
             eye = sp.identity(layer.size, format="csr")
             nodes.append(ir.Linear(layer.name, list(layer.inputs), layer.shape, src,
