@@ -180,9 +180,11 @@ def fold_linear(layers: list[Layer], output: str) -> list[Layer]:
 
 
 def absorb(node: Linear, k: int, prod: Linear) -> None:
-    """node's input k is prod's output: substitute W_k (sum_i P_i x_i + p) into node. The
-    result is no window mean any more, so it is no pool."""
+    """node's input k is prod's output: substitute W_k (sum_i P_i x_i + p) into node. A pool
+    stays one only if prod changes nothing (an identity map, e.g. a one-term Sum): any other
+    composition is no window mean."""
     wk = node.weights[k]
+    node.pool = node.pool and _is_identity(prod)
     node.bias = node.bias + wk @ prod.bias
     inputs = node.inputs[:k] + node.inputs[k + 1:]
     weights = node.weights[:k] + node.weights[k + 1:]
@@ -196,4 +198,9 @@ def absorb(node: Linear, k: int, prod: Linear) -> None:
             weights.append(term)
     node.inputs, node.weights = inputs, weights
     node.sources = prod.sources + node.sources
-    node.pool = False
+
+
+def _is_identity(layer: Linear) -> bool:
+    W = layer.weights[0] if len(layer.weights) == 1 else None
+    return (W is not None and W.shape[0] == W.shape[1] and not np.any(layer.bias)
+            and (W != sp.identity(W.shape[0], format="csr")).nnz == 0)

@@ -92,3 +92,23 @@ def test_the_lowering_accepts_multi_input_maps():
     np.testing.assert_allclose(ir.evaluate_plain(twice, x), ir.evaluate_plain(graph, x),
                                rtol=1e-9, atol=1e-9)
     assert all(l.fused is None for l in twice.layers if isinstance(l, ir.Linear))
+
+
+def test_a_pool_stays_a_pool_through_an_identity_only():
+    """x*x -> a one-term Add -> window mean -> dense: the Add (an identity once lowered) folded
+    into the pool leaves it a pool the planner may still run as a rotate-and-add sum."""
+    mean = sp.csr_matrix(np.kron(np.eye(2), [[0.5, 0.5]]))
+    dense = sp.csr_matrix(np.arange(6, dtype=float).reshape(3, 2))
+    layers = [ir.Input("x", [], (1, 4)), ir.Square("s", ["x"], (1, 4)),
+              ir.Add("t", ["s"], (1, 4)),
+              ir.Linear("p", ["t"], (1, 2), weights=[mean], bias=np.zeros(2), pool=True),
+              ir.Linear("y", ["p"], (1, 3), weights=[dense], bias=np.ones(3))]
+    graph = ir.Graph(layers=layers, output="y", output_shape=(1, 3), input_name="x")
+    lowered = _lowered(graph)
+    pools = [l for l in lowered.layers if isinstance(l, ir.Linear) and l.pool]
+    assert len(pools) == 1 and pools[0].inputs == ["s"] and pools[0].fused is not None
+    x = np.array([1.0, -2.0, 0.5, 3.0])
+    np.testing.assert_allclose(ir.evaluate_plain(lowered, x), ir.evaluate_plain(graph, x))
+    layers[2] = ir.Linear("t", ["s"], (1, 4), weights=[sp.identity(4, format="csr") * 2.0],
+                          bias=np.zeros(4))                          # not an identity: no pool
+    assert not [l for l in _lowered(graph).layers if isinstance(l, ir.Linear) and l.pool]
