@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 
 from protected_nn import ir, zoo  # noqa: E402
-from protected_nn.compiler import graph as G  # noqa: E402
+from protected_nn import ir  # noqa: E402
 from protected_nn.compiler import mapped_plan as MP  # noqa: E402
 from protected_nn.compiler.layout import CostModel  # noqa: E402
 from protected_nn.compiler.mapped import pack_mapped  # noqa: E402
@@ -41,7 +41,7 @@ def unfused_layers():
 
 def node(layer, W, in_shape):
     Wc, geo = close_pattern(W, in_shape, layer.shape)
-    return G.MLinear(layer.name, ["x"], layer.size, weights=[Wc], bias=np.asarray(layer.b),
+    return ir.Linear(layer.name, ["x"], layer.shape, weights=[Wc], bias=np.asarray(layer.b),
                      geometries=[geo])
 
 

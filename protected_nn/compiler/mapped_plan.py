@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protected_nn.compiler import graph as G
+from protected_nn import ir
 from protected_nn.compiler.first_gather import gather_cost
 from protected_nn.compiler.layout import Layout, next_pow2
 from protected_nn.compiler.linear import ZERO_HOMES
@@ -24,18 +24,18 @@ from protected_nn.compiler.tensor_map import (TensorMap, compact_map, conv_outpu
 from protected_nn.errors import PlanError
 
 
-def wants_mapped(nodes: list[G.Node], input_name: str, slots: int) -> bool:
+def wants_mapped(nodes: list[ir.Layer], input_name: str, slots: int) -> bool:
     """A convolution after the first layer, or a tensor wider than one ciphertext."""
     if any(n.size > slots for n in nodes):
         return True
     for n in nodes:
-        if isinstance(n, G.MLinear) and input_name not in n.inputs and not n.pool:
+        if isinstance(n, ir.Linear) and input_name not in n.inputs and not n.pool:
             if any(g is not None and not g.is_dense for g in n.geometries):
                 return True
     return False
 
 
-def plan_input(node: G.InputNode, slots: int):
+def plan_input(node: ir.Input, slots: int):
     tm = input_map(chw(node.shape), slots)
     if tm is None:
         raise PlanError(f"one channel of the input {tuple(node.shape)} does not fit {slots} slots")
@@ -81,7 +81,7 @@ def _plain_cost(weights, in_maps, out_map, slots, cost) -> float:
             + len(terms) * (cost.mul(0) + cost.step_penalty * 0.15))
 
 
-def _candidates(node: G.MLinear, in_maps: list[TensorMap], slots, is_output) -> list[TensorMap]:
+def _candidates(node: ir.Linear, in_maps: list[TensorMap], slots, is_output) -> list[TensorMap]:
     """Output grids a convolution may write; [] for dense layers (residue/compact output)."""
     geo = node.geometries[0] if node.geometries else None
     grid = in_maps[0].grid
@@ -119,7 +119,7 @@ def _poly_candidates(geo, in_maps, slots) -> list[TensorMap]:
     return out
 
 
-def first_layer_candidates(node: G.MLinear, slots: int, max_factor: int) -> list[TensorMap]:
+def first_layer_candidates(node: ir.Linear, slots: int, max_factor: int) -> list[TensorMap]:
     """Layouts the first layer may write when the gateway lays out the frame (any layout costs
     the same there): polyphase with every power-of-two factor up to `max_factor` (what the
     strided convolutions after it divide), each with its work-slot periods."""
@@ -150,7 +150,7 @@ def _own_cost(node, in_maps, tm, slots, level, cost) -> float:
     return c
 
 
-def choose_output(node: G.MLinear, in_maps: list[TensorMap], slots, level, cost, is_output,
+def choose_output(node: ir.Linear, in_maps: list[TensorMap], slots, level, cost, is_output,
                   consumer=None):
     """A grid for a convolution's output, else None (residue/compact). Each candidate is
     charged its own cost plus the cheapest cost of `consumer` (the next linear layer, reading
@@ -230,7 +230,7 @@ def choose_first_layer(node, in_map, slots, cost, max_factor, consumer):
     return "gather", gathered[1]
 
 
-def plan_mapped_linear(node: G.MLinear, ins, slots, level, cost, known_steps, is_output,
+def plan_mapped_linear(node: ir.Linear, ins, slots, level, cost, known_steps, is_output,
                        consumer=None):
     in_maps = [as_map(s) for s in ins]
     out_map = choose_output(node, in_maps, slots, level, cost, is_output, consumer)
@@ -271,7 +271,7 @@ def step_doc(node, pack: MappedPacking, ins, level, late, add_weight, t_scale, o
     return doc
 
 
-def floor_products(node: G.MLinear, slots: int) -> float:
+def floor_products(node: ir.Linear, slots: int) -> float:
     """(trained weights x output positions they are applied at) / slots, from the structure. A
     layer with a public pool fused into it counts its own trained weights, not the composition
     (a 5x5 convolution after a 2x2 pool has 25 weights per channel pair, not a 10x10 kernel's)."""
@@ -299,8 +299,8 @@ def next_linear(node, consumers):
     cur = node
     while len(consumers[cur.name]) == 1:
         cur = consumers[cur.name][0]
-        if isinstance(cur, G.MLinear):
+        if isinstance(cur, ir.Linear):
             return cur if len(cur.inputs) == 1 else None
-        if not isinstance(cur, (G.SquareNode, G.PolyNode)):
+        if not isinstance(cur, (ir.Square, ir.Poly)):
             return None
     return None

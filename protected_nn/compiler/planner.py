@@ -15,7 +15,7 @@ import numpy as np
 from protected_nn import ir
 from protected_nn.ckks.context import primes_of
 from protected_nn.ckks.params import CkksParams, HE_STANDARD_128, choose_params
-from protected_nn.compiler import graph as G
+from protected_nn.compiler.graph import lower
 from protected_nn.compiler import mapped_plan as MP
 from protected_nn.compiler.direct_steps import direct_long_chains
 from protected_nn.compiler.first_gather import gather_step
@@ -59,16 +59,16 @@ def poly_depth(coeffs: np.ndarray) -> int:
     return int(math.ceil(math.log2(deg))) + 1 if deg > 1 else 1
 
 
-def node_depths(nodes: list[G.Node]) -> dict[str, int]:
+def node_depths(nodes: list[ir.Layer]) -> dict[str, int]:
     depth: dict[str, int] = {}
     for node in nodes:
-        if isinstance(node, G.InputNode):
+        if isinstance(node, ir.Input):
             depth[node.name] = 0
-        elif isinstance(node, G.MLinear):
+        elif isinstance(node, ir.Linear):
             depth[node.name] = max(depth[i] for i in node.inputs) + 1
-        elif isinstance(node, G.SquareNode):
+        elif isinstance(node, ir.Square):
             depth[node.name] = depth[node.inputs[0]] + 1
-        elif isinstance(node, G.PolyNode):
+        elif isinstance(node, ir.Poly):
             depth[node.name] = depth[node.inputs[0]] + poly_depth(node.coeffs)
         if getattr(node, "pool", False):   # a rotate-and-add sum or fused: no level of its own
             depth[node.name] = depth[node.inputs[0]]
@@ -76,7 +76,7 @@ def node_depths(nodes: list[G.Node]) -> dict[str, int]:
 
 
 def compile_graph(graph: ir.Graph, output_bits: int, params: CkksParams | None = None) -> Plan:
-    nodes, output = G.lower(graph)
+    nodes, output = lower(graph)
     depth = node_depths(nodes)[output]
     if params is None:
         last_error = None
@@ -155,10 +155,10 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
         return final_delta if node.name == output else delta
 
     input_doc = None
-    replaced: dict[str, G.MLinear] = {}       # readers of fused pools -> the fused map
+    replaced: dict[str, ir.Linear] = {}       # readers of fused pools -> the fused map
     for node in nodes:
         node = replaced.get(node.name, node)
-        if isinstance(node, G.MLinear) and node.pool:
+        if isinstance(node, ir.Linear) and node.pool:
             src = states[node.inputs[0]]
             summed = MP.pool_choice(node, src.tmap, slots, src.level, cost)[1] if src.tmap else None
             if summed is None:
@@ -171,7 +171,7 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
             continue
         if node.size > slots and not mapped:
             raise PlanError(f"layer {node.name} has {node.size} values, more than {slots} slots")
-        if isinstance(node, G.InputNode):
+        if isinstance(node, ir.Input):
             if mapped:
                 tm, gather = MP.plan_input(node, slots)
                 input_doc = {"free": False, "doc": {
@@ -182,7 +182,7 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
             input_doc, state = _plan_input(node, consumers[node.name], slots, cost, delta)
             states[node.name] = state
             continue
-        if isinstance(node, G.MLinear) and any(states[i].tmap is not None for i in node.inputs):
+        if isinstance(node, ir.Linear) and any(states[i].tmap is not None for i in node.inputs):
             nxt = MP.next_linear(node, consumers)
             if (plain_input and node.inputs == [graph.input_name] and node.name != output
                     and len(consumers[graph.input_name]) == 1):
@@ -198,14 +198,14 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
                                                node.name == output,
                                                None if nxt is None else (nxt, nxt.name == output))
             continue
-        if isinstance(node, G.MLinear) and node.inputs[0] == graph.input_name and input_doc.get("free"):
+        if isinstance(node, ir.Linear) and node.inputs[0] == graph.input_name and input_doc.get("free"):
             states[node.name] = _first_layer(node, input_doc, plan, steps, add_weight,
                                              drop_prime, target(node), rot_steps, slots, cost, delta)
             continue
-        if isinstance(node, G.MLinear):
+        if isinstance(node, ir.Linear):
             states[node.name] = _linear(node, states, slots, cost, plan, steps, add_weight,
                                         drop_prime, target(node), rot_steps, node.name == output)
-        elif isinstance(node, G.SquareNode):
+        elif isinstance(node, ir.Square):
             src = states[node.inputs[0]]
             q = drop_prime(src.level)
             steps.append({"op": "square", "src": node.inputs[0], "out": node.name, "level": src.level})
@@ -213,7 +213,7 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
             plan.layer_stats.append({"layer": node.name, "op": "x*x", "level": src.level + 1,
                                      "shape": [node.size, node.size],
                                      "products": 1, "rotations": 0, "relins": 1, "sources": node.sources})
-        elif isinstance(node, G.PolyNode):
+        elif isinstance(node, ir.Poly):
             states[node.name] = _poly(node, states, steps, plan, drop_prime, target(node))
     direct_long_chains(steps, rot_steps, slots, plan.layer_stats)
     out_state = states[output]
@@ -221,7 +221,7 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
     # The frame stays in clear when only linear maps read it (the first layer's products are then
     # encrypted weight x plaintext; runtime/evaluator.py re-randomizes the result).
     input_doc["doc"]["plain"] = bool(plain_input) and all(
-        isinstance(c, G.MLinear) for c in consumers[in_node]) and (
+        isinstance(c, ir.Linear) for c in consumers[in_node]) and (
         input_doc["doc"]["free"] or states[in_node].tmap is not None)
     if out_state.layout is None:
         raise PlanError("the model's output must come from a dense or linear layer "
@@ -241,11 +241,11 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
     return plan
 
 
-def _plan_input(node: G.InputNode, consumers, slots, cost, delta):
+def _plan_input(node: ir.Input, consumers, slots, cost, delta):
     n = node.size
     period = next_pow2(n)
     compact = Layout(n=n, unit=1, period=period, zero_padded=True)
-    free = (len(consumers) == 1 and isinstance(consumers[0], G.MLinear)
+    free = (len(consumers) == 1 and isinstance(consumers[0], ir.Linear)
             and consumers[0].inputs == [node.name])
     if free:   # compare im2col-style free layout with a compact input + generic packing
         lin = consumers[0]

@@ -142,7 +142,7 @@ class LoweringContext:
             np.asarray(b, dtype=np.float64).reshape(-1), (n_out,)).copy()
         W.eliminate_zeros()
         layer = ir.Linear(name=self.fresh_name(node.output[0] + suffix), inputs=[x.layer],
-                          shape=ir_shape(out_shape), sources=[node.name], W=W, b=b)
+                          shape=ir_shape(out_shape), sources=[node.name], weights=[W], bias=b)
         return self.emit(layer, node.output[0] if bind else None, out_shape, node)
 
     def warn(self, message: str) -> None:

@@ -198,7 +198,7 @@ def load_onnx(path_or_model, *, calibration: np.ndarray | None = None, poly_degr
         size = out.size
         layers.append(ir.Linear(name=ctx.fresh_name(out_name), inputs=[in_vi.name],
                                 shape=ir_shape(out.shape), sources=[n.name for n in nodes],
-                                W=sp.identity(size, format="csr"), b=np.zeros(size)))
+                                weights=[sp.identity(size, format="csr")], bias=np.zeros(size)))
         out = type(out)(layers[-1].name, out.shape)
     result = ir.Graph(layers=_prune(layers, out.layer), output=out.layer, output_shape=out.shape,
                       input_name=in_vi.name, warnings=list(ctx.warnings),

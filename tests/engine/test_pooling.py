@@ -9,9 +9,8 @@ import onnxruntime as ort
 import pytest
 import scipy.sparse as sp
 
-from protected_nn import zoo
+from protected_nn import ir, zoo
 from protected_nn.api import EdgeModel, OwnerModel, ProtectOptions, protect
-from protected_nn.compiler import graph as G
 from protected_nn.compiler import mapped_plan, planner
 from protected_nn.compiler.pooling import pooled_map
 from protected_nn.compiler.replicate import replicas
@@ -35,7 +34,7 @@ def _pool_node(c, h, w, k):
                         cols.append((ch * h + y * k + a) * w + x * k + b)
     S = sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(c * (h // k) * (w // k), c * h * w))
     S, geo = close_pattern(S, (1, c, h, w), (1, c, h // k, w // k))
-    return G.MLinear("pool", ["x"], S.shape[0], weights=[S], bias=np.zeros(S.shape[0]),
+    return ir.Linear("pool", ["x"], (1, S.shape[0]), weights=[S], bias=np.zeros(S.shape[0]),
                      geometries=[geo], pool=True), S
 
 
