@@ -24,6 +24,7 @@ from protected_nn.errors import ModelError, PlanError, ProtectedNNError
 from protected_nn.runtime import params_blob
 from protected_nn.runtime.evaluator import Evaluator
 from protected_nn.runtime.plan_sections import parse_plan, read_plan
+from protected_nn.runtime.plan_links import rotation_levels
 
 # Owner-side modules (key generation, decryption, compiler) are imported inside protect() and
 # OwnerModel only, so a gateway process never even loads them.
@@ -117,7 +118,9 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     t_encrypt = time.perf_counter() - t1
     stage.done("encrypt weights", f"keys and {len(weight_blobs)} weight ciphertexts "
                                   f"({sum(len(b) for b in weight_blobs) / 1e6:.0f} MB)")
-    pub = sk.public_bytes(seeded_keys=opts.seeded)
+    # Galois keys keep only what the plan's rotations read at their levels (seeded keys only)
+    pub = sk.public_bytes(seeded_keys=opts.seeded,
+                          rotation_levels=rotation_levels(doc) if opts.seeded else None)
     artifacts = ModelArtifacts(plan=json.dumps(plan.doc).encode(), context=pub["context"],
                                public_key=pub["public_key"], relin_key=pub["relin_key"],
                                rotation_keys=pub["rotation_keys"],
@@ -246,7 +249,7 @@ class EdgeModel:
         plan = read_plan(artifacts.plan)     # typed and checked before any key or weight is parsed
         ckks = Ckks.from_public_bytes(plan.ckks.params, artifacts.context, artifacts.public_key,
                                       artifacts.relin_key, artifacts.rotation_keys,
-                                      set(plan.rotation_steps))
+                                      set(plan.rotation_steps), rotation_levels(plan))
         blobs = params_blob.unpack(artifacts.params, len(plan.weights))
         weights = [ckks.ct_from_bytes(b) for b in blobs]
         self.artifacts = artifacts

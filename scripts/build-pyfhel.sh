@@ -2,7 +2,7 @@
 # The one place that builds Pyfhel (see docs/pyfhel-offline.md). Usage: build-pyfhel.sh PYTHON
 #
 # Builds Pyfhel 3.5.0 from its PyPI sdist with the patches in scripts/pyfhel/*.patch (seeded
-# serialization of keys and symmetric-key ciphertexts), SEAL against Debian's GSL/zlib/zstd (its
+# serialization of keys and symmetric-key ciphertexts; fused products and hoisted rotations), SEAL against Debian's GSL/zlib/zstd (its
 # own build would download them), for the interpreter PYTHON, once: the wheel is cached under
 # ${FHE_EDGE_WHEELS:-~/.cache/fhe-edge/wheels}. Prints the wheel's path on stdout.
 #

@@ -42,7 +42,8 @@ fi
 VPY=$ROOT/.venv/bin/python
 "$VPY" -m pip install -q --upgrade pip wheel setuptools
 
-# Pyfhel 3.5.0 with the project's patches (seeded keys and ciphertexts), built once and cached.
+# Pyfhel 3.5.0 with the project's patches (seeded keys and ciphertexts; fused products and hoisted
+# rotations), built once and cached.
 # Installing the wheel by path replaces a plain 3.5.0 (or an older patch level) in an existing venv.
 PYFHEL_WHEEL=$(FHE_EDGE_WHEELS="$WHEELS" scripts/build-pyfhel.sh "$VPY")
 "$VPY" -m pip install -q "$PYFHEL_WHEEL"

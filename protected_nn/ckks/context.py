@@ -45,6 +45,10 @@ class Ckks:
         self.params = params
         self.slots = params.slots
         self.rotation_steps = {normalize_step(k, self.slots) for k in rotation_steps}
+        # the fused products and hoisted rotations of the project's Pyfhel patch 0002 (a plain
+        # Pyfhel 3.5.0 lacks them: SEAL's operations one by one instead; False compares the two)
+        self.fused = hasattr(he, "dot_no_relin") and hasattr(he, "rotate_hoisted")
+        self.key_bytes_released = 0     # Galois-key memory no rotation of the plan reads (from_public_bytes)
 
     # --- construction -------------------------------------------------------------------
     @staticmethod
@@ -63,7 +67,11 @@ class Ckks:
 
     @classmethod
     def from_public_bytes(cls, params: CkksParams, context: bytes, public_key: bytes,
-                          relin_key: bytes, rotation_keys: bytes, rotation_steps: set[int]) -> "Ckks":
+                          relin_key: bytes, rotation_keys: bytes, rotation_steps: set[int],
+                          rotation_levels: dict[int, int] | None = None) -> "Ckks":
+        """rotation_levels (step -> the lowest level the plan rotates by it at,
+        runtime/plan_links.rotation_levels): the memory of the Galois-key parts no such rotation
+        reads is given back (patch 0002; LeNet-5: about half of its keys' memory)."""
         check_128_bit(params)
         he = Pyfhel()
         he.from_bytes_context(context)
@@ -79,7 +87,20 @@ class Ckks:
         if missing:
             raise KeyMaterialError(f"the rotation keys lack the Galois keys for steps {missing} that the "
                             f"plan uses")
+        primes = ckks.key_primes(rotation_levels)
+        if primes and hasattr(he, "release_rotate_key_parts"):
+            ckks.key_bytes_released = he.release_rotate_key_parts(list(primes), list(primes.values()))
         return ckks
+
+    def key_primes(self, rotation_levels: dict[int, int] | None) -> dict[int, int] | None:
+        """Per Galois key (normalized step), the most data primes a rotation by it has, from the
+        plan's lowest level per step (0: a step the levels do not name - all primes kept)."""
+        if rotation_levels is None:
+            return None
+        data_primes = len(self.params.qi_sizes) - 1
+        lowest = {normalize_step(k, self.slots): lvl for k, lvl in rotation_levels.items()}
+        return {k: data_primes - lowest[k] if k in lowest else 0
+                for k in sorted(self.rotation_steps - {0})}
 
     # --- encryption and plaintexts --------------------------------------------------------
     def encrypt(self, values: np.ndarray, scale: float, level: int = 0) -> PyCtxt:
@@ -139,6 +160,38 @@ class Ckks:
 
     def copy(self, ct: PyCtxt) -> PyCtxt:
         return PyCtxt(copy_ctxt=ct)
+
+    # --- fused operations (scripts/pyfhel/0002: exact rewrites of SEAL's own arithmetic) -----
+    def dot(self, xs: list, ws: list) -> PyCtxt:
+        """sum_t xs[t] * ws[t] for ciphertexts `ws` and ciphertexts or plaintexts `xs` (all of
+        one kind, one level). Ciphertext pairs give a size-3 sum, not relinearized. With the
+        patch: one pass, 128-bit accumulation, one reduction - the same residues as SEAL's
+        multiply and add, ~4x faster; without it (`fused` False): SEAL's multiply and add."""
+        plain = isinstance(xs[0], PyPtxt)
+        if any(isinstance(x, PyPtxt) != plain for x in xs):
+            raise ValueError("dot: mixed plaintext and ciphertext operands")
+        if self.fused:
+            return self.he.dot_plain(list(ws), list(xs)) if plain else self.he.dot_no_relin(list(xs), list(ws))
+        acc = None
+        for x, w in zip(xs, ws):
+            prod = self.multiply_plain(w, x) if plain else self.multiply_no_relin(x, w)
+            acc = prod if acc is None else (self.add_inplace(acc, prod) or acc)
+        return acc
+
+    def rotate_many(self, ct: PyCtxt, steps: list[int]) -> list[PyCtxt]:
+        """[rotate(ct, k) for k in steps], the key switches sharing one decomposition of ct
+        (hoisted; each step needs its own Galois key, as for rotate). A single step, or no
+        patch: SEAL's rotation per step."""
+        norm = [normalize_step(k, self.slots) for k in steps]
+        if not (self.fused and sum(1 for k in norm if k) > 1):
+            return [self.rotate(ct, k) for k in norm]
+        for k in norm:
+            if k and (k not in self.rotation_steps or self.he.is_rotate_key_empty()):
+                raise KeyMaterialError(f"no Galois key for rotation step {k}: the key set covers "
+                                       f"{sorted(self.rotation_steps)}")
+        nonzero = list(dict.fromkeys(k for k in norm if k))
+        done = dict(zip(nonzero, self.he.rotate_hoisted(ct, nonzero)))
+        return [done[k] if k else self.copy(ct) for k in norm]
 
     # --- serialization --------------------------------------------------------------------
     def ct_to_bytes(self, ct: PyCtxt) -> bytes:
@@ -222,16 +275,20 @@ class SecretCkks(Ckks):
             he.from_bytes_rotate_key(rotation_keys)
         return cls(he, params, set(rotation_steps))
 
-    def public_bytes(self, seeded_keys: bool = True) -> dict[str, bytes]:
+    def public_bytes(self, seeded_keys: bool = True,
+                     rotation_levels: dict[int, int] | None = None) -> dict[str, bytes]:
         """seeded_keys: fresh public/relinearization/Galois keys in SEAL's seeded form (about
-        half the bytes; needs the patched Pyfhel, see ckks/seeded.py), else the keys in memory."""
+        half the bytes; needs the patched Pyfhel, see ckks/seeded.py), else the keys in memory.
+        rotation_levels (step -> lowest level it is rotated at, from the plan): each Galois key
+        keeps only what rotations at those levels read (seeded.seeded_galois_keys)."""
         if seeded_keys:
             steps = sorted(self.rotation_steps - {0})
+            primes = self.key_primes(rotation_levels)
             return {
                 "context": self.he.to_bytes_context(COMPRESSION),
                 "public_key": seeded.seeded_public_key(self.he, COMPRESSION),
                 "relin_key": seeded.seeded_relin_key(self.he, COMPRESSION),
-                "rotation_keys": seeded.seeded_galois_keys(self.he, steps, COMPRESSION) if steps else b"",
+                "rotation_keys": seeded.seeded_galois_keys(self.he, steps, COMPRESSION, primes) if steps else b"",
             }
         return {
             "context": self.he.to_bytes_context(COMPRESSION),

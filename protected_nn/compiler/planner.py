@@ -26,6 +26,7 @@ from protected_nn.compiler.poly_plan import plan_poly as _poly, trim_coeffs
 from protected_nn.compiler.state import PlanState as _State
 from protected_nn.errors import PlanError
 from protected_nn.runtime.plan_format import PLAN_VERSION, decode_array, encode_array  # noqa: F401
+from protected_nn.runtime.plan_links import step_rotation_levels
 from protected_nn.runtime.steps import parse_steps
 RESULT_PRIME_BITS = 31  # a result keeps one prime: 2 x 8192 x 31 bits = 63.5 KB bit-packed
 
@@ -237,7 +238,12 @@ def _compile(nodes, output, graph: ir.Graph, params: CkksParams, mapped: bool,
         "weights": [{"level": w.level, "scale": w.scale, "layer": w.layer, "kind": w.kind}
                     for w in plan.weights],
     }
-    parse_steps(steps)    # the gateway's reading of the steps: a malformed one fails at protect time
+    typed = parse_steps(steps)   # the gateway's reading of the steps: a malformed one fails here
+    # Exactly the steps some rotation uses: direct_long_chains can leave a power-of-two step that
+    # no chain reads any more, and babies of the clear frame are rolled without keys.
+    inp = plan.doc["input"]
+    plain = inp.get("name") if inp.get("plain") and not inp.get("free") else None
+    plan.doc["rotation_steps"] = sorted(step_rotation_levels(typed, slots, plain))
     return plan
 
 

@@ -118,23 +118,14 @@ class Evaluator:
                     ck.mod_switch(c, spec.switch)
             ins.append(cts)
         sources = [ins[i][c] for i, c in step.sources]
-        babies = []
-        for src, built_from, chain in step.babies:
-            ct = sources[src] if built_from < 0 else babies[built_from]
-            for st in chain:
-                ct = np.roll(ct, -st) if isinstance(ct, np.ndarray) else ck.rotate(ct, st)
-            babies.append(ct)
+        babies = self._babies(step.babies, sources)
         babies = [self._plaintext(b, level) if isinstance(b, np.ndarray) else b for b in babies]
         outs = []
         for out in step.outs:
             acc = None
             for giant in out.giants:
-                inner = None
-                size3 = False
-                for b_idx, widx in giant.terms:
-                    prod = self._product(babies[b_idx], self.w[widx])
-                    size3 |= not isinstance(babies[b_idx], PyPtxt)
-                    inner = prod if inner is None else (ck.add_inplace(inner, prod) or inner)
+                inner, size3 = self._dot([babies[b] for b, _ in giant.terms],
+                                         [self.w[w] for _, w in giant.terms])
                 if size3:
                     ck.relinearize(inner)
                 acc = inner if acc is None else (ck.add_inplace(acc, inner) or acc)
@@ -147,31 +138,20 @@ class Evaluator:
     def _gather_linear(self, step: S.GatherLinear, regs) -> _Reg:
         """First layer from a frame laid out per product (compiler/first_gather.py): per output
         ciphertext, sum of weight x laid-out frame, rescale, fold, bias."""
-        ck = self.ckks
         outs = []
         for out in step.outs:
-            acc, size3 = None, False
-            for row, widx in zip(out.rows, out.weights):
-                x = self._input_cts[row]
-                if isinstance(x, np.ndarray):
-                    x = self._plaintext(x, 0)
-                size3 |= not isinstance(x, PyPtxt)
-                prod = self._product(x, self.w[widx])
-                acc = prod if acc is None else (ck.add_inplace(acc, prod) or acc)
+            pairs = list(zip(out.rows, out.weights))
+            xs = [self._input_cts[row] for row, _ in pairs]
+            xs = [self._plaintext(x, 0) if isinstance(x, np.ndarray) else x for x in xs]
+            acc, size3 = self._dot(xs, [self.w[w] for _, w in pairs])
             outs.append(self._finish(acc, step.tree, out.bias, step.rescale_last, 0,
                                      relinearized=not size3))
         return _Reg(outs, 1)
 
     def _first_linear(self, step: S.FirstLinear, regs) -> _Reg:
-        ck = self.ckks
-        acc = None
-        size3 = False
-        for ct, widx in zip(self._input_cts, step.weights):
-            if isinstance(ct, np.ndarray):
-                ct = self._plaintext(ct, 0)
-            size3 |= not isinstance(ct, PyPtxt)
-            prod = self._product(ct, self.w[widx])
-            acc = prod if acc is None else (ck.add_inplace(acc, prod) or acc)
+        pairs = list(zip(self._input_cts, step.weights))
+        xs = [self._plaintext(x, 0) if isinstance(x, np.ndarray) else x for x, _ in pairs]
+        acc, size3 = self._dot(xs, [self.w[w] for _, w in pairs])
         return _Reg(self._finish(acc, step.tree, step.bias, step.rescale_last, 0,
                                  relinearized=not size3), 1)
 
@@ -182,11 +162,43 @@ class Evaluator:
             return self.ckks.encrypt(vec, self.delta, level)
         return self.ckks.encode(vec, self.delta, level)
 
-    def _product(self, x, weight):
-        """Encrypted weight times a ciphertext (size 3, relinearized later) or a plaintext."""
-        if isinstance(x, PyPtxt):
-            return self.ckks.multiply_plain(weight, x)
-        return self.ckks.multiply_no_relin(x, weight)
+    def _dot(self, xs: list, weights: list):
+        """sum_t xs[t] * weights[t] (encrypted weights times ciphertexts or plaintexts) and
+        whether the sum has size 3 (a ciphertext term: relinearized later, once per sum)."""
+        plain = [t for t, x in enumerate(xs) if isinstance(x, PyPtxt)]
+        enc = [t for t, x in enumerate(xs) if not isinstance(x, PyPtxt)]
+        parts = [self.ckks.dot([xs[t] for t in group], [weights[t] for t in group])
+                 for group in (enc, plain) if group]
+        for part in parts[1:]:
+            self.ckks.add_inplace(parts[0], part)
+        return parts[0], bool(enc)
+
+    def _babies(self, specs, sources: list) -> list:
+        """rot(x, chain) per baby spec (source, built_from, chain): from its source ciphertext
+        or from an earlier baby. Babies whose chains start from the same parent are rotated
+        together (ckks.rotate_many: one key-switching decomposition of the parent for all of
+        them); the rest of a chain, one rotation at a time."""
+        out: list = [None] * len(specs)
+        for n, (src, built_from, chain) in enumerate(specs):
+            if out[n] is not None:
+                continue
+            parent = sources[src] if built_from < 0 else out[built_from]
+            if not chain or isinstance(parent, np.ndarray):
+                ct = parent
+                for st in chain:
+                    ct = np.roll(ct, -st)
+                out[n] = ct
+                continue
+            group = [m for m in range(n, len(specs)) if out[m] is None and specs[m][2]
+                     and specs[m][1] == built_from and (built_from >= 0 or specs[m][0] == src)]
+            firsts = list(dict.fromkeys(specs[m][2][0] for m in group))
+            rotated = dict(zip(firsts, self.ckks.rotate_many(parent, firsts)))
+            for m in group:
+                ct = rotated[specs[m][2][0]]
+                for st in specs[m][2][1:]:
+                    ct = self.ckks.rotate(ct, st)
+                out[m] = ct
+        return out
 
     def _linear(self, step: S.Linear, regs) -> _Reg:
         ck = self.ckks
@@ -200,18 +212,11 @@ class Evaluator:
                 for shift in spec.replicate:
                     ck.add_inplace(ct, ck.rotate(ct, shift))
             sources.append(ct)
-        babies = []                       # rot(x_i, b), each built from an earlier one
-        for i, src, chain in step.babies:
-            ct = sources[i] if src < 0 else babies[src]
-            for st in chain:
-                ct = ck.rotate(ct, st)
-            babies.append(ct)
+        babies = self._babies(step.babies, sources)   # rot(x_i, b), each from an earlier one
         acc = None                        # Horner over the giant steps: acc = rot(acc, dG) + inner
         for giant in step.giants:
-            inner = None
-            for b_idx, widx in giant.terms:
-                prod = ck.multiply_no_relin(babies[b_idx], self.w[widx])
-                inner = prod if inner is None else (ck.add_inplace(inner, prod) or inner)
+            inner, _ = self._dot([babies[b] for b, _ in giant.terms],
+                                 [self.w[w] for _, w in giant.terms])
             ck.relinearize(inner)
             acc = inner if acc is None else (ck.add_inplace(acc, inner) or acc)
             for st in giant.shift:

@@ -87,6 +87,27 @@ STEP_RULES = {S.FirstLinear: Rules(_tree_rotations, _at), S.GatherLinear: Rules(
               S.RotSum: Rules(_tree_rotations, lambda st: [])}   # a sum: rotations, no rescale
 
 
+def rotation_levels(plan) -> dict[int, int]:
+    """Per rotation step (mod slots), the lowest level any step of `plan` rotates by it at, as
+    the evaluator runs them: babies, giants and copies at the step's level; a tree after the
+    step's rescale, unless it is summed before (rescale_last) or the step has none (rotsum).
+    A Galois key is read only for the primes left there (the owner zeroes the rest:
+    ckks/seeded.seeded_galois_keys)."""
+    return step_rotation_levels(plan.steps, plan.slots,
+                                plan.input_tensor if plan.plain_input else None)
+
+
+def step_rotation_levels(steps, slots: int, plain_tensor: str | None) -> dict[int, int]:
+    """rotation_levels of typed steps (the planner's own reading, before the plan is whole)."""
+    out: dict[int, int] = {}
+    for st in steps:
+        for parts, k in STEP_RULES[type(st)].rotations(st, plain_tensor):
+            late = parts[0] == "tree" and not isinstance(st, S.RotSum) and not st.rescale_last
+            level = st.level + (1 if late else 0)
+            out[k % slots] = min(out.get(k % slots, level), level)
+    return out
+
+
 def check_steps(plan) -> None:
     """`plan`: a plan_sections.PlanDoc whose sections and steps are each well-formed."""
     slots, depth = plan.slots, plan.ckks.depth
