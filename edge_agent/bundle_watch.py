@@ -23,6 +23,7 @@ from protected_nn.runtime.plan_sections import read_plan
 
 from edge_agent.bundle_pin import BundlePin, BundleRefused
 from edge_agent.pool import Model
+from edge_agent.sealed_artifacts import seal
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,8 @@ def load_bundle(bundle_path: Path, owner_key) -> tuple[Model, dict]:
     # malformed would otherwise replace a running model by workers that cannot load it.
     read_plan(artifacts.plan)
     artifacts.card()     # a card that does not fit is refused like any other defect of the bundle
+    # The workers' copy: one sealed memfd, not the bytes pickled to each (sealed_artifacts.py).
+    artifacts = seal(artifacts, {name: entry["sha256"] for name, entry in manifest["members"].items()})
     model = Model(artifacts=artifacts, model_id=str(manifest["model_id"]), key_fingerprint=artifacts.key_fingerprint,
                   result_key=manifest.get("result_key"))
     return model, manifest
