@@ -73,7 +73,7 @@ def bench_model(name: str, reps: int, core: int) -> dict:
     xs = np.random.default_rng(1).uniform(0, 1, [reps] + shape).astype(np.float32)
     # The daemon's sealed copy of the verified bundle, handed to the child as to a worker
     # (edge_agent/sealed_artifacts.py): the child's RSS is then what one worker needs.
-    sealed = SealedArtifacts.write(prot.artifacts)
+    sealed = SealedArtifacts.write(prot.artifacts.as_members())
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
         (d / "index.json").write_text(json.dumps(sealed.index))

@@ -12,12 +12,13 @@ before using it, and reads the weights one ciphertext at a time (`read_span`, on
 member whose whole bytes were checked). So a worker holds no copy of the bundle and runs only
 bytes that verified.
 
-Linux only (memfd_create, file seals); elsewhere `seal` returns the artifacts as they are.
+Linux only (memfd_create, file seals); where no memfd can be made, `seal` falls back to bytes.
 """
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 
 from protected_nn.artifacts import MEMBERS, ModelArtifacts, key_fingerprint_of, parse_model_card
@@ -26,14 +27,21 @@ from protected_nn.errors import BundleError
 _SEALS = getattr(fcntl, "F_SEAL_SEAL", 0) | getattr(fcntl, "F_SEAL_SHRINK", 0) \
     | getattr(fcntl, "F_SEAL_GROW", 0) | getattr(fcntl, "F_SEAL_WRITE", 0)
 AVAILABLE = hasattr(os, "memfd_create") and hasattr(fcntl, "F_ADD_SEALS")
+log = logging.getLogger(__name__)
 
 
-def seal(artifacts: ModelArtifacts, digests: dict[str, str] | None = None):
-    """`artifacts` (verified) as a SealedArtifacts; `digests`: the manifest's sha256 per member
-    (computed here when not given). Where memfds do not exist, `artifacts` itself."""
-    if not AVAILABLE:
-        return artifacts
-    return SealedArtifacts.write(artifacts, digests)
+def seal(members: dict, manifest: dict | None = None):
+    """The verified `members` ({name: bytes or a view of them}) as a SealedArtifacts, checked
+    later against the sha256 of each that `manifest` (the verified bundle's) lists, else against
+    their own. Where no memfd can be made (not Linux, RLIMIT_FSIZE below the bundle, no memory),
+    a ModelArtifacts of them: each worker then gets a copy, as before there were memfds."""
+    if AVAILABLE:
+        digests = {name: entry["sha256"] for name, entry in manifest["members"].items()} if manifest else None
+        try:
+            return SealedArtifacts.write(members, digests)
+        except OSError as exc:
+            log.warning("cannot keep the bundle in a sealed memfd (%s): each worker gets a copy", exc)
+    return ModelArtifacts.from_members({name: bytes(data) for name, data in members.items()})
 
 
 class SealedArtifacts:
@@ -53,18 +61,17 @@ class SealedArtifacts:
         self._fingerprint: str | None = None
 
     @classmethod
-    def write(cls, artifacts: ModelArtifacts, digests: dict[str, str] | None = None) -> "SealedArtifacts":
+    def write(cls, members: dict, digests: dict[str, str] | None = None) -> "SealedArtifacts":
         fd = os.memfd_create("fhe-edge-bundle", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
             index, offset = {}, 0
             for name in MEMBERS:
-                data = artifacts.member(name)
-                view, written = memoryview(data), 0
-                while written < len(data):
+                view, written = memoryview(members[name]).cast("B"), 0
+                while written < len(view):
                     written += os.pwrite(fd, view[written:], offset + written)
-                digest = digests[name] if digests else hashlib.sha256(data).hexdigest()
-                index[name] = (offset, len(data), digest)
-                offset += len(data)
+                digest = digests[name] if digests else hashlib.sha256(view).hexdigest()
+                index[name] = (offset, len(view), digest)
+                offset += len(view)
             fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
             return cls(fd, index)
         except BaseException:

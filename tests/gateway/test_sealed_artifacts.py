@@ -12,6 +12,7 @@ import os
 import sys
 import time
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,9 +37,15 @@ class ReadsEveryMember:
         return repr(self.sizes).encode()
 
 
+def _manifest(artifacts, **digests) -> dict:
+    """The members part of a bundle manifest for `artifacts`, with the given digests instead."""
+    return {"members": {n: {"sha256": digests.get(n) or hashlib.sha256(artifacts.member(n)).hexdigest()}
+                        for n in MEMBERS}}
+
+
 def test_the_copy_is_sealed_and_reads_back_the_verified_members():
     a = fake_artifacts(1)
-    sealed = seal(a)
+    sealed = seal(a.as_members())
     assert isinstance(sealed, SealedArtifacts)
     assert sealed.as_members() == a.as_members() and sealed.key_fingerprint == a.key_fingerprint
     with pytest.raises(PermissionError):
@@ -50,9 +57,8 @@ def test_the_copy_is_sealed_and_reads_back_the_verified_members():
 
 def test_a_member_that_differs_from_the_verified_digest_is_refused():
     a = fake_artifacts(2)
-    digests = {n: hashlib.sha256(a.member(n)).hexdigest() for n in MEMBERS}
-    digests["params"] = "0" * 64
-    sealed = seal(a, digests)
+    manifest = _manifest(a, params="0" * 64)
+    sealed = seal(a.as_members(), manifest)
     assert sealed.member("plan") == a.plan
     with pytest.raises(BundleError, match="'params' differs from the verified bundle"):
         sealed.member("params")
@@ -62,7 +68,7 @@ def test_a_member_that_differs_from_the_verified_digest_is_refused():
 
 def test_parts_are_read_within_a_checked_member_only():
     a = fake_artifacts(3)
-    sealed = seal(a)
+    sealed = seal(a.as_members())
     sealed.member("params")
     assert sealed.read_span("params", 3, 5) == a.params[3:8]
     with pytest.raises(BundleError, match="outside member 'params'"):
@@ -96,7 +102,7 @@ class _Results(list):
 
 def test_a_spawned_worker_loads_from_the_sealed_copy():
     a = fake_artifacts(4)
-    pool = _pool(seal(a))
+    pool = _pool(seal(a.as_members()))
     try:
         pool.submit(InferenceJob("cam", np.zeros((1, 1, 2, 2), np.float32), time.time()))
         deadline = time.monotonic() + 60
@@ -109,9 +115,8 @@ def test_a_spawned_worker_loads_from_the_sealed_copy():
 
 def test_a_worker_refuses_a_copy_that_does_not_verify(caplog):
     a = fake_artifacts(5)
-    digests = {n: hashlib.sha256(a.member(n)).hexdigest() for n in MEMBERS}
-    digests["rotation_keys"] = hashlib.sha256(b"another bundle's keys").hexdigest()
-    pool = _pool(seal(a, digests))
+    manifest = _manifest(a, rotation_keys=hashlib.sha256(b"another bundle's keys").hexdigest())
+    pool = _pool(seal(a.as_members(), manifest))
     try:
         with caplog.at_level(logging.ERROR, logger="edge_agent.pool"):
             deadline = time.monotonic() + 60
@@ -143,7 +148,7 @@ def test_an_edge_model_keeps_no_reference_to_the_bundle_bytes(tiny):
     assert {name: sys.getrefcount(a.member(name)) for name in held} == before
     del given
     assert gone() is None, "the model keeps the artifacts it was built from"
-    sealed = seal(a)
+    sealed = seal(a.as_members())
     from_copy = EdgeModel(sealed)
     sealed.close()             # as a worker does once loaded: the model needs nothing of it
     x = np.random.default_rng(0).uniform(0, 1, in_memory.input_shape).astype(np.float32)
@@ -152,3 +157,37 @@ def test_an_edge_model_keeps_no_reference_to_the_bundle_bytes(tiny):
     assert np.max(np.abs(y_memory - y_copy)) < 1e-3 * max(1.0, float(np.ptp(y_memory)))
     assert from_copy.model_card.to_json() == in_memory.model_card.to_json()
     assert from_copy.key_fingerprint == a.key_fingerprint
+
+
+def test_the_daemon_hands_on_exactly_the_members_it_verified(tmp_path):
+    from edge_agent.bundle_watch import load_bundle
+    from protected_nn import bundle
+    key = bundle.generate_owner_key()
+    a = fake_artifacts(6)
+    bundle.write_bundle(tmp_path / "m.bundle", "m", a, key)
+    model, manifest = load_bundle(tmp_path / "m.bundle", key.public_key())
+    assert isinstance(model.artifacts, SealedArtifacts)
+    assert model.artifacts.as_members() == a.as_members()
+    assert {n: e[2] for n, e in model.artifacts.index.items()} == \
+        {n: e["sha256"] for n, e in manifest["members"].items()}
+    views = bundle.read_bundle_members(tmp_path / "m.bundle", key.public_key())[1]
+    assert {n: bytes(v) for n, v in views.items()} == a.as_members()
+
+
+def test_where_no_memfd_can_be_written_the_workers_get_bytes(tmp_path):
+    """RLIMIT_FSIZE (a unit's LimitFSIZE) applies to memfds too: the bundle still runs, copied."""
+    import resource
+    import subprocess
+    code = ("import logging; logging.basicConfig()\n"
+            "from edge_agent.sealed_artifacts import seal\n"
+            "from tests.support.fake_models import fake_artifacts\n"
+            "a = fake_artifacts(7)\n"
+            "s = seal(a.as_members())\n"
+            "assert s == a, type(s)\n"
+            "print(type(s).__name__)\n")
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))  # noqa: E731
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         preexec_fn=limit, cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ModelArtifacts"
+    assert "cannot keep the bundle in a sealed memfd ([Errno 27] File too large)" in out.stderr
