@@ -1,7 +1,7 @@
 """Issue 9's engine benchmark: per zoo model, products next to the floor, rotations, latency
 (median, one core pinned), bundle size, gateway worker RSS and error against onnxruntime.
 
-    .venv/bin/python bench/bench_engine.py [--models lenet5,crowd_cnn] [-R 3] [--core 0] [--json f]
+    .venv/bin/python bench/bench_engine.py [--models lenet5,crowd_cnn] [-R 3] [--core 0] [--json f] [--profile]
 
 protect() runs in this process (owner side, not timed beyond its total). The gateway side runs in
 a child process pinned to one core with one thread (as a worker does): it loads the model as a
@@ -27,6 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
 
 import numpy as np  # noqa: E402
 
@@ -54,12 +55,19 @@ for i, x in enumerate(xs):
     payload = edge.infer(x)
     lat.append(time.perf_counter() - t); cpu.append(time.process_time() - c)
     (d / f"y{{i}}.bin").write_bytes(payload)
-print(json.dumps({{"load_s": load, "lat": lat, "cpu": cpu, "rss": status("VmHWM"),
-                  "rss_loaded": loaded, "rss_load_peak": load_peak}}))
+rss = status("VmHWM")
+profile = None
+if {profile}:         # one more inference, counted per operation (op_profile.py), after the timed ones
+    sys.path.insert(0, {bench!r})
+    from op_profile import OpProfile
+    from protected_nn.ckks.context import Ckks
+    profile = OpProfile(Ckks).run(edge.infer, xs[0])
+print(json.dumps({{"load_s": load, "lat": lat, "cpu": cpu, "rss": rss, "rss_loaded": loaded,
+                  "rss_load_peak": load_peak, "profile": profile}}))
 """
 
 
-def bench_model(name: str, reps: int, core: int) -> dict:
+def bench_model(name: str, reps: int, core: int, profile: bool = False) -> dict:
     import onnxruntime as ort
     from protected_nn import zoo
     from edge_agent.sealed_artifacts import SealedArtifacts
@@ -78,7 +86,7 @@ def bench_model(name: str, reps: int, core: int) -> dict:
         d = Path(tmp)
         (d / "index.json").write_text(json.dumps(sealed.index))
         np.save(d / "x.npy", xs)
-        out = subprocess.run([sys.executable, "-c", CHILD.format(core=core), str(d), str(sealed.fd)],
+        out = subprocess.run([sys.executable, "-c", CHILD.format(core=core, profile=profile, bench=str(HERE)), str(d), str(sealed.fd)],
                              capture_output=True, text=True, pass_fds=(sealed.fd,),
                              env=dict(os.environ, PYTHONPATH=str(HERE.parent)))
         sealed.close()
@@ -103,7 +111,7 @@ def bench_model(name: str, reps: int, core: int) -> dict:
             "load_s": child["load_s"], "rss_bytes": child["rss"], "rss_loaded_bytes": child["rss_loaded"],
             "rss_load_peak_bytes": child["rss_load_peak"],
             "bundle_bytes": rep["sizes_bytes"]["bundle_total"], "sizes": rep["sizes_bytes"],
-            "max_rel_error": max(errs), "report": prot.report_text}
+            "max_rel_error": max(errs), "report": prot.report_text, "profile": child["profile"]}
 
 
 def render(r: dict) -> str:
@@ -122,6 +130,10 @@ def render(r: dict) -> str:
     for s in r["layers"]:
         lines.append(f"| {s['layer']} | {s['op']} | {s['products']} | {s['floor_products'] or ''} | "
                      f"{s['rotations']} | {s['in_cts'] or ''} | {s['out_cts'] or ''} |")
+    if r.get("profile"):
+        from op_profile import render as render_profile
+        lines += ["", "Per operation, one inference (--profile; exclusive times):", ""]
+        lines += render_profile(r["profile"])
     return "\n".join(lines)
 
 
@@ -131,12 +143,14 @@ def main(argv=None) -> int:
     p.add_argument("-R", "--reps", type=int, default=3)
     p.add_argument("--core", type=int, default=0)
     p.add_argument("--json", type=Path)
+    p.add_argument("--profile", action="store_true",
+                   help="also count and time each CKKS operation of one more inference (op_profile.py)")
     args = p.parse_args(argv)
     os.sched_setaffinity(0, {args.core})
     results = []
     for name in args.models.split(","):
         try:
-            r = bench_model(name, args.reps, args.core)
+            r = bench_model(name, args.reps, args.core, args.profile)
         except Exception as exc:  # report and go on: one model's failure is a result too
             r = {"model": name, "error": f"{type(exc).__name__}: {exc}"}
             print(f"### {name}\nFAILED: {r['error']}\n", flush=True)
