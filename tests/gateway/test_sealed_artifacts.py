@@ -100,15 +100,26 @@ class _Results(list):
         self.append(payload)
 
 
-def test_a_spawned_worker_loads_from_the_sealed_copy():
+def test_a_spawned_worker_loads_from_the_sealed_copy_and_so_does_its_replacement():
     a = fake_artifacts(4)
     pool = _pool(seal(a.as_members()))
+    expected = repr([len(a.member(n)) for n in MEMBERS]).encode()
     try:
-        pool.submit(InferenceJob("cam", np.zeros((1, 1, 2, 2), np.float32), time.time()))
-        deadline = time.monotonic() + 60
-        while not pool.on_result and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert pool.on_result == [repr([len(a.member(n)) for n in MEMBERS]).encode()]
+        for n in (1, 2):
+            deadline = time.monotonic() + 60
+            while pool.ready_workers < 1:
+                assert time.monotonic() < deadline, "the worker did not become ready"
+                time.sleep(0.05)
+            pool.submit(InferenceJob("cam", np.zeros((1, 1, 2, 2), np.float32), time.time()))
+            while len(pool.on_result) < n:
+                assert time.monotonic() < deadline, "no result"
+                time.sleep(0.05)
+            assert pool.on_result[-1] == expected
+            if n == 1:            # the daemon's copy outlives its workers: a replacement reads it too
+                os.kill(pool.worker_pids()[0], 9)
+                while pool.restarts < 1:
+                    assert time.monotonic() < deadline, "the killed worker was not replaced"
+                    time.sleep(0.05)
     finally:
         pool.stop(timeout=5)
 
