@@ -17,12 +17,14 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from protected_nn.bundle import load_owner_public_key, read_bundle, read_file_bounded
+from protected_nn.artifacts import parse_model_card
+from protected_nn.bundle import load_owner_public_key, read_bundle_members, read_file_bounded
 from protected_nn.errors import ProtectedNNError
 from protected_nn.runtime.plan_sections import read_plan
 
 from edge_agent.bundle_pin import BundlePin, BundleRefused
 from edge_agent.pool import Model
+from edge_agent.sealed_artifacts import seal
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +33,13 @@ def load_bundle(bundle_path: Path, owner_key) -> tuple[Model, dict]:
     """Read (bounded) and verify one bundle -> (model, manifest); BundleError when it must not run
     (a plan this gateway cannot read included: protected_nn/runtime/plan_sections.py), CardError
     when its model card does not fit the schema (protected_nn/model_card.py)."""
-    manifest, artifacts = read_bundle(read_file_bounded(bundle_path), owner_key)
+    manifest, members = read_bundle_members(read_file_bounded(bundle_path), owner_key)
     # Here, before the bundle is pinned and handed to the workers: a plan of an unknown version or
     # malformed would otherwise replace a running model by workers that cannot load it.
-    read_plan(artifacts.plan)
-    artifacts.card()     # a card that does not fit is refused like any other defect of the bundle
+    read_plan(bytes(members["plan"]))
+    parse_model_card(bytes(members["model_card"]))   # a card that does not fit is refused like any other defect
+    # The workers' copy: one sealed memfd, not the bytes pickled to each (sealed_artifacts.py).
+    artifacts = seal(members, manifest)
     model = Model(artifacts=artifacts, model_id=str(manifest["model_id"]), key_fingerprint=artifacts.key_fingerprint,
                   result_key=manifest.get("result_key"))
     return model, manifest

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from edge_agent.config import ConfigError, EdgeConfig, read_password, read_signing_key
+from protected_nn.artifacts import ModelArtifacts
 from service_common.preflight import address_free, is_loopback, nearest_existing, not_a_folder, readable
 
 UNIT_FILE = Path(__file__).resolve().parents[1] / "systemd" / "edge-agent.service"
@@ -53,8 +54,9 @@ def measure_worker(artifacts) -> tuple[int, float]:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     # ru_maxrss is the process's lifetime peak: it tells about the inference only if it rose
     grown = max(loaded, _rss(), peak if peak > peak_before else 0) - before
-    bundle_bytes = sum(len(v) for v in artifacts.as_members().values())   # a worker gets its copy
-    return grown + bundle_bytes, seconds
+    # A worker gets a copy of the bytes only where they cannot be sealed (edge_agent/sealed_artifacts.py)
+    copy = sum(len(v) for v in artifacts.as_members().values()) if isinstance(artifacts, ModelArtifacts) else 0
+    return grown + copy, seconds
 
 
 def capacity_warnings(cfg: EdgeConfig, per_worker: int, seconds: float, limit: int) -> list[str]:

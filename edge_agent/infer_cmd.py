@@ -141,6 +141,7 @@ def run(args) -> int:
     print(key_note, file=sys.stderr if key is None else sys.stdout)
     x = load_input(args.input)
     model = EdgeModel(artifacts)
+    del artifacts         # the model keeps what it needs; the bundle's bytes (the size of the bundle) go
     inputs, batched = split_batch(x, model.input_shape, args.input)
     warning = range_warning(x, model.model_card, args.input)
     if warning:
@@ -149,16 +150,16 @@ def run(args) -> int:
     folder, created = _result_folder(out) if batched else (None, False)
     written: list[Path] = []
     try:
-        times, sizes = _infer_all(args, model, manifest, artifacts, inputs, folder or out, written, folder is not None)
+        times, sizes = _infer_all(args, model, manifest, inputs, folder or out, written, folder is not None)
     except BaseException:
         _undo(written, folder, created)
         raise
-    print(f"model {manifest['model_id']} key {artifacts.key_fingerprint}: {len(inputs)} inference(s), "
+    print(f"model {manifest['model_id']} key {model.key_fingerprint}: {len(inputs)} inference(s), "
           f"{np.mean(times):.3f} s each, result {max(sizes)} bytes -> {out}")
     return 0
 
 
-def _infer_all(args, model, manifest, artifacts, inputs, out: Path, written: list[Path], batched: bool):
+def _infer_all(args, model, manifest, inputs, out: Path, written: list[Path], batched: bool):
     from protected_nn.npy_files import write_file
     times, sizes = [], []
     for sequence, item in enumerate(inputs):
@@ -167,7 +168,7 @@ def _infer_all(args, model, manifest, artifacts, inputs, out: Path, written: lis
         payload = model.infer(np.ascontiguousarray(item, dtype=np.float32))
         times.append(time.perf_counter() - t0)
         data = envelope.encode(envelope.Envelope(
-            model_id=manifest["model_id"], key_fingerprint=artifacts.key_fingerprint,
+            model_id=manifest["model_id"], key_fingerprint=model.key_fingerprint,
             gateway_id=args.gateway_id, camera_id=args.camera_id, sequence=sequence,
             capture_time=capture_time, payload=payload))
         sizes.append(len(data))

@@ -5,7 +5,8 @@ frame at a time to each idle worker over its own pipe, so the daemon always know
 worker holds; when a worker dies, its frame is retried once on another worker and a replacement
 is started. When the queue is full, the oldest frame of the same camera is dropped (counted):
 fresh frames matter more than old ones. Each worker loads the model ONCE, from the artifact
-bytes the daemon verified (never from the bundle path, which may change underneath).
+bytes the daemon verified (never from the bundle path, which may change underneath): the sealed
+memfd of edge_agent/sealed_artifacts.py, read member by member, so no worker keeps a copy.
 
 A new model (bundle reload) starts a new generation: each old worker is replaced when idle.
 """
@@ -82,6 +83,8 @@ def _worker_main(conn: Connection, artifacts, model_class: str) -> None:
         log.error("worker %d cannot load the model: %s", os.getpid(), exc)
         conn.send((Msg.FAILED, None, f"load: {type(exc).__name__}: {exc}"))
         return
+    finally:
+        getattr(artifacts, "close", lambda: None)()   # loaded (or refused): the bundle is done with
     conn.send((Msg.READY, os.getpid()))
     while True:
         try:

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from protected_nn.artifacts import ModelArtifacts
+from protected_nn.artifacts import ModelArtifacts, parse_model_card
 from protected_nn.ckks.context import Ckks
 from protected_nn.errors import ModelError, PlanError, ProtectedNNError
 from protected_nn.runtime import params_blob
 from protected_nn.runtime.evaluator import Evaluator
 from protected_nn.runtime.plan_sections import parse_plan, read_plan
 from protected_nn.runtime.plan_links import rotation_levels
+from protected_nn.runtime.weight_loader import load_weights
 
 # Owner-side modules (key generation, decryption, compiler) are imported inside protect() and
 # OwnerModel only, so a gateway process never even loads them.
@@ -243,19 +244,23 @@ def _onnxruntime(model, inputs: np.ndarray) -> np.ndarray:
 
 class EdgeModel:
     """Gateway side: loads public artifacts, encrypts inputs, evaluates, serializes results.
-    It never holds a secret key: its CKKS object is built from public bytes only."""
+    It never holds a secret key: its CKKS object is built from public bytes only.
 
-    def __init__(self, artifacts: ModelArtifacts):
-        plan = read_plan(artifacts.plan)     # typed and checked before any key or weight is parsed
-        ckks = Ckks.from_public_bytes(plan.ckks.params, artifacts.context, artifacts.public_key,
-                                      artifacts.relin_key, artifacts.rotation_keys,
-                                      set(plan.rotation_steps), rotation_levels(plan))
-        blobs = params_blob.unpack(artifacts.params, len(plan.weights))
-        weights = [ckks.ct_from_bytes(b) for b in blobs]
-        self.artifacts = artifacts
+    `artifacts`: a ModelArtifacts, or any source of members by name (`member(name)`, as
+    edge_agent/sealed_artifacts.py's copy of a verified bundle). It keeps none of their bytes but
+    the model card's: a worker holds the keys and weights SEAL expanded, not the bundle besides."""
+
+    def __init__(self, artifacts):
+        plan = read_plan(artifacts.member("plan"))   # typed and checked before any key or weight is parsed
         self.plan = plan
         self.key_fingerprint = artifacts.key_fingerprint
-        self._eval = Evaluator(plan, ckks, weights)
+        self._card = artifacts.member("model_card")
+        # Keys first: their load's transient peak (SEAL inflates them) is then not on top of the weights.
+        ckks = Ckks.from_public_bytes(plan.ckks.params, artifacts.member("context"),
+                                      artifacts.member("public_key"), artifacts.member("relin_key"),
+                                      artifacts.member("rotation_keys"), set(plan.rotation_steps),
+                                      rotation_levels(plan))
+        self._eval = Evaluator(plan, ckks, load_weights(ckks, artifacts, len(plan.weights)))
         self.input_shape = self._eval.input_shape
         self.output_shape = tuple(plan.output.shape)
 
@@ -275,7 +280,7 @@ class EdgeModel:
     def model_card(self):
         """The bundle's card (protected_nn.model_card), parsed on first use: a worker that only
         infers never imports pydantic (about 8 MB per process)."""
-        return self.artifacts.card()
+        return parse_model_card(self._card)
 
 
 class OwnerModel:
@@ -299,5 +304,4 @@ class OwnerModel:
     @functools.cached_property
     def model_card(self):
         """The stored card (protected_nn.model_card), parsed on first use, as EdgeModel's."""
-        from protected_nn.model_card import parse_card
-        return parse_card(None, self._card)
+        return parse_model_card(self._card)

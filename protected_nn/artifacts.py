@@ -24,8 +24,14 @@ class ModelArtifacts:
 
     @property
     def key_fingerprint(self) -> str:
-        """Identifies the key pair: sha256 of the public key, first 16 hex digits."""
-        return hashlib.sha256(self.public_key).hexdigest()[:16]
+        return key_fingerprint_of(self.public_key)
+
+    def member(self, name: str) -> bytes:
+        """One member's bytes by name: the interface the gateway's loader reads (EdgeModel), which
+        edge_agent/sealed_artifacts.py implements too, without holding every member in memory."""
+        if name not in MEMBERS:
+            raise KeyError(f"no bundle member {name!r}")
+        return getattr(self, name)
 
     def as_members(self) -> dict[str, bytes]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -41,7 +47,16 @@ class ModelArtifacts:
         return json.loads(self.plan)
 
     def card(self):
-        """The model card as a `protected_nn.model_card.ModelCard`; CardError if it does not fit
-        the schema (an empty member is a card with nothing in it)."""
-        from protected_nn.model_card import parse_card  # pydantic: only for those who read cards
-        return parse_card(None, self.model_card)
+        return parse_model_card(self.model_card)
+
+
+def key_fingerprint_of(public_key: bytes) -> str:
+    """Identifies the key pair: sha256 of the public key, first 16 hex digits."""
+    return hashlib.sha256(public_key).hexdigest()[:16]
+
+
+def parse_model_card(raw: bytes):
+    """The model card as a `protected_nn.model_card.ModelCard`; CardError if it does not fit
+    the schema (an empty member is a card with nothing in it)."""
+    from protected_nn.model_card import parse_card  # pydantic: only for those who read cards
+    return parse_card(None, raw)

@@ -27,6 +27,7 @@ import json
 import os
 import re
 import stat
+import struct
 import zipfile
 from collections import Counter
 from datetime import datetime, timezone
@@ -37,7 +38,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from protected_nn import result_auth
-from protected_nn.artifacts import MEMBERS, ModelArtifacts
+from protected_nn.artifacts import MEMBERS, ModelArtifacts, key_fingerprint_of
 from protected_nn.errors import BundleError
 
 FORMAT = "fhe-edge-bundle"
@@ -52,6 +53,7 @@ _HEX64_RE = re.compile(r"[0-9a-f]{64}\Z")
 _FORBIDDEN_NAME_RE = re.compile(r"secret|private", re.IGNORECASE)
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)       # fixed so that the archive is reproducible
 _ORDER = (MANIFEST, *MEMBERS, SIGNATURE)
+_LOCAL_HEADER_MAGIC = b"PK\x03\x04"
 
 
 # ---------------------------------------------------------------- writing
@@ -240,19 +242,27 @@ def read_bundle(path_or_bytes, owner_public_key: Ed25519PublicKey | None) -> tup
 
     With `owner_public_key`, the manifest signature must verify; with None the signature is not
     checked (the caller must say so to the user) but every other check still runs."""
+    manifest, members = read_bundle_members(path_or_bytes, owner_public_key)
+    return manifest, ModelArtifacts.from_members({name: bytes(view) for name, view in members.items()})
+
+
+def read_bundle_members(path_or_bytes, owner_public_key: Ed25519PublicKey | None) -> tuple[dict, dict]:
+    """As read_bundle, with every check of it, but the members are read-only views into the
+    archive's bytes: a verified bundle held once, for a caller that copies it on anyway (the
+    gateway's sealed copy for its workers, edge_agent/sealed_artifacts.py), not three times."""
     data = _read_source(path_or_bytes)
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as zf:
             infos = zf.infolist()
             _check_entries(infos, len(data))
-            contents = {info.filename: zf.read(info) for info in infos}
+            contents = {info.filename: _stored_member(data, info) for info in infos}
     except BundleError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, NotImplementedError, EOFError,
-            OverflowError, RuntimeError, KeyError, UnicodeError, OSError) as e:
+            OverflowError, RuntimeError, KeyError, UnicodeError, OSError, struct.error) as e:
         # zipfile reports damage through many exception types; to callers it is one thing.
         raise BundleError(f"bundle is not a readable archive: {e}") from e
-    manifest_bytes, signature = contents[MANIFEST], contents[SIGNATURE]
+    manifest_bytes, signature = bytes(contents[MANIFEST]), bytes(contents[SIGNATURE])
     if owner_public_key is not None:
         try:
             owner_public_key.verify(signature, manifest_bytes)
@@ -264,12 +274,27 @@ def read_bundle(path_or_bytes, owner_public_key: Ed25519PublicKey | None) -> tup
         entry, member = manifest["members"][name], contents[name]
         if len(member) != entry["size"] or hashlib.sha256(member).hexdigest() != entry["sha256"]:
             raise BundleError(f"bundle member {name!r} does not match the manifest (altered)")
-    artifacts = ModelArtifacts.from_members({n: contents[n] for n in MEMBERS})
-    if artifacts.key_fingerprint != manifest["key_fingerprint"]:
+    members = {n: contents[n] for n in MEMBERS}
+    if key_fingerprint_of(members["public_key"]) != manifest["key_fingerprint"]:
         raise BundleError("bundle public key does not match the manifest's key fingerprint")
-    if _archive_bytes(manifest_bytes, artifacts.as_members(), signature) != data:
+    # Also what makes the views above trustworthy: local headers, CRCs and every other byte of
+    # the archive are exactly what the writer makes of these contents.
+    if _archive_bytes(manifest_bytes, members, signature) != data:
         raise BundleError("bundle archive is not in canonical form (altered zip metadata)")
-    return manifest, artifacts
+    return manifest, members
+
+
+def _stored_member(data: bytes, info: zipfile.ZipInfo) -> memoryview:
+    """A stored member's bytes as a view into the archive (no copy), found through its local
+    header. Whatever a crafted header makes this read is refused by the checks that follow."""
+    offset = info.header_offset
+    if offset < 0 or data[offset:offset + 4] != _LOCAL_HEADER_MAGIC:
+        raise BundleError(f"bundle member {info.filename!r} has no local header where the directory says")
+    name_len, extra_len = struct.unpack_from("<HH", data, offset + 26)
+    start = offset + 30 + name_len + extra_len
+    if start + info.file_size > len(data):
+        raise BundleError(f"bundle member {info.filename!r} extends beyond the archive")
+    return memoryview(data)[start:start + info.file_size]
 
 
 # ---------------------------------------------------------------- owner keys (PEM)
