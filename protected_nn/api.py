@@ -247,8 +247,7 @@ class EdgeModel:
         ckks = Ckks.from_public_bytes(plan.ckks.params, artifacts.context, artifacts.public_key,
                                       artifacts.relin_key, artifacts.rotation_keys,
                                       set(plan.rotation_steps))
-        blobs = params_blob.unpack(artifacts.params, len(plan.weights))
-        weights = [ckks.ct_from_bytes(b) for b in blobs]
+        weights = params_blob.load_weights(ckks, artifacts.params, len(plan.weights))
         self.artifacts = artifacts
         self.plan = plan
         self.key_fingerprint = artifacts.key_fingerprint

@@ -16,12 +16,12 @@ import warnings
 import numpy as np
 from Pyfhel import Pyfhel, PyCtxt, PyPtxt
 
-from protected_nn.ckks import seeded
+from protected_nn.ckks import bitpack, compact, seeded
 from protected_nn.ckks.params import CkksParams, check_128_bit
-from protected_nn.errors import KeyMaterialError, PlanError, ResultError
+from protected_nn.errors import BundleError, KeyMaterialError, PlanError, ResultError
 
 COMPRESSION = "zstd"   # Pyfhel silently treats an unknown name as "none": keep it a constant
-SEAL_CT_PREFIX = 113   # SEAL 4.1 uncompressed ciphertext: headers and fields before the coefficients
+SEAL_CT_PREFIX = compact.CT_PREFIX   # SEAL 4.1 uncompressed ciphertext: bytes before the coefficients (113)
 PACKED_MAGIC = b"FHR1"
 
 
@@ -69,11 +69,7 @@ class Ckks:
         he.from_bytes_context(context)
         if he.get_poly_modulus_degree() != params.n or he.total_coeff_modulus_bit_count != params.log_q - params.qi_sizes[-1]:
             raise KeyMaterialError("the CKKS context does not match the plan's parameters")
-        he.from_bytes_public_key(public_key)
-        if relin_key:
-            he.from_bytes_relin_key(relin_key)
-        if rotation_keys:
-            he.from_bytes_rotate_key(rotation_keys)
+        load_key_members(he, public_key, relin_key, rotation_keys)
         ckks = cls(he, params, rotation_steps)
         missing = seeded.missing_rotation_steps(he, ckks.rotation_steps - {0})
         if missing:
@@ -148,11 +144,10 @@ class Ckks:
         """A result at the last level: SEAL's uncompressed form with its coefficients (all below
         the first prime) bit-packed to `bits` bits - about 40% smaller than zstd."""
         raw = ct.to_bytes("none")
-        words = np.frombuffer(raw[SEAL_CT_PREFIX:], dtype="<u8")
-        if words.size and int(words.max()).bit_length() > bits:
-            raise ValueError("ciphertext is not at the last level: coefficients exceed the first prime")
-        bitmat = ((words[:, None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8)
-        packed = np.packbits(bitmat.reshape(-1), bitorder="little").tobytes()
+        try:
+            packed = bitpack.pack(np.frombuffer(raw[SEAL_CT_PREFIX:], dtype="<u8"), bits)
+        except ValueError:
+            raise ValueError("ciphertext is not at the last level: coefficients exceed the first prime") from None
         return PACKED_MAGIC + bytes([bits]) + raw[:SEAL_CT_PREFIX] + packed
 
     def ct_from_packed_bytes(self, data: bytes, max_words: int) -> PyCtxt:
@@ -172,9 +167,7 @@ class Ckks:
         n_words = len(body) * 8 // bits
         if n_words == 0 or n_words > max_words or len(body) != (n_words * bits + 7) // 8:
             raise ResultError(f"result body of {len(body)} bytes does not hold whole {bits}-bit coefficients")
-        flat = np.unpackbits(np.frombuffer(body, dtype=np.uint8), bitorder="little")[:n_words * bits]
-        words = (flat.reshape(n_words, bits).astype(np.uint64) << np.arange(bits, dtype=np.uint64)).sum(
-            axis=1, dtype=np.uint64)
+        words = bitpack.unpack(body, bits, n_words)
         return data[len(PACKED_MAGIC) + 1:head] + words.astype("<u8").tobytes()
 
     def ct_from_bytes(self, data: bytes) -> PyCtxt:
@@ -214,30 +207,27 @@ class SecretCkks(Ckks):
                    relin_key: bytes = b"", rotation_keys: bytes = b"", rotation_steps=()) -> "SecretCkks":
         he = Pyfhel()
         he.from_bytes_context(context)
-        he.from_bytes_public_key(public_key)
         he.from_bytes_secret_key(secret_key)
-        if relin_key:
-            he.from_bytes_relin_key(relin_key)
-        if rotation_keys:
-            he.from_bytes_rotate_key(rotation_keys)
+        load_key_members(he, public_key, relin_key, rotation_keys)
         return cls(he, params, set(rotation_steps))
 
     def public_bytes(self, seeded_keys: bool = True) -> dict[str, bytes]:
-        """seeded_keys: fresh public/relinearization/Galois keys in SEAL's seeded form (about
+        """The bundle's context and key members, keys in the compact encoding (ckks/compact.py).
+        seeded_keys: fresh public/relinearization/Galois keys in SEAL's seeded form (about
         half the bytes; needs the patched Pyfhel, see ckks/seeded.py), else the keys in memory."""
+        bits = self.params.qi_sizes     # SEAL's primes have exactly these sizes (encode checks it)
         if seeded_keys:
             steps = sorted(self.rotation_steps - {0})
-            return {
-                "context": self.he.to_bytes_context(COMPRESSION),
-                "public_key": seeded.seeded_public_key(self.he, COMPRESSION),
-                "relin_key": seeded.seeded_relin_key(self.he, COMPRESSION),
-                "rotation_keys": seeded.seeded_galois_keys(self.he, steps, COMPRESSION) if steps else b"",
-            }
+            pk, relin = seeded.seeded_public_key(self.he, "none"), seeded.seeded_relin_key(self.he, "none")
+            rot = seeded.seeded_galois_keys(self.he, steps, "none") if steps else b""
+        else:
+            pk, relin = self.he.to_bytes_public_key("none"), self.he.to_bytes_relin_key("none")
+            rot = self.he.to_bytes_rotate_key("none") if self.rotation_steps else b""
         return {
             "context": self.he.to_bytes_context(COMPRESSION),
-            "public_key": self.he.to_bytes_public_key(COMPRESSION),
-            "relin_key": self.he.to_bytes_relin_key(COMPRESSION),
-            "rotation_keys": self.he.to_bytes_rotate_key(COMPRESSION) if self.rotation_steps else b"",
+            "public_key": compact.encode_ciphertext(pk, bits),
+            "relin_key": compact.encode_kswitch_keys(relin, bits),
+            "rotation_keys": compact.encode_kswitch_keys(rot, bits) if rot else b"",
         }
 
     def encrypt_to_bytes(self, values: np.ndarray, scale: float, level: int = 0,
@@ -248,8 +238,32 @@ class SecretCkks(Ckks):
             return seeded.encrypt_symmetric_seeded(self.he, values, scale, level, COMPRESSION)
         return self.ct_to_bytes(self.encrypt(values, scale, level))
 
+    def encrypt_to_compact(self, values: np.ndarray, scale: float, level: int = 0,
+                           seeded_ct: bool = True) -> bytes:
+        """As encrypt_to_bytes, in the compact encoding of the bundle's params (ckks/compact.py)."""
+        if seeded_ct:
+            raw = seeded.encrypt_symmetric_seeded(self.he, values, scale, level, "none")
+        else:
+            raw = self.encrypt(values, scale, level).to_bytes("none")
+        return compact.encode_ciphertext(raw, self.params.qi_sizes)
+
     def secret_bytes(self) -> bytes:
         return self.he.to_bytes_secret_key(COMPRESSION)
 
     def decrypt(self, ct: PyCtxt) -> np.ndarray:
         return np.asarray(self.he.decryptFrac(ct), dtype=np.float64)
+
+
+def load_key_members(he: Pyfhel, public_key, relin_key, rotation_keys) -> None:
+    """Loads the key members of a bundle into `he`: compact encodings or SEAL's own bytes (older
+    bundles). BundleError naming the member if one does not decode or SEAL refuses it."""
+    for name, data, load in (("public_key", public_key, he.from_bytes_public_key),
+                             ("relin_key", relin_key, he.from_bytes_relin_key),
+                             ("rotation_keys", rotation_keys, he.from_bytes_rotate_key)):
+        raw = compact.seal_bytes(data, f"bundle member {name}")
+        if not raw and name != "public_key":
+            continue
+        try:
+            load(raw)
+        except Exception as exc:   # SEAL raises RuntimeError/ValueError on malformed input
+            raise BundleError(f"bundle member {name}: SEAL refuses it: {exc}") from None

@@ -14,9 +14,9 @@ MAX_RESULT_BYTES = 4 << 20
 
 def encrypt_weights(sk: SecretCkks, weights, seeded: bool = True) -> list[bytes]:
     """Each weight vector becomes a ciphertext at the level where the plan uses it (fewer
-    primes: smaller bundle, cheaper products), zstd-serialized; seeded (symmetric-key, half the
-    bytes again) unless `seeded` is False."""
-    return [sk.encrypt_to_bytes(w.values, w.scale, w.level, seeded_ct=seeded) for w in weights]
+    primes: smaller bundle, cheaper products), seeded (symmetric-key, half the bytes) unless
+    `seeded` is False, in the compact encoding (coefficients bit-packed, ckks/compact.py)."""
+    return [sk.encrypt_to_compact(w.values, w.scale, w.level, seeded_ct=seeded) for w in weights]
 
 
 class Decoder:

@@ -1,23 +1,51 @@
 """The encrypted parameters as one blob: magic, count, then length-prefixed ciphertexts.
-Parsed with bounds checks (the bundle's hash and signature are checked before this runs)."""
+Parsed with bounds checks (the bundle's hash and signature are checked before this runs).
+
+The magic says how each ciphertext is stored: FHEP2, the compact encoding of SEAL's
+uncompressed form (ckks/compact.py, written since it exists); FHEP1, SEAL's own serialization
+(zstd), as bundles made before it carry - still read, as it costs nothing to keep."""
 from __future__ import annotations
 
 import struct
 
-from protected_nn.errors import BundleError
+from protected_nn.ckks import compact
+from protected_nn.errors import BundleError, ResultError
 
-MAGIC = b"FHEP1"
+MAGIC_SEAL = b"FHEP1"
+MAGIC_COMPACT = b"FHEP2"
+MAGIC = MAGIC_COMPACT
+KNOWN = (MAGIC_SEAL, MAGIC_COMPACT)
 
 
 def pack(blobs: list[bytes]) -> bytes:
-    parts = [MAGIC, struct.pack(">I", len(blobs))]
+    """FHEP2 if every ciphertext is compact-encoded, FHEP1 if every one is SEAL's own bytes."""
+    if all(bytes(b[:len(compact.MAGIC)]) == compact.MAGIC for b in blobs):
+        magic = MAGIC_COMPACT
+    elif not any(bytes(b[:len(compact.MAGIC)]) == compact.MAGIC for b in blobs):
+        magic = MAGIC_SEAL
+    else:
+        raise ValueError("encrypted parameters mix compact and SEAL-serialized ciphertexts")
+    parts = [magic, struct.pack(">I", len(blobs))]
     for b in blobs:
         parts += [struct.pack(">I", len(b)), b]
     return b"".join(parts)
 
 
+def _magic(data) -> bytes:
+    magic = bytes(data[:len(MAGIC)])
+    if magic not in KNOWN:
+        if magic.startswith(MAGIC[:4]):
+            raise BundleError(f"bundle member params: encoding {magic.decode('ascii', 'replace')} is "
+                              f"not known to this software (it reads {', '.join(m.decode() for m in KNOWN)}); "
+                              f"update it or export the bundle again")
+        raise BundleError("encrypted parameters: bad header")
+    return magic
+
+
 def unpack(data: bytes, expected: int) -> list[memoryview]:
-    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 4:
+    """The stored ciphertexts, as they are in the blob (compact or SEAL bytes, see `_magic`)."""
+    _magic(data)
+    if len(data) < len(MAGIC) + 4:
         raise BundleError("encrypted parameters: bad header")
     (count,) = struct.unpack_from(">I", data, len(MAGIC))
     if count != expected:
@@ -38,3 +66,19 @@ def unpack(data: bytes, expected: int) -> list[memoryview]:
     if off != len(data):
         raise BundleError("encrypted parameters: trailing bytes")
     return out
+
+
+def load_weights(ckks, data: bytes, expected: int) -> list:
+    """The weight ciphertexts loaded into `ckks` (a ckks.context.Ckks), one at a time (only one
+    decoded ciphertext is in memory besides the loaded ones). BundleError naming the
+    ciphertext if one does not decode or SEAL refuses it."""
+    compact_entries = _magic(data) == MAGIC_COMPACT
+    weights = []
+    for i, blob in enumerate(unpack(data, expected)):
+        what = f"bundle member params, ciphertext {i}"
+        raw = compact.decode(blob, what) if compact_entries else blob
+        try:
+            weights.append(ckks.ct_from_bytes(raw))
+        except ResultError as exc:
+            raise BundleError(f"{what}: {exc}") from None
+    return weights

@@ -1,0 +1,227 @@
+"""Compact, lossless encoding of SEAL ciphertexts and keys for bundle members.
+
+SEAL stores every coefficient in a 64-bit word although it is a residue below its prime q_i
+(31..53 bits here); zstd recovers only part of the waste. This encoding keeps SEAL's
+*uncompressed* serialization byte for byte, except that each row of coefficients (N words, all
+residues modulo one prime) is bit-packed to bit_length(q_i) bits (ckks/bitpack.py). Headers and
+the seed of a seeded object are kept verbatim. Decoding gives back exactly the compr_mode=none
+bytes, which SEAL's ordinary load then checks (coefficients below their primes, sizes, seeds).
+
+Layout, little-endian (version 1):
+    b"FHEZ" u8 version | u32 row_words (N) | u8 n_classes, then per class: u8 bits, u32 rows
+    | u32 n_items, then per item: u8 0, u32 length, bytes (verbatim) or u8 1, u8 class, u32 rows
+    | the classes' packed rows, class after class, each class's rows in output order.
+Rows of one width are packed as one run, so a gateway unpacks a ~120 MB key member with a few
+dozen numpy operations per chunk, not per row.
+
+Only the owner encodes (it knows the primes); `seal_bytes` decodes any member a gateway reads:
+a compact encoding, or SEAL's own serialization as bundles made before it carry (kept: it costs
+one prefix test).
+"""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+
+from protected_nn.ckks import bitpack
+from protected_nn.errors import BundleError
+
+MAGIC = b"FHEZ"
+VERSION = 1
+SEAL_MAGIC = b"\x5e\xa1"          # SEALHeader's 0xA15E, little-endian
+SEAL_HEADER = struct.Struct("<HBBBBHQ")   # magic, header size, version major/minor, compr_mode, reserved, size
+CT_FIELDS = struct.Struct("<32sBQQQdQ")   # parms_id, is_ntt_form, size, N, coeff_modulus_size, scale, correction
+CT_PREFIX = SEAL_HEADER.size + CT_FIELDS.size + SEAL_HEADER.size + 8   # up to the first coefficient (113)
+MAX_DECODED = 1 << 30             # a member decodes to at most 1 GiB (bundles are <= 512 MB)
+ROW_WORDS = (1024, 2048, 4096, 8192, 16384, 32768)
+MIN_BITS, MAX_BITS = 17, 61       # SEAL's prime sizes
+CHUNK_WORDS = 1 << 20             # unpack ~8 MB of coefficients at a time: bounded extra memory
+
+
+# --- owner side: encode ---------------------------------------------------------------------
+class _Builder:
+    def __init__(self, prime_bits):
+        self.prime_bits = [int(b) for b in prime_bits]
+        self.n = None
+        self.items: list = []          # [bytearray] or [class_bits, rows]
+        self.rows: dict[int, list[np.ndarray]] = {}
+
+    def verbatim(self, data) -> None:
+        if self.items and isinstance(self.items[-1], bytearray):
+            self.items[-1] += data
+        else:
+            self.items.append(bytearray(data))
+
+    def coefficients(self, words: np.ndarray, n: int, k: int) -> None:
+        """Rows of n words; row r holds residues modulo prime r % k of the chain."""
+        if self.n not in (None, n) or n not in ROW_WORDS or k > len(self.prime_bits) or words.size % n:
+            raise ValueError(f"unexpected SEAL layout: N={n}, {k} primes, {words.size} words")
+        for r, row in enumerate(words.reshape(-1, n)):
+            bits = self.prime_bits[r % k]
+            self.rows.setdefault(bits, []).append(row)
+            if self.items and isinstance(self.items[-1], list) and self.items[-1][0] == bits:
+                self.items[-1][1] += 1
+            else:
+                self.items.append([bits, 1])
+        self.n = n
+
+    def ciphertext(self, raw: bytes, off: int) -> int:
+        """One serialized Ciphertext (also a PublicKey) at `off`; returns its end."""
+        magic, hsize, _, _, mode, _, size = SEAL_HEADER.unpack_from(raw, off)
+        if magic != 0xA15E or hsize != SEAL_HEADER.size or mode != 0 or off + size > len(raw):
+            raise ValueError("compact encoding needs SEAL objects serialized with compr_mode none")
+        _, _, _, n, k, _, _ = CT_FIELDS.unpack_from(raw, off + SEAL_HEADER.size)
+        (count,) = struct.unpack_from("<Q", raw, off + CT_PREFIX - 8)
+        start = off + CT_PREFIX
+        end = start + 8 * count
+        if end > off + size:
+            raise ValueError("SEAL ciphertext declares more coefficients than it holds")
+        self.verbatim(raw[off:start])
+        self.coefficients(np.frombuffer(raw, dtype="<u8", count=count, offset=start), n, k)
+        self.verbatim(raw[end:off + size])          # a seeded object's seed
+        return off + size
+
+    def kswitch_keys(self, raw: bytes) -> None:
+        """SEAL KSwitchKeys (relinearization or Galois keys): parms_id, then a vector of
+        vectors of PublicKey."""
+        magic, hsize, _, _, mode, _, size = SEAL_HEADER.unpack_from(raw, 0)
+        if magic != 0xA15E or mode != 0 or size != len(raw):
+            raise ValueError("compact encoding needs SEAL objects serialized with compr_mode none")
+        off = SEAL_HEADER.size + 32
+        (dim1,) = struct.unpack_from("<Q", raw, off)
+        self.verbatim(raw[:off + 8])
+        off += 8
+        for _ in range(dim1):
+            (dim2,) = struct.unpack_from("<Q", raw, off)
+            self.verbatim(raw[off:off + 8])
+            off += 8
+            for _ in range(dim2):
+                off = self.ciphertext(raw, off)
+        if off != len(raw):
+            raise ValueError("trailing bytes after the SEAL key set")
+
+    def to_bytes(self) -> bytes:
+        classes = sorted(self.rows)
+        index = {b: i for i, b in enumerate(classes)}
+        head = [MAGIC, struct.pack("<BIB", VERSION, self.n or ROW_WORDS[0], len(classes))]
+        head += [struct.pack("<BI", b, len(self.rows[b])) for b in classes]
+        head.append(struct.pack("<I", len(self.items)))
+        for item in self.items:
+            if isinstance(item, bytearray):
+                head += [struct.pack("<BI", 0, len(item)), bytes(item)]
+            else:
+                head.append(struct.pack("<BBI", 1, index[item[0]], item[1]))
+        body = [bitpack.pack(np.concatenate(self.rows[b]), b) for b in classes]
+        return b"".join(head + body)
+
+
+def encode_ciphertext(raw: bytes, prime_bits) -> bytes:
+    """A SEAL ciphertext or public key (compr_mode none, seeded or not). `prime_bits`: bit
+    sizes of the key-level chain (data primes, then the special prime). ValueError if a
+    coefficient does not fit its prime's width (nothing is ever dropped)."""
+    b = _Builder(prime_bits)
+    if b.ciphertext(raw, 0) != len(raw):
+        raise ValueError("trailing bytes after the SEAL ciphertext")
+    return b.to_bytes()
+
+
+def encode_kswitch_keys(raw: bytes, prime_bits) -> bytes:
+    """SEAL relinearization or Galois keys (compr_mode none, seeded or not)."""
+    b = _Builder(prime_bits)
+    b.kswitch_keys(raw)
+    return b.to_bytes()
+
+
+# --- gateway side: decode -------------------------------------------------------------------
+class _Reader:
+    def __init__(self, data, what: str):
+        self.view, self.off, self.what = memoryview(data), 0, what
+
+    def take(self, fmt: str):
+        size = struct.calcsize(fmt)
+        if self.off + size > len(self.view):
+            raise BundleError(f"{self.what}: compact encoding truncated at byte {self.off}")
+        values = struct.unpack_from(fmt, self.view, self.off)
+        self.off += size
+        return values
+
+    def bytes(self, n: int) -> memoryview:
+        if self.off + n > len(self.view):
+            raise BundleError(f"{self.what}: compact encoding declares {n} bytes at byte {self.off}, "
+                              f"{len(self.view) - self.off} left")
+        out = self.view[self.off:self.off + n]
+        self.off += n
+        return out
+
+
+def decode(data, what: str, max_size: int = MAX_DECODED) -> bytes:
+    """SEAL's uncompressed bytes from a compact encoding. BundleError naming `what` (the member)
+    on anything malformed: every size is checked against the data before it is used."""
+    r = _Reader(data, what)
+    if bytes(r.bytes(len(MAGIC))) != MAGIC:
+        raise BundleError(f"{what}: not a compact encoding (bad magic)")
+    (version,) = r.take("<B")
+    if version != VERSION:
+        raise BundleError(f"{what}: compact encoding version {version} is not known to this "
+                          f"software (it reads version {VERSION}); update it or export the bundle again")
+    n, n_classes = r.take("<IB")
+    if n not in ROW_WORDS:
+        raise BundleError(f"{what}: compact encoding declares rows of {n} words")
+    classes = [r.take("<BI") for _ in range(n_classes)]
+    if any(not MIN_BITS <= bits <= MAX_BITS for bits, _ in classes):
+        raise BundleError(f"{what}: compact encoding declares a width outside {MIN_BITS}..{MAX_BITS} bits")
+    (n_items,) = r.take("<I")
+    pieces, row_dst = [], [[] for _ in classes]
+    total = 0
+    for _ in range(n_items):
+        (tag,) = r.take("<B")
+        if tag == 0:
+            (length,) = r.take("<I")
+            pieces.append((total, r.bytes(length)))
+            total += length
+        elif tag == 1:
+            c, rows = r.take("<BI")
+            if c >= n_classes or len(row_dst[c]) + rows > classes[c][1]:
+                raise BundleError(f"{what}: compact encoding refers to more rows than its classes hold")
+            row_dst[c].extend(range(total, total + rows * 8 * n, 8 * n))
+            total += rows * 8 * n
+        else:
+            raise BundleError(f"{what}: compact encoding has an item of unknown kind {tag}")
+        if total > max_size:
+            raise BundleError(f"{what}: compact encoding decodes to more than {max_size} bytes")
+    if any(len(dst) != rows for dst, (_, rows) in zip(row_dst, classes)):
+        raise BundleError(f"{what}: compact encoding declares rows that no item places")
+    payloads = [r.bytes(bitpack.packed_size(rows * n, bits)) for bits, rows in classes]
+    if r.off != len(r.view):
+        raise BundleError(f"{what}: {len(r.view) - r.off} trailing bytes after the compact encoding")
+    out = np.empty(total, dtype=np.uint8)
+    for at, chunk in pieces:
+        out[at:at + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+    for (bits, rows), dst, payload in zip(classes, row_dst, payloads):
+        _unpack_rows(out, payload, bits, n, dst)
+    return out.tobytes()
+
+
+def _unpack_rows(out: np.ndarray, payload, bits: int, n: int, dst: list[int]) -> None:
+    per_chunk = max(1, CHUNK_WORDS // n)
+    row_bytes = n * bits // 8            # n is a multiple of 8: rows start on byte boundaries
+    for first in range(0, len(dst), per_chunk):
+        rows = min(per_chunk, len(dst) - first)
+        part = payload[first * row_bytes:(first + rows) * row_bytes]
+        words = bitpack.unpack(part, bits, rows * n).astype("<u8", copy=False).reshape(rows, n)
+        for at, row in zip(dst[first:first + rows], words):
+            out[at:at + 8 * n] = row.view(np.uint8)
+
+
+def seal_bytes(data, what: str, max_size: int = MAX_DECODED) -> bytes:
+    """The bytes SEAL loads for a ciphertext or key member: decoded if compact, as is if it is
+    SEAL's own serialization (bundles made before the compact encoding), b"" if empty."""
+    if len(data) == 0:
+        return b""
+    head = bytes(data[:len(MAGIC)])
+    if head == MAGIC:
+        return decode(data, what, max_size)
+    if head[:2] == SEAL_MAGIC:
+        return data if isinstance(data, bytes) else bytes(data)
+    raise BundleError(f"{what}: neither a compact encoding nor a SEAL object (starts {head.hex()})")
