@@ -60,22 +60,40 @@ def pack(words: np.ndarray, bits: int) -> bytes:
 
 def unpack(data, bits: int, n_words: int) -> np.ndarray:
     """`n_words` words packed at `bits` bits (exactly packed_size(n_words, bits) bytes)."""
+    out = np.empty(-(-n_words // 8) * 8, dtype=np.uint64)
+    _unpack(data, bits, n_words, out)
+    return out[:n_words]
+
+
+def unpack_into(data, bits: int, out: np.ndarray) -> None:
+    """As unpack, into `out` (a 64-bit array, possibly unaligned, of a multiple of 8 words):
+    a gateway unpacks each run of coefficients straight to its place in SEAL's bytes."""
+    if out.size % 8:
+        raise ValueError(f"unpack_into needs a multiple of 8 words, got {out.size}")
+    _unpack(data, bits, out.size, out)
+
+
+def _unpack(data, bits: int, n_words: int, out: np.ndarray) -> None:
     _check_bits(bits)
     src = np.frombuffer(data, dtype=np.uint8)
     if src.size != packed_size(n_words, bits):
         raise ValueError(f"{src.size} bytes do not hold exactly {n_words} words of {bits} bits")
     if n_words == 0:
-        return np.empty(0, dtype=np.uint64)
+        return
     groups = -(-n_words // 8)
-    buf = np.zeros((groups, bits + 8), dtype=np.uint8)
-    if groups * bits != src.size:        # the last group is partial: zero-fill it
-        src = np.concatenate([src, np.zeros(groups * bits - src.size, dtype=np.uint8)])
-    buf[:, :bits] = src.reshape(groups, bits)
-    out = np.empty((groups, 8), dtype=np.uint64)
-    mask = np.uint64((1 << bits) - 1)
-    for r, lo, shift, hi in _lanes(buf, groups, bits):
-        v = lo >> np.uint64(shift)
-        if hi is not None:
-            v |= hi.astype(np.uint64) << np.uint64(64 - shift)
-        out[:, r] = v & mask if bits < 64 else v
-    return out.reshape(-1)[:n_words]
+    # Reads only, so the groups need no spare bytes of their own (as pack's do): one copy of
+    # the data with the last group completed and 9 zero bytes after it, so no read runs off.
+    buf = np.zeros(groups * bits + 9, dtype=np.uint8)
+    buf[:src.size] = src
+    lanes = out.reshape(groups, 8)
+    mask = np.uint64((1 << bits) - 1) if bits < 64 else None
+    for r in range(8):
+        start, shift = divmod(r * bits, 8)
+        lane = lanes[:, r]
+        lo = np.ndarray((groups,), dtype="<u8", buffer=buf, offset=start, strides=(bits,))
+        np.right_shift(lo, np.uint64(shift), out=lane)
+        if shift + bits > 64:
+            hi = np.ndarray((groups,), dtype=np.uint8, buffer=buf, offset=start + 8, strides=(bits,))
+            lane |= hi.astype(np.uint64) << np.uint64(64 - shift)
+        if mask is not None:
+            lane &= mask

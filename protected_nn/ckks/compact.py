@@ -11,8 +11,8 @@ Layout, little-endian (version 1):
     b"FHEZ" u8 version | u32 row_words (N) | u8 n_classes, then per class: u8 bits, u32 rows
     | u32 n_items, then per item: u8 0, u32 length, bytes (verbatim) or u8 1, u8 class, u32 rows
     | the classes' packed rows, class after class, each class's rows in output order.
-Rows of one width are packed as one run, so a gateway unpacks a ~120 MB key member with a few
-dozen numpy operations per chunk, not per row.
+Rows of one width are packed one after the other, so each run of rows (an item) unpacks with a
+few numpy operations straight to its place in SEAL's bytes (ckks/bitpack.py).
 
 Only the owner encodes (it knows the primes); `seal_bytes` decodes any member a gateway reads:
 a compact encoding, or SEAL's own serialization as bundles made before it carry (kept: it costs
@@ -36,7 +36,6 @@ CT_PREFIX = SEAL_HEADER.size + CT_FIELDS.size + SEAL_HEADER.size + 8   # up to t
 MAX_DECODED = 1 << 30             # a member decodes to at most 1 GiB (bundles are <= 512 MB)
 ROW_WORDS = (1024, 2048, 4096, 8192, 16384, 32768)
 MIN_BITS, MAX_BITS = 17, 61       # SEAL's prime sizes
-CHUNK_WORDS = 1 << 20             # unpack ~8 MB of coefficients at a time: bounded extra memory
 
 
 # --- owner side: encode ---------------------------------------------------------------------
@@ -172,7 +171,7 @@ def decode(data, what: str, max_size: int = MAX_DECODED) -> bytes:
     if any(not MIN_BITS <= bits <= MAX_BITS for bits, _ in classes):
         raise BundleError(f"{what}: compact encoding declares a width outside {MIN_BITS}..{MAX_BITS} bits")
     (n_items,) = r.take("<I")
-    pieces, row_dst = [], [[] for _ in classes]
+    pieces, runs, placed = [], [], [0] * n_classes
     total = 0
     for _ in range(n_items):
         (tag,) = r.take("<B")
@@ -182,15 +181,16 @@ def decode(data, what: str, max_size: int = MAX_DECODED) -> bytes:
             total += length
         elif tag == 1:
             c, rows = r.take("<BI")
-            if c >= n_classes or len(row_dst[c]) + rows > classes[c][1]:
+            if c >= n_classes or placed[c] + rows > classes[c][1]:
                 raise BundleError(f"{what}: compact encoding refers to more rows than its classes hold")
-            row_dst[c].extend(range(total, total + rows * 8 * n, 8 * n))
+            runs.append((total, c, placed[c], rows))
+            placed[c] += rows
             total += rows * 8 * n
         else:
             raise BundleError(f"{what}: compact encoding has an item of unknown kind {tag}")
         if total > max_size:
             raise BundleError(f"{what}: compact encoding decodes to more than {max_size} bytes")
-    if any(len(dst) != rows for dst, (_, rows) in zip(row_dst, classes)):
+    if placed != [rows for _, rows in classes]:
         raise BundleError(f"{what}: compact encoding declares rows that no item places")
     payloads = [r.bytes(bitpack.packed_size(rows * n, bits)) for bits, rows in classes]
     if r.off != len(r.view):
@@ -198,20 +198,12 @@ def decode(data, what: str, max_size: int = MAX_DECODED) -> bytes:
     out = np.empty(total, dtype=np.uint8)
     for at, chunk in pieces:
         out[at:at + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
-    for (bits, rows), dst, payload in zip(classes, row_dst, payloads):
-        _unpack_rows(out, payload, bits, n, dst)
+    for at, c, first, rows in runs:
+        # Rows are n words, n a multiple of 8: each row's packing starts on a byte boundary.
+        row_bytes = n * classes[c][0] // 8
+        dst = np.ndarray((rows * n,), dtype="<u8", buffer=out, offset=at)   # unaligned: fine
+        bitpack.unpack_into(payloads[c][first * row_bytes:(first + rows) * row_bytes], classes[c][0], dst)
     return out.tobytes()
-
-
-def _unpack_rows(out: np.ndarray, payload, bits: int, n: int, dst: list[int]) -> None:
-    per_chunk = max(1, CHUNK_WORDS // n)
-    row_bytes = n * bits // 8            # n is a multiple of 8: rows start on byte boundaries
-    for first in range(0, len(dst), per_chunk):
-        rows = min(per_chunk, len(dst) - first)
-        part = payload[first * row_bytes:(first + rows) * row_bytes]
-        words = bitpack.unpack(part, bits, rows * n).astype("<u8", copy=False).reshape(rows, n)
-        for at, row in zip(dst[first:first + rows], words):
-            out[at:at + 8 * n] = row.view(np.uint8)
 
 
 def seal_bytes(data, what: str, max_size: int = MAX_DECODED) -> bytes:
