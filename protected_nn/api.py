@@ -40,6 +40,7 @@ class ProtectOptions:
     model_card: dict | None = None     # overrides/extends the card read from ONNX metadata (model_card.py)
     calibration_source: str | None = None   # where a given calibration array came from (a file)
     seeded: bool = True                # keys and weight ciphertexts stored seeded (half the bundle)
+    trim_keys: bool = True             # evaluation keys stored only as wide as the plan uses them
     progress: bool = True              # one line per stage on stderr (load, calibrate, plan, ...)
 
 
@@ -73,7 +74,7 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     from protected_nn.ckks.context import SecretCkks
     from protected_nn.compiler.planner import compile_graph
     from protected_nn.frontend import load_onnx
-    from protected_nn.runtime.owner import encrypt_weights
+    from protected_nn.runtime.owner import encrypt_weights, trim_key_rows
     from protected_nn.model_card import card_from_onnx
     from protected_nn.runtime.report import build_report
     from protected_nn.runtime.selfcheck import fidelity_check
@@ -115,14 +116,18 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     t1 = time.perf_counter()
     weight_blobs = encrypt_weights(sk, plan.weights, seeded=opts.seeded)
     t_encrypt = time.perf_counter() - t1
-    stage.done("encrypt weights", f"keys and {len(weight_blobs)} weight ciphertexts "
-                                  f"({sum(len(b) for b in weight_blobs) / 1e6:.0f} MB)")
     pub = sk.public_bytes(seeded_keys=opts.seeded)
     artifacts = ModelArtifacts(plan=json.dumps(plan.doc).encode(), context=pub["context"],
                                public_key=pub["public_key"], relin_key=pub["relin_key"],
                                rotation_keys=pub["rotation_keys"],
                                params=params_blob.pack(weight_blobs),
                                model_card=card.to_json())
+    full_keys = len(artifacts.rotation_keys) + len(artifacts.relin_key)
+    if opts.trim_keys:    # keys only as wide as the plan uses them; the self-check runs on these
+        artifacts = trim_key_rows(artifacts, [cal[0], np.zeros_like(cal[0])])
+    stage.done("encrypt weights", f"keys ({(len(artifacts.rotation_keys) + len(artifacts.relin_key)) / 1e6:.0f} MB, "
+                                  f"{full_keys / 1e6:.0f} MB untrimmed) and {len(weight_blobs)} weight "
+                                  f"ciphertexts ({sum(len(b) for b in weight_blobs) / 1e6:.0f} MB)")
     secret = sk.secret_bytes()
     fidelity = fidelity_check(lambda: EdgeModel(artifacts), lambda: OwnerModel(artifacts, secret),
                               cal[:max(1, opts.check_samples)],

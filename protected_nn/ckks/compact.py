@@ -9,7 +9,8 @@ bytes, which SEAL's ordinary load then checks (coefficients below their primes, 
 
 Layout, little-endian (version 1):
     b"FHEZ" u8 version | u32 row_words (N) | u8 n_classes, then per class: u8 bits, u32 rows
-    | u32 n_items, then per item: u8 0, u32 length, bytes (verbatim) or u8 1, u8 class, u32 rows
+    | u32 n_items, then per item: u8 0, u32 length, bytes (verbatim); u8 1, u8 class, u32 rows;
+      or u8 2, u32 rows (rows of zeros: key rows never used, see encode_kswitch_keys)
     | the classes' packed rows, class after class, each class's rows in output order.
 Rows of one width are packed one after the other, so each run of rows (an item) unpacks with a
 few numpy operations straight to its place in SEAL's bytes (ckks/bitpack.py).
@@ -52,21 +53,24 @@ class _Builder:
         else:
             self.items.append(bytearray(data))
 
-    def coefficients(self, words: np.ndarray, n: int, k: int) -> None:
-        """Rows of n words; row r holds residues modulo prime r % k of the chain."""
+    def coefficients(self, words: np.ndarray, n: int, k: int, kept=None) -> None:
+        """Rows of n words; row r holds residues modulo prime r % k of the chain. Rows whose
+        prime is not in `kept` (None: all are) are stored as zeros (width 0, no bytes)."""
         if self.n not in (None, n) or n not in ROW_WORDS or k > len(self.prime_bits) or words.size % n:
             raise ValueError(f"unexpected SEAL layout: N={n}, {k} primes, {words.size} words")
         for r, row in enumerate(words.reshape(-1, n)):
-            bits = self.prime_bits[r % k]
-            self.rows.setdefault(bits, []).append(row)
+            bits = self.prime_bits[r % k] if kept is None or r % k in kept else 0
+            if bits:
+                self.rows.setdefault(bits, []).append(row)
             if self.items and isinstance(self.items[-1], list) and self.items[-1][0] == bits:
                 self.items[-1][1] += 1
             else:
                 self.items.append([bits, 1])
         self.n = n
 
-    def ciphertext(self, raw: bytes, off: int) -> int:
-        """One serialized Ciphertext (also a PublicKey) at `off`; returns its end."""
+    def ciphertext(self, raw: bytes, off: int, component: int = 0, used: int | None = None) -> int:
+        """One serialized Ciphertext (also a PublicKey) at `off`; returns its end. `used`: see
+        encode_kswitch_keys; `component` is this key's place in its key switching key."""
         magic, hsize, _, _, mode, _, size = SEAL_HEADER.unpack_from(raw, off)
         if magic != 0xA15E or hsize != SEAL_HEADER.size or mode != 0 or off + size > len(raw):
             raise ValueError("compact encoding needs SEAL objects serialized with compr_mode none")
@@ -77,11 +81,12 @@ class _Builder:
         if end > off + size:
             raise ValueError("SEAL ciphertext declares more coefficients than it holds")
         self.verbatim(raw[off:start])
-        self.coefficients(np.frombuffer(raw, dtype="<u8", count=count, offset=start), n, k)
+        kept = None if used is None else set() if component >= used else {*range(used), k - 1}
+        self.coefficients(np.frombuffer(raw, dtype="<u8", count=count, offset=start), n, k, kept)
         self.verbatim(raw[end:off + size])          # a seeded object's seed
         return off + size
 
-    def kswitch_keys(self, raw: bytes) -> None:
+    def kswitch_keys(self, raw: bytes, used: dict[int, int]) -> None:
         """SEAL KSwitchKeys (relinearization or Galois keys): parms_id, then a vector of
         vectors of PublicKey."""
         magic, hsize, _, _, mode, _, size = SEAL_HEADER.unpack_from(raw, 0)
@@ -91,12 +96,12 @@ class _Builder:
         (dim1,) = struct.unpack_from("<Q", raw, off)
         self.verbatim(raw[:off + 8])
         off += 8
-        for _ in range(dim1):
+        for i in range(dim1):
             (dim2,) = struct.unpack_from("<Q", raw, off)
             self.verbatim(raw[off:off + 8])
             off += 8
-            for _ in range(dim2):
-                off = self.ciphertext(raw, off)
+            for j in range(dim2):
+                off = self.ciphertext(raw, off, j, used.get(i))
         if off != len(raw):
             raise ValueError("trailing bytes after the SEAL key set")
 
@@ -109,6 +114,8 @@ class _Builder:
         for item in self.items:
             if isinstance(item, bytearray):
                 head += [struct.pack("<BI", 0, len(item)), bytes(item)]
+            elif item[0] == 0:
+                head.append(struct.pack("<BI", 2, item[1]))
             else:
                 head.append(struct.pack("<BBI", 1, index[item[0]], item[1]))
         body = [bitpack.pack(np.concatenate(self.rows[b]), b) for b in classes]
@@ -125,11 +132,33 @@ def encode_ciphertext(raw: bytes, prime_bits) -> bytes:
     return b.to_bytes()
 
 
-def encode_kswitch_keys(raw: bytes, prime_bits) -> bytes:
-    """SEAL relinearization or Galois keys (compr_mode none, seeded or not)."""
+def encode_kswitch_keys(raw: bytes, prime_bits, used: dict[int, int] | None = None) -> bytes:
+    """SEAL relinearization or Galois keys (compr_mode none, seeded or not).
+
+    used: {key index: m} for keys only ever applied to ciphertexts of at most m data primes
+    (key index: 0 for the relinearization key, galois_index(step, n) for a rotation). SEAL's
+    key switching then reads only components 0..m-1 and, in each, the rows of primes 0..m-1 and
+    of the special prime; the others are stored as zeros. Not lossless: such a key applied to a
+    ciphertext of more primes gives garbage (protect's self-check runs every rotation of the
+    plan, so a wrong `used` fails there). Keys not in `used` are kept whole."""
     b = _Builder(prime_bits)
-    b.kswitch_keys(raw)
+    b.kswitch_keys(raw, dict(used or {}))
     return b.to_bytes()
+
+
+def coeff_primes(raw: bytes) -> int:
+    """The number of primes of a ciphertext in SEAL's uncompressed serialization."""
+    return CT_FIELDS.unpack_from(raw, SEAL_HEADER.size)[4]
+
+
+def galois_index(step: int, n: int) -> int:
+    """The place of rotation `step`'s key in SEAL's Galois keys, as SEAL's GaloisTool numbers
+    it: element 3^step mod 2n (a right rotation: 3^(n/2 - |step|)), index (element - 1) / 2."""
+    slots = n // 2
+    if not 0 < abs(step) < slots:
+        raise ValueError(f"rotation step {step} outside 1..{slots - 1} in magnitude")
+    elt = pow(3, step if step > 0 else slots + step, 2 * n)
+    return (elt - 1) >> 1
 
 
 # --- gateway side: decode -------------------------------------------------------------------
@@ -171,7 +200,7 @@ def decode(data, what: str, max_size: int = MAX_DECODED) -> bytes:
     if any(not MIN_BITS <= bits <= MAX_BITS for bits, _ in classes):
         raise BundleError(f"{what}: compact encoding declares a width outside {MIN_BITS}..{MAX_BITS} bits")
     (n_items,) = r.take("<I")
-    pieces, runs, placed = [], [], [0] * n_classes
+    pieces, runs, zeros, placed = [], [], [], [0] * n_classes
     total = 0
     for _ in range(n_items):
         (tag,) = r.take("<B")
@@ -179,6 +208,10 @@ def decode(data, what: str, max_size: int = MAX_DECODED) -> bytes:
             (length,) = r.take("<I")
             pieces.append((total, r.bytes(length)))
             total += length
+        elif tag == 2:         # rows stored as zeros (see encode_kswitch_keys' `used`)
+            (rows,) = r.take("<I")
+            zeros.append((total, rows * 8 * n))
+            total += rows * 8 * n
         elif tag == 1:
             c, rows = r.take("<BI")
             if c >= n_classes or placed[c] + rows > classes[c][1]:
@@ -198,6 +231,8 @@ def decode(data, what: str, max_size: int = MAX_DECODED) -> bytes:
     out = np.empty(total, dtype=np.uint8)
     for at, chunk in pieces:
         out[at:at + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+    for at, size in zeros:
+        out[at:at + size] = 0
     for at, c, first, rows in runs:
         # Rows are n words, n a multiple of 8: each row's packing starts on a byte boundary.
         row_bytes = n * classes[c][0] // 8

@@ -2,9 +2,12 @@
 Only the backend constructs these (they need the secret key)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from protected_nn.ckks.context import SecretCkks
+from protected_nn.ckks import compact
+from protected_nn.ckks.context import Ckks, SecretCkks, normalize_step
 from protected_nn.errors import ResultError
 from protected_nn.runtime.plan_sections import PlanDoc
 from protected_nn.runtime.result_checks import ResultChecks
@@ -17,6 +20,55 @@ def encrypt_weights(sk: SecretCkks, weights, seeded: bool = True) -> list[bytes]
     primes: smaller bundle, cheaper products), seeded (symmetric-key, half the bytes) unless
     `seeded` is False, in the compact encoding (coefficients bit-packed, ckks/compact.py)."""
     return [sk.encrypt_to_compact(w.values, w.scale, w.level, seeded_ct=seeded) for w in weights]
+
+
+class _LevelProbe(Ckks):
+    """A gateway Ckks that notes how many primes each ciphertext it rotates or relinearizes
+    keeps (read from SEAL's own header: Pyfhel's level counter is not reliable)."""
+    rotated: dict[int, int]
+    relinearized: int
+
+    def rotate(self, ct, k: int):
+        step = normalize_step(k, self.slots)
+        if step:
+            self.rotated[step] = max(self.rotated.get(step, 0), compact.coeff_primes(ct.to_bytes("none")))
+        return super().rotate(ct, k)
+
+    def relinearize(self, ct) -> None:
+        self.relinearized = max(self.relinearized, compact.coeff_primes(ct.to_bytes("none")))
+        super().relinearize(ct)
+
+
+def trim_key_rows(artifacts, inputs):
+    """The artifacts with each evaluation key stored only as wide as the plan uses it
+    (compact.encode_kswitch_keys' `used`): inferences of `inputs` note the primes of every
+    ciphertext each key is applied to; a key never applied stays whole. A plan's levels do not
+    depend on the data except where the evaluator takes another path for some inputs: pass one
+    input per path (protect passes a calibration input and an all-zero frame, which the
+    evaluator encrypts instead of encoding, relinearizing at the top level). The caller must
+    self-check the result (protect does): a key applied above its width gives garbage."""
+    from protected_nn.runtime import params_blob
+    from protected_nn.runtime.evaluator import Evaluator
+    from protected_nn.runtime.plan_sections import read_plan
+
+    plan = read_plan(artifacts.plan)
+    params = plan.ckks.params
+    probe = _LevelProbe.from_public_bytes(params, artifacts.context, artifacts.public_key, artifacts.relin_key,
+                                          artifacts.rotation_keys, set(plan.rotation_steps))
+    probe.rotated, probe.relinearized = {}, 0
+    evaluator = Evaluator(plan, probe, params_blob.load_weights(probe, artifacts.params, len(plan.weights)))
+    for x in inputs:
+        evaluator.infer(x)
+    del evaluator
+    changed = {}
+    if artifacts.rotation_keys and probe.rotated:
+        used = {compact.galois_index(k, params.n): m for k, m in probe.rotated.items()}
+        changed["rotation_keys"] = compact.encode_kswitch_keys(
+            compact.seal_bytes(artifacts.rotation_keys, "rotation_keys"), params.qi_sizes, used)
+    if artifacts.relin_key and probe.relinearized:
+        changed["relin_key"] = compact.encode_kswitch_keys(
+            compact.seal_bytes(artifacts.relin_key, "relin_key"), params.qi_sizes, {0: probe.relinearized})
+    return dataclasses.replace(artifacts, **changed)
 
 
 class Decoder:

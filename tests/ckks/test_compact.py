@@ -164,3 +164,46 @@ def test_neither_compact_nor_seal_is_named():
     with pytest.raises(BundleError, match="relin_key: neither a compact encoding nor a SEAL object"):
         compact.seal_bytes(b"PK\x03\x04 a zip", "bundle member relin_key")
     assert compact.seal_bytes(b"", "bundle member relin_key") == b""
+
+
+def _galois_indices(raw: bytes) -> list[int]:
+    """The places SEAL's Galois key set fills (its own numbering), read from its layout."""
+    off = 16 + 32
+    (dim1,) = struct.unpack_from("<Q", raw, off)
+    off += 8
+    present = []
+    for i in range(dim1):
+        (dim2,) = struct.unpack_from("<Q", raw, off)
+        off += 8
+        present += [i] * bool(dim2)
+        for _ in range(dim2):
+            off += struct.unpack_from("<Q", raw, off + 8)[0]
+    return present
+
+
+def test_galois_index_is_seals_numbering(owner):
+    steps = [1, -3, 64, 1000, -4000, PARAMS.slots - 1]
+    raw = seeded.seeded_galois_keys(owner.he, steps, "none")
+    assert _galois_indices(raw) == sorted(compact.galois_index(s, PARAMS.n) for s in steps)
+    with pytest.raises(ValueError):
+        compact.galois_index(PARAMS.slots, PARAMS.n)
+
+
+def test_keys_trimmed_to_their_levels_rotate_exactly_there_and_nowhere_above(owner):
+    """`used`: a key kept for ciphertexts of at most m data primes (level depth+1-m and below)."""
+    raw = seeded.seeded_galois_keys(owner.he, STEPS, "none")
+    full = compact.encode_kswitch_keys(raw, PARAMS.qi_sizes)
+    pub = owner.public_bytes()
+    x = _vec(8)
+    data_primes = len(PARAMS.qi_sizes) - 1
+    for m in (2, 3):
+        enc = compact.encode_kswitch_keys(raw, PARAMS.qi_sizes, {compact.galois_index(s, PARAMS.n): m for s in STEPS})
+        assert len(enc) < len(full) * (m * (m + 1)) / (data_primes * (data_primes + 1)) + 2 ** 17
+        gw = Ckks.from_public_bytes(PARAMS, pub["context"], pub["public_key"], pub["relin_key"], enc, set(STEPS))
+        for level in range(data_primes):
+            ct = gw.encrypt(x, SCALE, level)
+            err = max(float(np.max(np.abs(owner.decrypt(gw.rotate(ct, k)) - np.roll(x, -k)))) for k in STEPS)
+            if data_primes - level <= m:
+                assert err < 1e-4, (m, level)
+            else:
+                assert err > 1.0, (m, level)        # garbage, as documented: protect's self-check sees it

@@ -97,3 +97,18 @@ def test_params_blob_refuses_mixed_encodings(prot):
     entries = params_blob.unpack(prot.artifacts.params, _count(prot.artifacts.params))
     with pytest.raises(ValueError, match="mix"):
         params_blob.pack([bytes(entries[0]), compact.decode(entries[1], "w")])
+
+
+def test_keys_trimmed_to_the_plans_levels_are_smaller_and_infer_the_same(model, prot):
+    """protect stores each evaluation key only as wide as the plan uses it (runtime/owner.py
+    trim_key_rows); a black frame takes the evaluator's other path (encrypted, not encoded)."""
+    whole = protect(model, options=ProtectOptions(check_samples=1, progress=False, trim_keys=False)).artifacts
+    trimmed = prot.artifacts
+    assert len(trimmed.rotation_keys) < 0.9 * len(whole.rotation_keys)
+    assert len(trimmed.relin_key) <= len(whole.relin_key)
+    _check_infers(model, trimmed, prot.secret_key)
+    black = np.zeros((1, 1, 28, 28), np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ref = sess.run(None, {sess.get_inputs()[0].name: black})[0]
+    y = OwnerModel(trimmed, prot.secret_key).decrypt(EdgeModel(trimmed).infer(black))
+    assert np.max(np.abs(y - ref)) / max(float(np.ptp(ref)), 1e-3) <= TOL
