@@ -9,6 +9,7 @@ bytes, which SEAL's ordinary load then checks (coefficients below their primes, 
 
 Layout, little-endian (version 1):
     b"FHEZ" u8 version | u32 row_words (N) | u8 n_classes, then per class: u8 bits, u32 rows
+    | u16 n_trimmed, then per trimmed key: u32 key index, u8 width (see encode_kswitch_keys)
     | u32 n_items, then per item: u8 0, u32 length, bytes (verbatim); u8 1, u8 class, u32 rows;
       or u8 2, u32 rows (rows of zeros: key rows never used, see encode_kswitch_keys)
     | the classes' packed rows, class after class, each class's rows in output order.
@@ -46,6 +47,7 @@ class _Builder:
         self.n = None
         self.items: list = []          # [bytearray] or [class_bits, rows]
         self.rows: dict[int, list[np.ndarray]] = {}
+        self.used: dict[int, int] = {}     # the widths of trimmed keys, stored for the gateway
 
     def verbatim(self, data) -> None:
         if self.items and isinstance(self.items[-1], bytearray):
@@ -110,6 +112,8 @@ class _Builder:
         index = {b: i for i, b in enumerate(classes)}
         head = [MAGIC, struct.pack("<BIB", VERSION, self.n or ROW_WORDS[0], len(classes))]
         head += [struct.pack("<BI", b, len(self.rows[b])) for b in classes]
+        head.append(struct.pack("<H", len(self.used)))
+        head += [struct.pack("<IB", i, m) for i, m in sorted(self.used.items())]
         head.append(struct.pack("<I", len(self.items)))
         for item in self.items:
             if isinstance(item, bytearray):
@@ -138,11 +142,12 @@ def encode_kswitch_keys(raw: bytes, prime_bits, used: dict[int, int] | None = No
     used: {key index: m} for keys only ever applied to ciphertexts of at most m data primes
     (key index: 0 for the relinearization key, galois_index(step, n) for a rotation). SEAL's
     key switching then reads only components 0..m-1 and, in each, the rows of primes 0..m-1 and
-    of the special prime; the others are stored as zeros. Not lossless: such a key applied to a
-    ciphertext of more primes gives garbage (protect's self-check runs every rotation of the
-    plan, so a wrong `used` fails there). Keys not in `used` are kept whole."""
+    of the special prime; the others are stored as zeros, and `used` is stored with them. Not
+    lossless: such a key applied to a ciphertext of more primes would give garbage, so the
+    gateway refuses that (context.Ckks.check_key_width). Keys not in `used` are kept whole."""
     b = _Builder(prime_bits)
-    b.kswitch_keys(raw, dict(used or {}))
+    b.used = {int(i): int(m) for i, m in (used or {}).items()}
+    b.kswitch_keys(raw, b.used)
     return b.to_bytes()
 
 
@@ -183,9 +188,8 @@ class _Reader:
         return out
 
 
-def decode(data, what: str, max_size: int = MAX_DECODED) -> bytes:
-    """SEAL's uncompressed bytes from a compact encoding. BundleError naming `what` (the member)
-    on anything malformed: every size is checked against the data before it is used."""
+def _header(data, what: str):
+    """Reader after the header, row words, classes [(bits, rows)], trimmed widths {index: m}."""
     r = _Reader(data, what)
     if bytes(r.bytes(len(MAGIC))) != MAGIC:
         raise BundleError(f"{what}: not a compact encoding (bad magic)")
@@ -199,6 +203,24 @@ def decode(data, what: str, max_size: int = MAX_DECODED) -> bytes:
     classes = [r.take("<BI") for _ in range(n_classes)]
     if any(not MIN_BITS <= bits <= MAX_BITS for bits, _ in classes):
         raise BundleError(f"{what}: compact encoding declares a width outside {MIN_BITS}..{MAX_BITS} bits")
+    (n_used,) = r.take("<H")
+    used = dict(r.take("<IB") for _ in range(n_used))
+    return r, n, classes, used
+
+
+def key_widths(data, what: str) -> dict[int, int]:
+    """{key index: m} of the keys a compact member stores trimmed to ciphertexts of at most m
+    primes (encode_kswitch_keys' `used`); {} for SEAL's own bytes or an empty member."""
+    if len(data) == 0 or bytes(data[:len(MAGIC)]) != MAGIC:
+        return {}
+    return _header(data, what)[3]
+
+
+def decode(data, what: str, max_size: int = MAX_DECODED) -> bytes:
+    """SEAL's uncompressed bytes from a compact encoding. BundleError naming `what` (the member)
+    on anything malformed: every size is checked against the data before it is used."""
+    r, n, classes, _ = _header(data, what)
+    n_classes = len(classes)
     (n_items,) = r.take("<I")
     pieces, runs, zeros, placed = [], [], [], [0] * n_classes
     total = 0

@@ -45,6 +45,7 @@ class Ckks:
         self.params = params
         self.slots = params.slots
         self.rotation_steps = {normalize_step(k, self.slots) for k in rotation_steps}
+        self.key_widths: dict = {}   # {step or "relin": m}: keys stored for ciphertexts of <= m primes
 
     # --- construction -------------------------------------------------------------------
     @staticmethod
@@ -71,6 +72,7 @@ class Ckks:
             raise KeyMaterialError("the CKKS context does not match the plan's parameters")
         load_key_members(he, public_key, relin_key, rotation_keys)
         ckks = cls(he, params, rotation_steps)
+        ckks.key_widths = key_member_widths(params.n, ckks.rotation_steps, relin_key, rotation_keys)
         missing = seeded.missing_rotation_steps(he, ckks.rotation_steps - {0})
         if missing:
             raise KeyMaterialError(f"the rotation keys lack the Galois keys for steps {missing} that the "
@@ -110,6 +112,7 @@ class Ckks:
     def relinearize(self, ct: PyCtxt) -> None:
         if self.he.is_relin_key_empty():
             raise KeyMaterialError("no relinearization key loaded")
+        self.check_key_width("relin", ct)
         with warnings.catch_warnings():
             warnings.simplefilter("error")   # a generated key would be garbage: fail instead
             self.he.relinearize(ct)
@@ -129,12 +132,26 @@ class Ckks:
         if step not in self.rotation_steps or self.he.is_rotate_key_empty():
             raise KeyMaterialError(f"no Galois key for rotation step {step}: the key set covers "
                             f"{sorted(self.rotation_steps)}")
+        self.check_key_width(step, ct)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             return self.he.rotate(ct, step, True)
 
     def copy(self, ct: PyCtxt) -> PyCtxt:
         return PyCtxt(copy_ctxt=ct)
+
+    def check_key_width(self, key, ct: PyCtxt) -> None:
+        """A key stored trimmed (compact.encode_kswitch_keys' `used`) applied to a wider
+        ciphertext would give garbage: refuse. Costs a size query, no serialization."""
+        width = self.key_widths.get(key)
+        if width is None:
+            return
+        primes = (ct.sizeof_ciphertext() - SEAL_CT_PREFIX) // (8 * ct.size() * self.params.n)
+        if primes > width:
+            what = "relinearization" if key == "relin" else f"rotation step {key}"
+            raise KeyMaterialError(f"the bundle's key for {what} is stored for ciphertexts of up to {width} "
+                                   f"primes, this one has {primes}: the plan applies it above the level "
+                                   f"protect measured (protect the model again, or with trim_keys=False)")
 
     # --- serialization --------------------------------------------------------------------
     def ct_to_bytes(self, ct: PyCtxt) -> bytes:
@@ -267,3 +284,13 @@ def load_key_members(he: Pyfhel, public_key, relin_key, rotation_keys) -> None:
             load(raw)
         except Exception as exc:   # SEAL raises RuntimeError/ValueError on malformed input
             raise BundleError(f"bundle member {name}: SEAL refuses it: {exc}") from None
+
+
+def key_member_widths(n: int, steps, relin_key, rotation_keys) -> dict:
+    """{step or "relin": m} of the keys the members store trimmed (ckks/compact.py)."""
+    rot = compact.key_widths(rotation_keys, "bundle member rotation_keys")
+    widths = {k: rot[compact.galois_index(k, n)] for k in steps if k and compact.galois_index(k, n) in rot}
+    relin = compact.key_widths(relin_key, "bundle member relin_key")
+    if 0 in relin:
+        widths["relin"] = relin[0]
+    return widths

@@ -45,8 +45,9 @@ def trim_key_rows(artifacts, inputs):
     ciphertext each key is applied to; a key never applied stays whole. A plan's levels do not
     depend on the data except where the evaluator takes another path for some inputs: pass one
     input per path (protect passes a calibration input and an all-zero frame, which the
-    evaluator encrypts instead of encoding, relinearizing at the top level). The caller must
-    self-check the result (protect does): a key applied above its width gives garbage."""
+    evaluator encrypts instead of encoding, relinearizing at the top level). A gateway refuses to apply a
+    key above its width (Ckks.check_key_width) rather than compute garbage; protect's
+    self-check runs on the trimmed keys."""
     from protected_nn.runtime import params_blob
     from protected_nn.runtime.evaluator import Evaluator
     from protected_nn.runtime.plan_sections import read_plan

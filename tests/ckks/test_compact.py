@@ -13,7 +13,7 @@ import pytest
 from protected_nn.ckks import compact, seeded
 from protected_nn.ckks.context import Ckks, SecretCkks, load_key_members
 from protected_nn.ckks.params import CkksParams
-from protected_nn.errors import BundleError
+from protected_nn.errors import BundleError, KeyMaterialError
 
 PARAMS = CkksParams(8192, (40, 30, 31, 30, 50), 30)   # distinct widths: a row under the wrong prime shows
 SCALE = 2.0 ** 30
@@ -112,7 +112,7 @@ def test_every_truncation_is_a_bundle_error_naming_the_member(galois):
 
 def test_garbled_headers_are_bundle_errors(galois):
     n_classes = galois[9]
-    item_count_at = 10 + 5 * n_classes
+    item_count_at = 10 + 5 * n_classes + 2        # an untrimmed key set: no widths
     cases = {
         "version": (4, b"\x02", "version 2 is not known"),
         "row width": (5, struct.pack("<I", 1000), "rows of 1000 words"),
@@ -200,10 +200,34 @@ def test_keys_trimmed_to_their_levels_rotate_exactly_there_and_nowhere_above(own
         enc = compact.encode_kswitch_keys(raw, PARAMS.qi_sizes, {compact.galois_index(s, PARAMS.n): m for s in STEPS})
         assert len(enc) < len(full) * (m * (m + 1)) / (data_primes * (data_primes + 1)) + 2 ** 17
         gw = Ckks.from_public_bytes(PARAMS, pub["context"], pub["public_key"], pub["relin_key"], enc, set(STEPS))
+        assert gw.key_widths == {k: m for k in STEPS}
         for level in range(data_primes):
             ct = gw.encrypt(x, SCALE, level)
+            if data_primes - level > m:
+                with pytest.raises(KeyMaterialError, match=f"stored for ciphertexts of up to {m} primes"):
+                    gw.rotate(ct, STEPS[0])
+            gw.key_widths = {}                      # unchecked, to show what the check prevents
             err = max(float(np.max(np.abs(owner.decrypt(gw.rotate(ct, k)) - np.roll(x, -k)))) for k in STEPS)
+            gw.key_widths = {k: m for k in STEPS}
             if data_primes - level <= m:
                 assert err < 1e-4, (m, level)
             else:
-                assert err > 1.0, (m, level)        # garbage, as documented: protect's self-check sees it
+                assert err > 1.0, (m, level)        # garbage, as documented: hence the gateway's check
+
+
+def test_a_trimmed_relinearization_key_is_refused_above_its_width(owner):
+    raw = seeded.seeded_relin_key(owner.he, "none")
+    enc = compact.encode_kswitch_keys(raw, PARAMS.qi_sizes, {0: 2})
+    pub = owner.public_bytes()
+    gw = Ckks.from_public_bytes(PARAMS, pub["context"], pub["public_key"], enc, pub["rotation_keys"], set(STEPS))
+    assert gw.key_widths["relin"] == 2
+    x, y = _vec(9), _vec(10)
+    for level, ok in ((0, False), (1, False), (2, True)):
+        prod = gw.multiply_no_relin(gw.encrypt(x, SCALE, level), gw.encrypt(y, SCALE, level))
+        if ok:
+            gw.relinearize(prod)
+            gw.rescale(prod)
+            assert np.max(np.abs(owner.decrypt(prod) - x * y)) < 1e-3
+        else:
+            with pytest.raises(KeyMaterialError, match="relinearization is stored for ciphertexts of up to 2"):
+                gw.relinearize(prod)
