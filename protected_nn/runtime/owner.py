@@ -61,12 +61,12 @@ def trim_key_rows(artifacts, inputs):
     for x in inputs:
         evaluator.infer(x)
     del evaluator
-    changed = {}
-    if artifacts.rotation_keys and probe.rotated:
-        used = {compact.galois_index(k, params.n): m for k, m in probe.rotated.items()}
+    changed, full = {}, len(params.qi_sizes) - 1       # a key used at the top level stays whole
+    used = {compact.galois_index(k, params.n): m for k, m in probe.rotated.items() if m < full}
+    if artifacts.rotation_keys and used:
         changed["rotation_keys"] = compact.encode_kswitch_keys(
             compact.seal_bytes(artifacts.rotation_keys, "rotation_keys"), params.qi_sizes, used)
-    if artifacts.relin_key and probe.relinearized:
+    if artifacts.relin_key and 0 < probe.relinearized < full:
         changed["relin_key"] = compact.encode_kswitch_keys(
             compact.seal_bytes(artifacts.relin_key, "relin_key"), params.qi_sizes, {0: probe.relinearized})
     return dataclasses.replace(artifacts, **changed)
