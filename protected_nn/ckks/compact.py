@@ -16,6 +16,10 @@ Layout, little-endian (version 1):
 Rows of one width are packed one after the other, so each run of rows (an item) unpacks with a
 few numpy operations straight to its place in SEAL's bytes (ckks/bitpack.py).
 
+One exception, the owner's choice: encode_kswitch_keys(used=...) stores the rows of evaluation
+keys that a plan never reads as zeros (runtime/owner.py trim_key_rows); the widths travel in
+the header and a gateway refuses to apply such a key above its width (Ckks.check_key_width).
+
 Only the owner encodes (it knows the primes); `seal_bytes` decodes any member a gateway reads:
 a compact encoding, or SEAL's own serialization as bundles made before it carry (kept: it costs
 one prefix test).
@@ -45,7 +49,7 @@ class _Builder:
     def __init__(self, prime_bits):
         self.prime_bits = [int(b) for b in prime_bits]
         self.n = None
-        self.items: list = []          # [bytearray] or [class_bits, rows]
+        self.items: list = []          # [bytearray] or [class_bits, rows] (bits 0: zero rows)
         self.rows: dict[int, list[np.ndarray]] = {}
         self.used: dict[int, int] = {}     # the widths of trimmed keys, stored for the gateway
 
