@@ -122,12 +122,11 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
                                rotation_keys=pub["rotation_keys"],
                                params=params_blob.pack(weight_blobs),
                                model_card=card.to_json())
-    full_keys = len(artifacts.rotation_keys) + len(artifacts.relin_key)
     if opts.trim_keys:    # keys only as wide as the plan uses them; the self-check runs on these
         artifacts = trim_key_rows(artifacts, [cal[0], np.zeros_like(cal[0])])
-    stage.done("encrypt weights", f"keys ({(len(artifacts.rotation_keys) + len(artifacts.relin_key)) / 1e6:.0f} MB, "
-                                  f"{full_keys / 1e6:.0f} MB untrimmed) and {len(weight_blobs)} weight "
-                                  f"ciphertexts ({sum(len(b) for b in weight_blobs) / 1e6:.0f} MB)")
+    stage.done("encrypt weights", f"keys ({(len(artifacts.rotation_keys) + len(artifacts.relin_key)) / 1e6:.0f} MB) "
+                                  f"and {len(weight_blobs)} weight ciphertexts "
+                                  f"({sum(len(b) for b in weight_blobs) / 1e6:.0f} MB)")
     secret = sk.secret_bytes()
     fidelity = fidelity_check(lambda: EdgeModel(artifacts), lambda: OwnerModel(artifacts, secret),
                               cal[:max(1, opts.check_samples)],

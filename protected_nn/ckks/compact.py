@@ -155,11 +155,6 @@ def encode_kswitch_keys(raw: bytes, prime_bits, used: dict[int, int] | None = No
     return b.to_bytes()
 
 
-def coeff_primes(raw: bytes) -> int:
-    """The number of primes of a ciphertext in SEAL's uncompressed serialization."""
-    return CT_FIELDS.unpack_from(raw, SEAL_HEADER.size)[4]
-
-
 def galois_index(step: int, n: int) -> int:
     """The place of rotation `step`'s key in SEAL's Galois keys, as SEAL's GaloisTool numbers
     it: element 3^step mod 2n (a right rotation: 3^(n/2 - |step|)), index (element - 1) / 2."""

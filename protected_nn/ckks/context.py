@@ -146,12 +146,17 @@ class Ckks:
         width = self.key_widths.get(key)
         if width is None:
             return
-        primes = (ct.sizeof_ciphertext() - SEAL_CT_PREFIX) // (8 * ct.size() * self.params.n)
+        primes = self.ct_primes(ct)
         if primes > width:
             what = "relinearization" if key == "relin" else f"rotation step {key}"
             raise KeyMaterialError(f"the bundle's key for {what} is stored for ciphertexts of up to {width} "
                                    f"primes, this one has {primes}: the plan applies it above the level "
                                    f"protect measured (protect the model again, or with trim_keys=False)")
+
+    def ct_primes(self, ct: PyCtxt) -> int:
+        """The primes `ct` keeps, from SEAL's size of its uncompressed form (Pyfhel's mod_level
+        is a Python-side counter that from_bytes resets): no serialization."""
+        return (ct.sizeof_ciphertext() - SEAL_CT_PREFIX) // (8 * ct.size() * self.params.n)
 
     # --- serialization --------------------------------------------------------------------
     def ct_to_bytes(self, ct: PyCtxt) -> bytes:

@@ -23,19 +23,18 @@ def encrypt_weights(sk: SecretCkks, weights, seeded: bool = True) -> list[bytes]
 
 
 class _LevelProbe(Ckks):
-    """A gateway Ckks that notes how many primes each ciphertext it rotates or relinearizes
-    keeps (read from SEAL's own header: Pyfhel's level counter is not reliable)."""
+    """A gateway Ckks that notes how many primes each ciphertext it rotates or relinearizes keeps."""
     rotated: dict[int, int]
     relinearized: int
 
     def rotate(self, ct, k: int):
         step = normalize_step(k, self.slots)
         if step:
-            self.rotated[step] = max(self.rotated.get(step, 0), compact.coeff_primes(ct.to_bytes("none")))
+            self.rotated[step] = max(self.rotated.get(step, 0), self.ct_primes(ct))
         return super().rotate(ct, k)
 
     def relinearize(self, ct) -> None:
-        self.relinearized = max(self.relinearized, compact.coeff_primes(ct.to_bytes("none")))
+        self.relinearized = max(self.relinearized, self.ct_primes(ct))
         super().relinearize(ct)
 
 

@@ -231,3 +231,12 @@ def test_a_trimmed_relinearization_key_is_refused_above_its_width(owner):
         else:
             with pytest.raises(KeyMaterialError, match="relinearization is stored for ciphertexts of up to 2"):
                 gw.relinearize(prod)
+
+
+def test_ct_primes_is_the_primes_seal_serializes(owner):
+    x = _vec(11)
+    for level in range(len(PARAMS.qi_sizes) - 1):
+        ct = owner.encrypt(x, SCALE, level)
+        for c in (ct, owner.multiply_no_relin(ct, ct)):          # size 2 and size 3
+            assert owner.ct_primes(c) == compact.CT_FIELDS.unpack_from(c.to_bytes("none"), 16)[4] \
+                == len(PARAMS.qi_sizes) - 1 - level
