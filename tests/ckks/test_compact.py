@@ -237,6 +237,7 @@ def test_ct_primes_is_the_primes_seal_serializes(owner):
     x = _vec(11)
     for level in range(len(PARAMS.qi_sizes) - 1):
         ct = owner.encrypt(x, SCALE, level)
-        for c in (ct, owner.multiply_no_relin(ct, ct)):          # size 2 and size 3
+        products = [owner.multiply_no_relin(ct, ct)] if level < 2 else []   # size 3 (scale 2^60 must fit)
+        for c in [ct, *products]:
             assert owner.ct_primes(c) == compact.CT_FIELDS.unpack_from(c.to_bytes("none"), 16)[4] \
                 == len(PARAMS.qi_sizes) - 1 - level
