@@ -24,7 +24,6 @@ from protected_nn.errors import ModelError, PlanError, ProtectedNNError
 from protected_nn.runtime import params_blob
 from protected_nn.runtime.evaluator import Evaluator
 from protected_nn.runtime.plan_sections import parse_plan, read_plan
-from protected_nn.runtime.plan_links import rotation_levels
 from protected_nn.runtime.weight_loader import load_weights
 
 # Owner-side modules (key generation, decryption, compiler) are imported inside protect() and
@@ -42,6 +41,7 @@ class ProtectOptions:
     model_card: dict | None = None     # overrides/extends the card read from ONNX metadata (model_card.py)
     calibration_source: str | None = None   # where a given calibration array came from (a file)
     seeded: bool = True                # keys and weight ciphertexts stored seeded (half the bundle)
+    trim_keys: bool = True             # evaluation keys stored only as wide as the plan uses them
     progress: bool = True              # one line per stage on stderr (load, calibrate, plan, ...)
 
 
@@ -75,7 +75,7 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     from protected_nn.ckks.context import SecretCkks
     from protected_nn.compiler.planner import compile_graph
     from protected_nn.frontend import load_onnx
-    from protected_nn.runtime.owner import encrypt_weights
+    from protected_nn.runtime.owner import encrypt_weights, trim_key_rows
     from protected_nn.model_card import card_from_onnx
     from protected_nn.runtime.report import build_report
     from protected_nn.runtime.selfcheck import fidelity_check
@@ -117,16 +117,17 @@ def protect(onnx_path, *, calibration: np.ndarray | None = None,
     t1 = time.perf_counter()
     weight_blobs = encrypt_weights(sk, plan.weights, seeded=opts.seeded)
     t_encrypt = time.perf_counter() - t1
-    stage.done("encrypt weights", f"keys and {len(weight_blobs)} weight ciphertexts "
-                                  f"({sum(len(b) for b in weight_blobs) / 1e6:.0f} MB)")
-    # Galois keys keep only what the plan's rotations read at their levels (seeded keys only)
-    pub = sk.public_bytes(seeded_keys=opts.seeded,
-                          rotation_levels=rotation_levels(doc) if opts.seeded else None)
+    pub = sk.public_bytes(seeded_keys=opts.seeded)
     artifacts = ModelArtifacts(plan=json.dumps(plan.doc).encode(), context=pub["context"],
                                public_key=pub["public_key"], relin_key=pub["relin_key"],
                                rotation_keys=pub["rotation_keys"],
                                params=params_blob.pack(weight_blobs),
                                model_card=card.to_json())
+    if opts.trim_keys:    # keys only as wide as the plan uses them; the self-check runs on these
+        artifacts = trim_key_rows(artifacts, doc)
+    stage.done("encrypt weights", f"keys ({(len(artifacts.rotation_keys) + len(artifacts.relin_key)) / 1e6:.0f} MB) "
+                                  f"and {len(weight_blobs)} weight ciphertexts "
+                                  f"({sum(len(b) for b in weight_blobs) / 1e6:.0f} MB)")
     secret = sk.secret_bytes()
     fidelity = fidelity_check(lambda: EdgeModel(artifacts), lambda: OwnerModel(artifacts, secret),
                               cal[:max(1, opts.check_samples)],
@@ -258,8 +259,7 @@ class EdgeModel:
         # Keys first: their load's transient peak (SEAL inflates them) is then not on top of the weights.
         ckks = Ckks.from_public_bytes(plan.ckks.params, artifacts.member("context"),
                                       artifacts.member("public_key"), artifacts.member("relin_key"),
-                                      artifacts.member("rotation_keys"), set(plan.rotation_steps),
-                                      rotation_levels(plan))
+                                      artifacts.member("rotation_keys"), set(plan.rotation_steps))
         self._eval = Evaluator(plan, ckks, load_weights(ckks, artifacts, len(plan.weights)))
         self.input_shape = self._eval.input_shape
         self.output_shape = tuple(plan.output.shape)

@@ -16,12 +16,12 @@ import warnings
 import numpy as np
 from Pyfhel import Pyfhel, PyCtxt, PyPtxt
 
-from protected_nn.ckks import seeded
+from protected_nn.ckks import bitpack, compact, seeded
 from protected_nn.ckks.params import CkksParams, check_128_bit
-from protected_nn.errors import KeyMaterialError, PlanError, ResultError
+from protected_nn.errors import BundleError, KeyMaterialError, PlanError, ResultError
 
 COMPRESSION = "zstd"   # Pyfhel silently treats an unknown name as "none": keep it a constant
-SEAL_CT_PREFIX = 113   # SEAL 4.1 uncompressed ciphertext: headers and fields before the coefficients
+SEAL_CT_PREFIX = compact.CT_PREFIX   # SEAL 4.1 uncompressed ciphertext: bytes before the coefficients (113)
 PACKED_MAGIC = b"FHR1"
 
 
@@ -49,6 +49,7 @@ class Ckks:
         # Pyfhel 3.5.0 lacks them: SEAL's operations one by one instead; False compares the two)
         self.fused = hasattr(he, "dot_no_relin") and hasattr(he, "rotate_hoisted")
         self.key_bytes_released = 0     # Galois-key memory no rotation of the plan reads (from_public_bytes)
+        self.key_widths: dict = {}   # {step or "relin": m}: keys stored for ciphertexts of <= m primes
 
     # --- construction -------------------------------------------------------------------
     @staticmethod
@@ -67,40 +68,26 @@ class Ckks:
 
     @classmethod
     def from_public_bytes(cls, params: CkksParams, context: bytes, public_key: bytes,
-                          relin_key: bytes, rotation_keys: bytes, rotation_steps: set[int],
-                          rotation_levels: dict[int, int] | None = None) -> "Ckks":
-        """rotation_levels (step -> the lowest level the plan rotates by it at,
-        runtime/plan_links.rotation_levels): the memory of the Galois-key parts no such rotation
-        reads is given back (patch 0002; LeNet-5: about half of its keys' memory)."""
+                          relin_key: bytes, rotation_keys: bytes, rotation_steps: set[int]) -> "Ckks":
+        """Galois keys stored trimmed (their width in the member, ckks/compact.py) also give
+        back the memory of the parts no rotation reads (patch 0002: madvise; LeNet-5: about
+        half of its keys' memory)."""
         check_128_bit(params)
         he = Pyfhel()
         he.from_bytes_context(context)
         if he.get_poly_modulus_degree() != params.n or he.total_coeff_modulus_bit_count != params.log_q - params.qi_sizes[-1]:
             raise KeyMaterialError("the CKKS context does not match the plan's parameters")
-        he.from_bytes_public_key(public_key)
-        if relin_key:
-            he.from_bytes_relin_key(relin_key)
-        if rotation_keys:
-            he.from_bytes_rotate_key(rotation_keys)
+        load_key_members(he, public_key, relin_key, rotation_keys)
         ckks = cls(he, params, rotation_steps)
+        ckks.key_widths = key_member_widths(params.n, ckks.rotation_steps, relin_key, rotation_keys)
         missing = seeded.missing_rotation_steps(he, ckks.rotation_steps - {0})
         if missing:
             raise KeyMaterialError(f"the rotation keys lack the Galois keys for steps {missing} that the "
                             f"plan uses")
-        primes = ckks.key_primes(rotation_levels)
-        if primes and hasattr(he, "release_rotate_key_parts"):
-            ckks.key_bytes_released = he.release_rotate_key_parts(list(primes), list(primes.values()))
+        trimmed = {k: m for k, m in ckks.key_widths.items() if k != "relin"}
+        if trimmed and hasattr(he, "release_rotate_key_parts"):
+            ckks.key_bytes_released = he.release_rotate_key_parts(list(trimmed), list(trimmed.values()))
         return ckks
-
-    def key_primes(self, rotation_levels: dict[int, int] | None) -> dict[int, int] | None:
-        """Per Galois key (normalized step), the most data primes a rotation by it has, from the
-        plan's lowest level per step (0: a step the levels do not name - all primes kept)."""
-        if rotation_levels is None:
-            return None
-        data_primes = len(self.params.qi_sizes) - 1
-        lowest = {normalize_step(k, self.slots): lvl for k, lvl in rotation_levels.items()}
-        return {k: data_primes - lowest[k] if k in lowest else 0
-                for k in sorted(self.rotation_steps - {0})}
 
     # --- encryption and plaintexts --------------------------------------------------------
     def encrypt(self, values: np.ndarray, scale: float, level: int = 0) -> PyCtxt:
@@ -135,6 +122,7 @@ class Ckks:
     def relinearize(self, ct: PyCtxt) -> None:
         if self.he.is_relin_key_empty():
             raise KeyMaterialError("no relinearization key loaded")
+        self.check_key_width("relin", ct)
         with warnings.catch_warnings():
             warnings.simplefilter("error")   # a generated key would be garbage: fail instead
             self.he.relinearize(ct)
@@ -154,6 +142,7 @@ class Ckks:
         if step not in self.rotation_steps or self.he.is_rotate_key_empty():
             raise KeyMaterialError(f"no Galois key for rotation step {step}: the key set covers "
                             f"{sorted(self.rotation_steps)}")
+        self.check_key_width(step, ct)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             return self.he.rotate(ct, step, True)
@@ -190,8 +179,28 @@ class Ckks:
                 raise KeyMaterialError(f"no Galois key for rotation step {k}: the key set covers "
                                        f"{sorted(self.rotation_steps)}")
         nonzero = list(dict.fromkeys(k for k in norm if k))
+        for k in nonzero:
+            self.check_key_width(k, ct)
         done = dict(zip(nonzero, self.he.rotate_hoisted(ct, nonzero)))
         return [done[k] if k else self.copy(ct) for k in norm]
+
+    def check_key_width(self, key, ct: PyCtxt) -> None:
+        """A key stored trimmed (compact.encode_kswitch_keys' `used`) applied to a wider
+        ciphertext would give garbage: refuse. Costs a size query, no serialization."""
+        width = self.key_widths.get(key)
+        if width is None:
+            return
+        primes = self.ct_primes(ct)
+        if primes > width:
+            what = "relinearization" if key == "relin" else f"rotation step {key}"
+            raise KeyMaterialError(f"the bundle's key for {what} is stored for ciphertexts of up to {width} "
+                                   f"primes, this one has {primes}: it is applied above the lowest level the "
+                                   f"plan rotates at (protect the model again, or with trim_keys=False)")
+
+    def ct_primes(self, ct: PyCtxt) -> int:
+        """The primes `ct` keeps, from SEAL's size of its uncompressed form (Pyfhel's mod_level
+        is a Python-side counter that from_bytes resets): no serialization."""
+        return (ct.sizeof_ciphertext() - SEAL_CT_PREFIX) // (8 * ct.size() * self.params.n)
 
     # --- serialization --------------------------------------------------------------------
     def ct_to_bytes(self, ct: PyCtxt) -> bytes:
@@ -201,11 +210,10 @@ class Ckks:
         """A result at the last level: SEAL's uncompressed form with its coefficients (all below
         the first prime) bit-packed to `bits` bits - about 40% smaller than zstd."""
         raw = ct.to_bytes("none")
-        words = np.frombuffer(raw[SEAL_CT_PREFIX:], dtype="<u8")
-        if words.size and int(words.max()).bit_length() > bits:
-            raise ValueError("ciphertext is not at the last level: coefficients exceed the first prime")
-        bitmat = ((words[:, None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8)
-        packed = np.packbits(bitmat.reshape(-1), bitorder="little").tobytes()
+        try:
+            packed = bitpack.pack(np.frombuffer(raw[SEAL_CT_PREFIX:], dtype="<u8"), bits)
+        except ValueError:
+            raise ValueError("ciphertext is not at the last level: coefficients exceed the first prime") from None
         return PACKED_MAGIC + bytes([bits]) + raw[:SEAL_CT_PREFIX] + packed
 
     def ct_from_packed_bytes(self, data: bytes, max_words: int) -> PyCtxt:
@@ -225,9 +233,7 @@ class Ckks:
         n_words = len(body) * 8 // bits
         if n_words == 0 or n_words > max_words or len(body) != (n_words * bits + 7) // 8:
             raise ResultError(f"result body of {len(body)} bytes does not hold whole {bits}-bit coefficients")
-        flat = np.unpackbits(np.frombuffer(body, dtype=np.uint8), bitorder="little")[:n_words * bits]
-        words = (flat.reshape(n_words, bits).astype(np.uint64) << np.arange(bits, dtype=np.uint64)).sum(
-            axis=1, dtype=np.uint64)
+        words = bitpack.unpack(body, bits, n_words)
         return data[len(PACKED_MAGIC) + 1:head] + words.astype("<u8").tobytes()
 
     def ct_from_bytes(self, data: bytes) -> PyCtxt:
@@ -267,34 +273,27 @@ class SecretCkks(Ckks):
                    relin_key: bytes = b"", rotation_keys: bytes = b"", rotation_steps=()) -> "SecretCkks":
         he = Pyfhel()
         he.from_bytes_context(context)
-        he.from_bytes_public_key(public_key)
         he.from_bytes_secret_key(secret_key)
-        if relin_key:
-            he.from_bytes_relin_key(relin_key)
-        if rotation_keys:
-            he.from_bytes_rotate_key(rotation_keys)
+        load_key_members(he, public_key, relin_key, rotation_keys)
         return cls(he, params, set(rotation_steps))
 
-    def public_bytes(self, seeded_keys: bool = True,
-                     rotation_levels: dict[int, int] | None = None) -> dict[str, bytes]:
-        """seeded_keys: fresh public/relinearization/Galois keys in SEAL's seeded form (about
-        half the bytes; needs the patched Pyfhel, see ckks/seeded.py), else the keys in memory.
-        rotation_levels (step -> lowest level it is rotated at, from the plan): each Galois key
-        keeps only what rotations at those levels read (seeded.seeded_galois_keys)."""
+    def public_bytes(self, seeded_keys: bool = True) -> dict[str, bytes]:
+        """The bundle's context and key members, keys in the compact encoding (ckks/compact.py).
+        seeded_keys: fresh public/relinearization/Galois keys in SEAL's seeded form (about
+        half the bytes; needs the patched Pyfhel, see ckks/seeded.py), else the keys in memory."""
+        bits = self.params.qi_sizes     # SEAL's primes have exactly these sizes (encode checks it)
         if seeded_keys:
             steps = sorted(self.rotation_steps - {0})
-            primes = self.key_primes(rotation_levels)
-            return {
-                "context": self.he.to_bytes_context(COMPRESSION),
-                "public_key": seeded.seeded_public_key(self.he, COMPRESSION),
-                "relin_key": seeded.seeded_relin_key(self.he, COMPRESSION),
-                "rotation_keys": seeded.seeded_galois_keys(self.he, steps, COMPRESSION, primes) if steps else b"",
-            }
+            pk, relin = seeded.seeded_public_key(self.he, "none"), seeded.seeded_relin_key(self.he, "none")
+            rot = seeded.seeded_galois_keys(self.he, steps, "none") if steps else b""
+        else:
+            pk, relin = self.he.to_bytes_public_key("none"), self.he.to_bytes_relin_key("none")
+            rot = self.he.to_bytes_rotate_key("none") if self.rotation_steps else b""
         return {
             "context": self.he.to_bytes_context(COMPRESSION),
-            "public_key": self.he.to_bytes_public_key(COMPRESSION),
-            "relin_key": self.he.to_bytes_relin_key(COMPRESSION),
-            "rotation_keys": self.he.to_bytes_rotate_key(COMPRESSION) if self.rotation_steps else b"",
+            "public_key": compact.encode_ciphertext(pk, bits),
+            "relin_key": compact.encode_kswitch_keys(relin, bits),
+            "rotation_keys": compact.encode_kswitch_keys(rot, bits) if rot else b"",
         }
 
     def encrypt_to_bytes(self, values: np.ndarray, scale: float, level: int = 0,
@@ -305,8 +304,42 @@ class SecretCkks(Ckks):
             return seeded.encrypt_symmetric_seeded(self.he, values, scale, level, COMPRESSION)
         return self.ct_to_bytes(self.encrypt(values, scale, level))
 
+    def encrypt_to_compact(self, values: np.ndarray, scale: float, level: int = 0,
+                           seeded_ct: bool = True) -> bytes:
+        """As encrypt_to_bytes, in the compact encoding of the bundle's params (ckks/compact.py)."""
+        if seeded_ct:
+            raw = seeded.encrypt_symmetric_seeded(self.he, values, scale, level, "none")
+        else:
+            raw = self.encrypt(values, scale, level).to_bytes("none")
+        return compact.encode_ciphertext(raw, self.params.qi_sizes)
+
     def secret_bytes(self) -> bytes:
         return self.he.to_bytes_secret_key(COMPRESSION)
 
     def decrypt(self, ct: PyCtxt) -> np.ndarray:
         return np.asarray(self.he.decryptFrac(ct), dtype=np.float64)
+
+
+def load_key_members(he: Pyfhel, public_key, relin_key, rotation_keys) -> None:
+    """Loads the key members of a bundle into `he`: compact encodings or SEAL's own bytes (older
+    bundles). BundleError naming the member if one does not decode or SEAL refuses it."""
+    for name, data, load in (("public_key", public_key, he.from_bytes_public_key),
+                             ("relin_key", relin_key, he.from_bytes_relin_key),
+                             ("rotation_keys", rotation_keys, he.from_bytes_rotate_key)):
+        raw = compact.seal_bytes(data, f"bundle member {name}")
+        if not raw and name != "public_key":
+            continue
+        try:
+            load(raw)
+        except Exception as exc:   # SEAL raises RuntimeError/ValueError on malformed input
+            raise BundleError(f"bundle member {name}: SEAL refuses it: {exc}") from None
+
+
+def key_member_widths(n: int, steps, relin_key, rotation_keys) -> dict:
+    """{step or "relin": m} of the keys the members store trimmed (ckks/compact.py)."""
+    rot = compact.key_widths(rotation_keys, "bundle member rotation_keys")
+    widths = {k: rot[compact.galois_index(k, n)] for k in steps if k and compact.galois_index(k, n) in rot}
+    relin = compact.key_widths(relin_key, "bundle member relin_key")
+    if 0 in relin:
+        widths["relin"] = relin[0]
+    return widths

@@ -59,25 +59,13 @@ def seeded_relin_key(he, compression: str = COMPRESSION) -> bytes:
     return he.to_bytes_relin_key_seeded(compression)
 
 
-def seeded_galois_keys(he, steps, compression: str = COMPRESSION,
-                       primes: dict[int, int] | None = None) -> bytes:
-    """Galois keys for exactly `steps` (slot rotations, |step| < slots, none zero).
-
-    `primes`: step -> the most data primes it is ever rotated with (the plan's levels,
-    runtime/plan_links.rotation_levels). Key switching with m primes reads only m of a key's
-    digits and, in each, those m primes and the special one: the rest is stored as zeros, which
-    zstd takes to nothing (LeNet-5's 14 keys: about half the bytes). A rotation with more primes
-    than that would give garbage; the plan never does one. Needs patch 0002."""
+def seeded_galois_keys(he, steps, compression: str = COMPRESSION) -> bytes:
+    """Galois keys for exactly `steps` (slot rotations, |step| < slots, none zero)."""
     _require_secret(he)
     steps = sorted({int(k) for k in steps})
     if not steps or 0 in steps:
         raise ValueError(f"seeded Galois keys need non-zero rotation steps, got {steps}")
-    if primes is None:
-        return he.to_bytes_rotate_key_seeded(steps, compression)
-    if not hasattr(he, "to_bytes_rotate_key_seeded_levels"):
-        raise SeededUnavailable("the installed Pyfhel lacks scripts/pyfhel/0002 (keys trimmed to their "
-                                "levels); re-run scripts/setup.sh")
-    return he.to_bytes_rotate_key_seeded_levels(steps, [int(primes.get(k, 0)) for k in steps], compression)
+    return he.to_bytes_rotate_key_seeded(steps, compression)
 
 
 def encrypt_symmetric_seeded(he, values: np.ndarray, scale: float, level: int = 0,

@@ -2,10 +2,14 @@
 Only the backend constructs these (they need the secret key)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
-from protected_nn.ckks.context import SecretCkks
+from protected_nn.ckks import compact
+from protected_nn.ckks.context import SecretCkks, normalize_step
 from protected_nn.errors import ResultError
+from protected_nn.runtime.plan_links import rotation_levels
 from protected_nn.runtime.plan_sections import PlanDoc
 from protected_nn.runtime.result_checks import ResultChecks
 
@@ -14,9 +18,31 @@ MAX_RESULT_BYTES = 4 << 20
 
 def encrypt_weights(sk: SecretCkks, weights, seeded: bool = True) -> list[bytes]:
     """Each weight vector becomes a ciphertext at the level where the plan uses it (fewer
-    primes: smaller bundle, cheaper products), zstd-serialized; seeded (symmetric-key, half the
-    bytes again) unless `seeded` is False."""
-    return [sk.encrypt_to_bytes(w.values, w.scale, w.level, seeded_ct=seeded) for w in weights]
+    primes: smaller bundle, cheaper products), seeded (symmetric-key, half the bytes) unless
+    `seeded` is False, in the compact encoding (coefficients bit-packed, ckks/compact.py)."""
+    return [sk.encrypt_to_compact(w.values, w.scale, w.level, seeded_ct=seeded) for w in weights]
+
+
+def trim_key_rows(artifacts, plan: PlanDoc):
+    """The artifacts with each Galois key stored only as wide as the plan rotates with it
+    (compact.encode_kswitch_keys' `used`): a rotation at level L reads only the key rows of the
+    primes left there, and runtime/plan_links.rotation_levels gives each step's lowest level
+    from the plan alone (tests/engine/test_key_levels.py checks it against the evaluator). A key
+    used at the top level stays whole, and so does the relinearization key (a black frame is
+    encrypted, not encoded, and relinearized at the top level). A gateway refuses to apply a
+    key above its width (Ckks.check_key_width) and gives back the memory of the rest."""
+    params = plan.ckks.params
+    full = len(params.qi_sizes) - 1
+    used = {}
+    for k, level in rotation_levels(plan).items():
+        step = normalize_step(k, params.slots)
+        if step and level > 0:
+            used[compact.galois_index(step, params.n)] = full - level
+    if not artifacts.rotation_keys or not used:
+        return artifacts
+    rows = compact.encode_kswitch_keys(compact.seal_bytes(artifacts.rotation_keys, "rotation_keys"),
+                                       params.qi_sizes, used)
+    return dataclasses.replace(artifacts, rotation_keys=rows)
 
 
 class Decoder:

@@ -9,8 +9,6 @@ ciphertext is then read alone (~1 MB) and expanded. A source held in memory anyw
 ModelArtifacts) is parsed through zero-copy views of it."""
 from __future__ import annotations
 
-import numpy as np
-
 from protected_nn.runtime import params_blob
 
 
@@ -18,21 +16,10 @@ def load_weights(ckks, source, count: int) -> list:
     """`count` weight ciphertexts of `source`'s `params` member (BundleError if it does not hold
     exactly that many)."""
     data = source.member("params")
-    views = params_blob.unpack(data, count)
     read_span = getattr(source, "read_span", None)
     if read_span is None:
-        return [ckks.ct_from_bytes(v) for v in views]
-    spans = _spans(data, views)
-    del views, data          # the blob's last references: freed here, before any expansion
-    return [ckks.ct_from_bytes(read_span("params", offset, size)) for offset, size in spans]
-
-
-def _spans(data: bytes, views: list[memoryview]) -> list[tuple[int, int]]:
-    """(offset, length) in `data` of each view into it. Taken from the views' addresses so that
-    the blob's format stays params_blob's alone."""
-    base = np.frombuffer(data, np.uint8).ctypes.data
-    spans = []
-    for v in views:
-        addr = np.frombuffer(v, np.uint8).ctypes.data if len(v) else base
-        spans.append((addr - base, len(v)))
-    return spans
+        return params_blob.load_weights(ckks, data, count)
+    spans, compact_entries = params_blob.spans(data, count), params_blob.is_compact(data)
+    del data                 # the blob's last reference: freed here, before any expansion
+    return [params_blob.load_weight(ckks, read_span("params", offset, size), i, compact_entries)
+            for i, (offset, size) in enumerate(spans)]

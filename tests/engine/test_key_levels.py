@@ -10,7 +10,8 @@ import pytest
 from protected_nn import zoo
 from protected_nn.api import EdgeModel, ProtectOptions, protect
 from protected_nn.ckks import context as C
-from protected_nn.ckks import seeded
+from protected_nn.ckks import compact
+from protected_nn.errors import KeyMaterialError
 from protected_nn.ckks.context import Ckks, SecretCkks
 from protected_nn.ckks.params import CkksParams
 from protected_nn.runtime.plan_links import rotation_levels
@@ -58,40 +59,37 @@ def test_rule_matches_the_levels_the_evaluator_rotates_at(seed, monkeypatch):
     assert seen == rule
 
 
-def test_trimmed_key_rotates_down_to_its_level_and_not_above():
+def _trimmed_gateway(widths: dict[int, int]):
     owner = SecretCkks.generate(PARAMS, {1, 4}, evaluation_keys=False)
-    data_primes = len(PARAMS.qi_sizes) - 1
-    full = seeded.seeded_galois_keys(owner.he, [1, 4], "zstd")
-    trimmed = seeded.seeded_galois_keys(owner.he, [1, 4], "zstd", primes={1: 2, 4: 0})
-    assert len(trimmed) < 0.85 * len(full)
     pub = owner.public_bytes(seeded_keys=True)
+    full = compact.seal_bytes(pub["rotation_keys"], "rotation_keys")
+    used = {compact.galois_index(k, PARAMS.n): m for k, m in widths.items()}
+    trimmed = compact.encode_kswitch_keys(full, PARAMS.qi_sizes, used)
+    assert len(trimmed) < 0.85 * len(pub["rotation_keys"])
     gw = Ckks.from_public_bytes(PARAMS, pub["context"], pub["public_key"], pub["relin_key"],
                                 trimmed, {1, 4})
+    return owner, gw
+
+
+def test_trimmed_key_rotates_down_to_its_width_and_is_refused_above():
+    owner, gw = _trimmed_gateway({1: 2})       # step 1: ciphertexts of <= 2 of the 4 data primes
     v = np.random.default_rng(1).uniform(-1, 1, PARAMS.slots)
+    data_primes = len(PARAMS.qi_sizes) - 1
     for level in range(data_primes):
         ct = gw.encrypt(v, 2.0 ** 30, level)
         for k in (1, 4):
-            err = float(np.max(np.abs(owner.decrypt(gw.rotate(ct, k)) - np.roll(v, -k))))
             if k == 1 and data_primes - level > 2:
-                assert err > 1.0, f"a key trimmed to 2 primes rotated with {data_primes - level}"
-            else:
-                assert err < 1e-4, (k, level)
+                with pytest.raises(KeyMaterialError, match="rotation step 1"):
+                    gw.rotate(ct, k)
+                with pytest.raises(KeyMaterialError, match="rotation step 1"):
+                    gw.rotate_many(ct, [4, k])        # the hoisted path checks too
+                continue
+            for out in (gw.rotate(ct, k), gw.rotate_many(ct, [k, 5 - k])[0]):
+                assert np.max(np.abs(owner.decrypt(out) - np.roll(v, -k))) < 1e-4, (k, level)
 
 
 def test_gateway_gives_back_the_key_memory_no_rotation_reads():
-    owner = SecretCkks.generate(PARAMS, {1, 4}, evaluation_keys=False)
-    pub = owner.public_bytes(seeded_keys=True)
-    levels = {1: 2, 4: 0}       # step 1 only rotated at level 2 (2 of 4 data primes), 4 everywhere
-    gw = Ckks.from_public_bytes(PARAMS, pub["context"], pub["public_key"], pub["relin_key"],
-                                pub["rotation_keys"], {1, 4}, levels)
+    _, gw = _trimmed_gateway({1: 2})
     # key 1 keeps 2 of its 4 digits and in each 3 of 5 primes: 12 of its 40 residue polynomials
     # (64 KB each at N=8192); pages cut at the ends of the 8 released ranges lose at most 32 KB
     assert gw.key_bytes_released == pytest.approx(28 * 8192 * 8, rel=0.03)
-    v = np.random.default_rng(2).uniform(-1, 1, PARAMS.slots)
-    for level in range(len(PARAMS.qi_sizes) - 1):
-        ct = gw.encrypt(v, 2.0 ** 30, level)
-        for k in (1, 4):
-            got = [gw.rotate(ct, k), gw.rotate_many(ct, [k, 4 if k == 1 else 1])[0]]
-            for out in got:
-                err = float(np.max(np.abs(owner.decrypt(out) - np.roll(v, -k))))
-                assert (err > 1.0) if (k == 1 and level < 2) else (err < 1e-4), (k, level)
