@@ -2,6 +2,8 @@
 that they are 128-bit secure), per-layer costs, sizes, speed and measured exactness."""
 from __future__ import annotations
 
+from protected_nn.ckks import compact
+from protected_nn.ckks.context import normalize_step
 from protected_nn.ckks.params import HE_STANDARD_128, CkksParams
 from protected_nn.compiler.layout import CostModel
 from protected_nn.runtime.plan_sections import PlanDoc
@@ -22,17 +24,31 @@ def estimate_latency(layer_stats: list[dict], doc: PlanDoc) -> tuple[list[dict],
     return rows, est_ms
 
 
-def worker_memory(params: CkksParams, weight_levels, rotation_steps: int) -> dict:
+def worker_memory(params: CkksParams, weight_levels, key_widths) -> dict:
     """Bytes a gateway worker holds once the bundle is loaded: every weight ciphertext expanded at
-    its level (2 polynomials x primes left x N x 8 bytes) and the key-switching keys (one
-    ciphertext over all primes per data prime, for each of the `rotation_steps` Galois keys and
-    the relinearization key). The bundle bytes come on top while it loads."""
+    its level (2 polynomials x primes left x N x 8 bytes) and the key-switching keys. A Galois
+    key kept for ciphertexts of at most m data primes (`key_widths`, one per key: the bundle's
+    trimmed width, all data primes if untrimmed) holds m digits of 2 polynomials over m primes
+    and the special one once the gateway has released the rest; the relinearization key is
+    whole. The bundle bytes come on top while it loads."""
     n = params.n
     data_primes = len(params.qi_sizes) - 1
     weights = sum(2 * (data_primes - int(level)) * n * 8 for level in weight_levels)
-    one_key = data_primes * 2 * (data_primes + 1) * n * 8
-    keys = (rotation_steps + 1) * one_key
+
+    def key(m: int) -> int:
+        return m * 2 * (m + 1) * n * 8
+
+    keys = key(data_primes) + sum(key(int(m)) for m in key_widths)
     return {"weight_ciphertexts": weights, "keys": keys, "total": weights + keys}
+
+
+def galois_key_widths(doc: PlanDoc, rotation_keys) -> list[int]:
+    """Per Galois key of the plan, the data primes the bundle keeps it for (ckks/compact.py)."""
+    params = doc.ckks.params
+    stored = compact.key_widths(rotation_keys, "bundle member rotation_keys")
+    full = len(params.qi_sizes) - 1
+    steps = sorted({normalize_step(k, params.slots) for k in doc.rotation_steps} - {0})
+    return [stored.get(compact.galois_index(k, params.n), full) for k in steps]
 
 
 def build_report(graph, plan, doc: PlanDoc, artifacts, fidelity: dict, timings: dict,
@@ -56,7 +72,7 @@ def build_report(graph, plan, doc: PlanDoc, artifacts, fidelity: dict, timings: 
         "layers": rows,
         "sizes_bytes": sizes | {"bundle_total": sum(sizes.values())},
         "worker_memory_bytes": worker_memory(params, [w.level for w in doc.weights],
-                                             len(doc.rotation_steps)),
+                                             galois_key_widths(doc, artifacts.rotation_keys)),
         "estimated_latency_ms": round(est_ms, 1),
         "fidelity": fidelity | {"tolerance": tolerance},
         "timings": timings,

@@ -21,10 +21,13 @@ def test_worker_memory_matches_seal_sizes():
     levels = [0, 1, 3]
     raw = sum(len(sk.encrypt(np.ones(PARAMS.slots), 2.0 ** 26, lv).to_bytes("none")) for lv in levels)
     keys = len(sk.he.to_bytes_rotate_key("none")) + len(sk.he.to_bytes_relin_key("none"))
-    mem = worker_memory(PARAMS, levels, 2)
+    mem = worker_memory(PARAMS, levels, [4, 4])          # both Galois keys whole (4 data primes)
     assert raw - len(levels) * HEADER_SLACK <= mem["weight_ciphertexts"] <= raw
     assert keys - 3 * HEADER_SLACK * 8 <= mem["keys"] <= keys
     assert mem["total"] == mem["weight_ciphertexts"] + mem["keys"]
+    # a key kept for 2 data primes: what the gateway releases of it (test_key_levels) is the difference
+    trimmed = worker_memory(PARAMS, levels, [2, 4])
+    assert mem["keys"] - trimmed["keys"] == 28 * PARAMS.n * 8
 
 
 def test_report_lists_floor_and_ciphertexts_per_layer():
@@ -40,7 +43,7 @@ def test_report_lists_floor_and_ciphertexts_per_layer():
             "sizes_bytes": {"bundle_total": 0, "params": 0, "rotation_keys": 0, "relin_key": 0,
                             "public_key": 0},
             "worker_memory_bytes": worker_memory(doc.ckks.params, [w.level for w in doc.weights],
-                                                 len(doc.rotation_steps)),
+                                                 [len(doc.ckks.params.qi_sizes) - 1] * len(doc.rotation_steps)),
             "fidelity": {"result_bytes": 0, "latency_s": 0, "max_abs_error": 0, "samples": 1,
                          "max_rel_error": 0, "tolerance": 0.01}, "warnings": []}
     text = render(data)
