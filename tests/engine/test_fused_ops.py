@@ -133,8 +133,21 @@ def test_evaluator_fused_and_seal_ways_agree_with_onnxruntime(lenet_like):
     assert len(parents) > len(set(parents)), "no two babies share a parent: nothing hoisted"
     ck = edge._eval.ckks
     assert ck.fused
+    hoisted, real = [], ck.he.rotate_hoisted
+    ck.he = _Spy(ck.he, lambda ct, steps: hoisted.append(len(steps)) or real(ct, steps))
     for fused in (True, False):
         ck.fused = fused
         y = owner.decrypt(edge.infer(x))
         assert np.max(np.abs(y - ref)) / span < 1e-2, fused
+        assert bool(hoisted) == fused and all(n > 1 for n in hoisted), (fused, hoisted)
+        hoisted.clear()
     ck.fused = True
+
+
+class _Spy:
+    """The Pyfhel object with its rotate_hoisted replaced (a Cython class takes no attributes)."""
+    def __init__(self, he, rotate_hoisted):
+        self._he, self.rotate_hoisted = he, rotate_hoisted
+
+    def __getattr__(self, name):
+        return getattr(self._he, name)
