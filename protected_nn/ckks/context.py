@@ -323,9 +323,13 @@ class SecretCkks(Ckks):
 def load_key_members(he: Pyfhel, public_key, relin_key, rotation_keys) -> None:
     """Loads the key members of a bundle into `he`: compact encodings or SEAL's own bytes (older
     bundles). BundleError naming the member if one does not decode or SEAL refuses it."""
+    # The patched Pyfhel reads large keys in place (from_buffer_*); its from_bytes_* would copy
+    # them into a stream first, doubling the keys' bytes at the worker's loading peak.
+    relin_load = getattr(he, "from_buffer_relin_key", he.from_bytes_relin_key)
+    rotate_load = getattr(he, "from_buffer_rotate_key", he.from_bytes_rotate_key)
     for name, data, load in (("public_key", public_key, he.from_bytes_public_key),
-                             ("relin_key", relin_key, he.from_bytes_relin_key),
-                             ("rotation_keys", rotation_keys, he.from_bytes_rotate_key)):
+                             ("relin_key", relin_key, relin_load),
+                             ("rotation_keys", rotation_keys, rotate_load)):
         raw = compact.seal_bytes(data, f"bundle member {name}")
         if not raw and name != "public_key":
             continue

@@ -151,3 +151,30 @@ class _Spy:
 
     def __getattr__(self, name):
         return getattr(self._he, name)
+
+
+def test_keys_load_in_place_from_a_buffer(deep):
+    """from_buffer_rotate_key / from_buffer_relin_key (the gateway's key loading,
+    context.load_key_members): SEAL reads the member's bytes where they are, from any buffer."""
+    from Pyfhel import Pyfhel
+
+    from protected_nn.ckks import compact
+
+    pub = deep.public_bytes(seeded_keys=True)
+    gw = Pyfhel()
+    gw.from_bytes_context(pub["context"])
+    gw.from_bytes_public_key(compact.seal_bytes(pub["public_key"], "public_key"))
+    rot = bytearray(compact.seal_bytes(pub["rotation_keys"], "rotation_keys"))
+    assert gw.from_buffer_rotate_key(memoryview(rot)) == len(rot)
+    assert gw.from_buffer_relin_key(compact.seal_bytes(pub["relin_key"], "relin_key")) > 0
+    v = _vecs(1, DEEP.slots, 12)[0]
+    ct = gw.encryptFrac(v, scale=2.0 ** 30)
+    assert np.max(np.abs(deep.decrypt(gw.rotate(ct, 64, True)) - np.roll(v, -64))) < 1e-4
+    prod = gw.multiply(ct, ct, True)
+    gw.relinearize(prod)
+    assert np.max(np.abs(deep.decrypt(prod) - v * v)) < 1e-3
+    rot[40:80] = bytes(40)                    # damaged: SEAL refuses it, nothing crashes
+    with pytest.raises((ValueError, RuntimeError)):
+        gw.from_buffer_rotate_key(memoryview(rot))
+    with pytest.raises(ValueError, match="empty"):
+        gw.from_buffer_rotate_key(b"")
