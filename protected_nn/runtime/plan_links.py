@@ -91,8 +91,8 @@ def rotation_levels(plan) -> dict[int, int]:
     """Per rotation step (mod slots), the lowest level any step of `plan` rotates by it at, as
     the evaluator runs them: babies, giants and copies at the step's level; a tree after the
     step's rescale, unless it is summed before (rescale_last) or the step has none (rotsum).
-    A Galois key is read only for the primes left there (the owner zeroes the rest:
-    ckks/seeded.seeded_galois_keys)."""
+    A Galois key is read only for the primes left there (the owner stores the rest as zero
+    rows: runtime/owner.trim_key_rows)."""
     return step_rotation_levels(plan.steps, plan.slots,
                                 plan.input_tensor if plan.plain_input else None)
 

@@ -2,8 +2,7 @@
 that they are 128-bit secure), per-layer costs, sizes, speed and measured exactness."""
 from __future__ import annotations
 
-from protected_nn.ckks import compact
-from protected_nn.ckks.context import normalize_step
+from protected_nn.ckks.context import key_member_widths, normalize_step
 from protected_nn.ckks.params import HE_STANDARD_128, CkksParams
 from protected_nn.compiler.layout import CostModel
 from protected_nn.runtime.plan_sections import PlanDoc
@@ -45,10 +44,9 @@ def worker_memory(params: CkksParams, weight_levels, key_widths) -> dict:
 def galois_key_widths(doc: PlanDoc, rotation_keys) -> list[int]:
     """Per Galois key of the plan, the data primes the bundle keeps it for (ckks/compact.py)."""
     params = doc.ckks.params
-    stored = compact.key_widths(rotation_keys, "bundle member rotation_keys")
-    full = len(params.qi_sizes) - 1
     steps = sorted({normalize_step(k, params.slots) for k in doc.rotation_steps} - {0})
-    return [stored.get(compact.galois_index(k, params.n), full) for k in steps]
+    stored = key_member_widths(params.n, steps, b"", rotation_keys)
+    return [stored.get(k, len(params.qi_sizes) - 1) for k in steps]
 
 
 def build_report(graph, plan, doc: PlanDoc, artifacts, fidelity: dict, timings: dict,

@@ -9,7 +9,6 @@ import pytest
 
 from protected_nn import zoo
 from protected_nn.api import EdgeModel, ProtectOptions, protect
-from protected_nn.ckks import context as C
 from protected_nn.ckks import compact
 from protected_nn.errors import KeyMaterialError
 from protected_nn.ckks.context import Ckks, SecretCkks
@@ -18,12 +17,6 @@ from protected_nn.runtime.plan_links import rotation_levels
 from protected_nn.runtime.plan_sections import parse_plan
 
 PARAMS = CkksParams(8192, (40, 30, 30, 30, 50), 30)
-
-
-def _primes_of(ct, n: int) -> int:
-    """Primes a ciphertext still has, read from its uncompressed size (Pyfhel's mod_level
-    counter is not reliable: protected_nn/ckks/context.py)."""
-    return (len(ct.to_bytes("none")) - C.SEAL_CT_PREFIX) // (ct.size() * n * 8)
 
 
 @pytest.mark.parametrize("seed", [3, 5])
@@ -37,19 +30,19 @@ def test_rule_matches_the_levels_the_evaluator_rotates_at(seed, monkeypatch):
     seen: dict[int, int] = {}
     real_rotate, real_many = Ckks.rotate, Ckks.rotate_many
 
-    def note(ct, k):
+    def note(ckks, ct, k):
         k %= doc.slots
         if k:
-            level = data_primes - _primes_of(ct, doc.ckks.params.n)
+            level = data_primes - ckks.ct_primes(ct)
             seen[k] = min(seen.get(k, level), level)
 
     def rotate(self, ct, k):
-        note(ct, k)
+        note(self, ct, k)
         return real_rotate(self, ct, k)
 
     def rotate_many(self, ct, steps):
         for k in steps:
-            note(ct, k)
+            note(self, ct, k)
         return real_many(self, ct, steps)
 
     monkeypatch.setattr(Ckks, "rotate", rotate)
